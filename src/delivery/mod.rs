@@ -1,0 +1,63 @@
+//! Delivery guarantees: at-most-once, at-least-once, exactly-once.
+//!
+//! | guarantee | mailbox full / breaker open | destination unknown | `require_ack`, no ack in time | same id twice |
+//! |---|---|---|---|---|
+//! | `AtMostOnce` | `Err` at once, not retried | `Err(AgentNotFound)` | not redelivered | delivered twice |
+//! | `AtLeastOnce` | `Ok`, retried with backoff, then dead letter | `Err(AgentNotFound)` | redelivered up to `max_retries`, then dead letter | delivered twice |
+//! | `ExactlyOnce` | as `AtLeastOnce` | `Err(AgentNotFound)` | as `AtLeastOnce`, never seen twice | delivered once within the window |
+
+pub(crate) mod dead_letter;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use self::dead_letter::{DeadLetter, DeadLetterReason, DeadMessage};
+
+/// Delivery guarantee levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum DeliveryGuarantee {
+    /// Fire and forget: one attempt, failures are reported, never retried.
+    AtMostOnce,
+    /// Retry until delivered (and acknowledged, when asked).
+    #[default]
+    AtLeastOnce,
+    /// As at-least-once, plus deduplication by message id.
+    ExactlyOnce,
+}
+
+/// How the system delivers, retries and deduplicates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryConfig {
+    /// The guarantee.
+    pub guarantee: DeliveryGuarantee,
+    /// Redelivery attempts after the first.
+    pub max_retries: u32,
+    /// Delay before the first retry.
+    pub retry_delay: Duration,
+    /// Each retry waits this much longer than the previous (≥ 1, finite).
+    pub retry_backoff_multiplier: f64,
+    /// Cap on any one retry delay.
+    pub max_retry_delay: Duration,
+    /// How long a `require_ack` message waits for its ack before redelivery.
+    pub acknowledgment_timeout: Duration,
+    /// How long finished delivery records are kept, and the exactly-once dedupe window.
+    pub cleanup_interval: Duration,
+    /// Upper bound on delivery records kept at once.
+    pub max_delivery_records: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            guarantee: DeliveryGuarantee::AtLeastOnce,
+            max_retries: 3,
+            retry_delay: Duration::from_millis(100),
+            retry_backoff_multiplier: 2.0,
+            max_retry_delay: Duration::from_secs(30),
+            acknowledgment_timeout: Duration::from_secs(30),
+            cleanup_interval: Duration::from_secs(300),
+            max_delivery_records: 10_000,
+        }
+    }
+}

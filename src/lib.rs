@@ -1,0 +1,87 @@
+//! Erlang-style message passing for AI agents in one process.
+//!
+//! Agents have mailboxes; others reach them by pid with the OTP verbs: **call**
+//! (request and reply), **cast** (fire and forget) and **info** (system notices).
+//! Mailboxes are lock-free multi-priority queues; delivery comes with at-most-once,
+//! at-least-once or exactly-once guarantees.
+//!
+//! # Hello, agents
+//!
+//! ```
+//! use std::time::Duration;
+//! use terraphim_agent_messaging::{AgentMessage, AgentPid, MessageSystem, RouterConfig};
+//!
+//! let system = MessageSystem::new(RouterConfig::default());
+//! let (client, server) = (AgentPid::new(), AgentPid::new());
+//! system.register_agent(server.clone())?;
+//!
+//! // The server answers calls on its own thread.
+//! let mailbox = system.get_mailbox(&server).unwrap();
+//! let worker = std::thread::spawn(move || {
+//!     while let Ok(message) = mailbox.receive() {
+//!         if let AgentMessage::Call { payload, reply_to, .. } = message {
+//!             let n = *payload.downcast::<u64>().unwrap();
+//!             reply_to.send(Box::new(n * n)).ok();
+//!         }
+//!     }
+//! });
+//!
+//! let answer: u64 = system.call_typed(client, &server, 12u64, Duration::from_secs(1))?;
+//! assert_eq!(answer, 144);
+//!
+//! system.shutdown()?; // the worker's receive returns ChannelClosed
+//! worker.join().unwrap();
+//! # Ok::<(), terraphim_agent_messaging::MessagingError>(())
+//! ```
+//!
+//! # Two flavours
+//!
+//! The crate root is the sync core: sends never block, `receive`, `receive_timeout` and
+//! `call` block the calling thread. [`AgentMailbox::receive_async`] works on any
+//! executor.
+//!
+//! # Guarantees
+//!
+//! - A mailbox hands out `Critical` before `High` before `Normal` before `Low`, FIFO
+//!   within a priority from one sender.
+//! - A bounded mailbox never holds more than `max_messages`.
+//! - Every message accepted is delivered, dead-lettered (see
+//!   [`MessageSystem::dead_letters`]) or still pending: nothing is dropped silently.
+#![deny(unsafe_code)]
+#![warn(
+    missing_docs,
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks,
+    clippy::missing_safety_doc
+)]
+
+mod sync;
+
+mod delivery;
+mod error;
+mod mailbox;
+mod message;
+mod router;
+mod stats;
+mod system;
+mod table;
+pub mod timer;
+
+pub use crate::delivery::{
+    DeadLetter, DeadLetterReason, DeadMessage, DeliveryConfig, DeliveryGuarantee,
+};
+pub use crate::error::{ErrorCategory, MessagingError, MessagingResult, TrySendError};
+pub use crate::mailbox::{
+    AgentMailbox, MailboxConfig, MailboxManager, MailboxSender, MailboxStats, ReceiveFuture,
+};
+pub use crate::message::{
+    reply_channel, AgentMessage, AgentPid, DeliveryOptions, MessageEnvelope, MessageId,
+    MessagePriority, Payload, ReplyError, ReplyReceiver, ReplySender, SystemInfo, TypedMessage,
+};
+pub use crate::router::{DefaultMessageRouter, MessageRouter, RouterConfig, RouterStats};
+pub use crate::system::{MessageSystem, MessageSystemBuilder};
+pub use crate::table::AgentId;
+pub use crate::timer::{
+    Clock, Elapsed, ManualClock, RescheduleError, SystemClock, TickSource, TimerKey, TimerWheel,
+    TICK,
+};

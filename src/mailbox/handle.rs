@@ -1,0 +1,360 @@
+//! The public handles: [`AgentMailbox`] (receive, and send) and [`MailboxSender`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use super::shared::{Claim, Settings, Shared};
+use super::waiter::{block_until, Waiter};
+use super::{MailboxConfig, MailboxStats};
+use crate::delivery::dead_letter::DeadLetters;
+use crate::error::{MessagingError, MessagingResult, TrySendError};
+use crate::message::{AgentMessage, AgentPid, MessagePriority};
+use crate::sync::Arc;
+
+/// An agent's mailbox: the receiving end (one receiver at a time) that can also send.
+///
+/// Handles are cheap to clone and all refer to the same queue; `MessageSystem::get_mailbox`
+/// returns one for the queue the router delivers into. When the last handle is dropped
+/// after the mailbox was closed, messages still queued go to the dead letters.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use terraphim_agent_messaging::{AgentMailbox, AgentMessage, AgentPid, MailboxConfig};
+///
+/// let mailbox = AgentMailbox::new(AgentPid::new(), MailboxConfig::default());
+/// mailbox.send(AgentMessage::cast(AgentPid::new(), "test"))?;
+/// let received = mailbox.receive()?;
+/// assert_eq!(received.payload::<&str>(), Some(&"test"));
+/// assert!(mailbox.try_receive()?.is_none());
+/// assert!(mailbox.receive_timeout(Duration::from_millis(1)).is_err());
+/// # Ok::<(), terraphim_agent_messaging::MessagingError>(())
+/// ```
+pub struct AgentMailbox {
+    shared: Arc<Shared>,
+}
+
+/// A pre-resolved sending handle: no lookup per send. After its agent is unregistered it
+/// fails with `ChannelClosed`; it can never reach another agent.
+#[derive(Clone)]
+pub struct MailboxSender {
+    shared: Arc<Shared>,
+}
+
+// ===== impl AgentMailbox =====
+
+impl AgentMailbox {
+    /// A standalone mailbox with its own dead-letter queue.
+    ///
+    /// A refused configuration (see [`MailboxConfig::validate`]) yields a mailbox whose
+    /// every operation returns that `Configuration` error; use
+    /// [`AgentMailbox::try_new`] to get the error up front.
+    pub fn new(agent_id: AgentPid, config: MailboxConfig) -> Self {
+        let settings = Settings::new(config, None, Arc::new(DeadLetters::default()));
+        Self::from_shared(Arc::new(Shared::new(agent_id, Arc::new(settings))))
+    }
+
+    /// Like [`AgentMailbox::new`], but refuses a bad configuration.
+    pub fn try_new(agent_id: AgentPid, config: MailboxConfig) -> MessagingResult<Self> {
+        config.validate().map_err(MessagingError::Configuration)?;
+        Ok(Self::new(agent_id, config))
+    }
+
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+        shared.rx_handles.fetch_add(1, Relaxed);
+        AgentMailbox { shared }
+    }
+
+    /// The agent this mailbox belongs to.
+    pub fn agent_id(&self) -> &AgentPid {
+        &self.shared.pid
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MailboxConfig {
+        &self.shared.settings.config
+    }
+
+    /// A sending handle to this mailbox.
+    pub fn sender(&self) -> MailboxSender {
+        MailboxSender {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Queues `message` at `Normal` priority. A message refused because the mailbox is
+    /// full or closed goes to the dead letters, and the error says which.
+    pub fn send(&self, message: AgentMessage) -> MessagingResult<()> {
+        self.shared
+            .send_or_dead_letter(message, MessagePriority::Normal)
+    }
+
+    /// Queues `message` at `priority`, dead-lettering it if refused.
+    pub fn send_with_priority(
+        &self,
+        message: AgentMessage,
+        priority: MessagePriority,
+    ) -> MessagingResult<()> {
+        self.shared.send_or_dead_letter(message, priority)
+    }
+
+    /// Queues `message` at `priority`, handing it back if refused.
+    pub fn try_send(
+        &self,
+        message: AgentMessage,
+        priority: MessagePriority,
+    ) -> Result<(), TrySendError> {
+        self.shared.try_send(message, priority)
+    }
+
+    /// Blocks until a message arrives. After `close`, drains what is queued, then
+    /// returns `ChannelClosed`.
+    pub fn receive(&self) -> MessagingResult<AgentMessage> {
+        self.receive_until(None)
+    }
+
+    /// Like [`receive`](Self::receive), but gives up with `MessageTimeout` after
+    /// `timeout`. A zero timeout only takes what is ready; `Duration::MAX` waits forever.
+    pub fn receive_timeout(&self, timeout: Duration) -> MessagingResult<AgentMessage> {
+        self.receive_until(Instant::now().checked_add(timeout))
+    }
+
+    fn receive_until(&self, deadline: Option<Instant>) -> MessagingResult<AgentMessage> {
+        let claim = self.shared.claim()?;
+        self.shared.on_receive_call();
+        let outcome = block_until(&self.shared.waiter, deadline, || self.shared.pop(&claim));
+        match outcome {
+            Some(result) => result,
+            None => Err(MessagingError::MessageTimeout(self.shared.pid.clone())),
+        }
+    }
+
+    /// Takes a message if one is ready, without blocking. `Err(ChannelClosed)` once the
+    /// mailbox is closed and drained.
+    pub fn try_receive(&self) -> MessagingResult<Option<AgentMessage>> {
+        let claim = self.shared.claim()?;
+        self.shared.on_receive_call();
+        self.shared.pop(&claim).transpose()
+    }
+
+    /// A future that resolves to the next message, on any executor.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it resolves loses no message: a message is taken only
+    /// in the poll that returns it.
+    pub fn receive_async(&self) -> ReceiveFuture<'_> {
+        ReceiveFuture {
+            mailbox: self,
+            claim: None,
+        }
+    }
+
+    /// Polls for the next message, registering `cx`'s waker if none is ready.
+    ///
+    /// Each call claims the receiver for its duration only; prefer
+    /// [`receive_async`](Self::receive_async), which holds the claim while it waits.
+    pub fn poll_receive(&self, cx: &mut Context<'_>) -> Poll<MessagingResult<AgentMessage>> {
+        match self.shared.claim() {
+            Ok(claim) => self.poll_claimed(&claim, cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_claimed(
+        &self,
+        claim: &Claim<'_>,
+        cx: &mut Context<'_>,
+    ) -> Poll<MessagingResult<AgentMessage>> {
+        if let Some(r) = self.shared.pop(claim) {
+            return Poll::Ready(r);
+        }
+        self.shared
+            .waiter
+            .register(Waiter::Task(cx.waker().clone()));
+        match self.shared.pop(claim) {
+            Some(r) => Poll::Ready(r),
+            None => Poll::Pending,
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> MailboxStats {
+        stats_of(&self.shared)
+    }
+
+    /// Whether no message is queued (exact at rest).
+    pub fn is_empty(&self) -> bool {
+        self.shared.len() == 0
+    }
+
+    /// Messages queued now (exact at rest).
+    pub fn queue_size(&self) -> usize {
+        self.shared.len()
+    }
+
+    /// Closes the mailbox: sends fail from now on; the receiver drains what is queued,
+    /// then gets `ChannelClosed`. A blocked receiver wakes.
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Whether the mailbox is closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.lanes.is_closed()
+    }
+
+    /// Blocks until the mailbox is closed and drained (`receive` would return
+    /// `ChannelClosed`), handing every message still arriving to `on_message`.
+    pub fn drain_until_closed(&self, mut on_message: impl FnMut(AgentMessage)) {
+        while let Ok(message) = self.receive() {
+            on_message(message);
+        }
+    }
+}
+
+pub(crate) fn stats_of(shared: &Shared) -> MailboxStats {
+    MailboxStats {
+        agent_id: shared.pid.clone(),
+        total_messages_received: shared.lanes.pushed() as u64,
+        total_messages_processed: shared.processed(),
+        current_queue_size: shared.len(),
+        max_queue_size_reached: shared.max_len(),
+        last_message_received: shared.last_received(),
+        last_message_processed: shared.last_processed(),
+        average_processing_time: shared.average_processing(),
+        messages_dead_lettered: shared.dead_lettered(),
+    }
+}
+
+impl Clone for AgentMailbox {
+    fn clone(&self) -> Self {
+        Self::from_shared(self.shared.clone())
+    }
+}
+
+impl Drop for AgentMailbox {
+    fn drop(&mut self) {
+        self.shared.release_rx_handle();
+    }
+}
+
+impl fmt::Debug for AgentMailbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentMailbox")
+            .field("agent_id", &self.shared.pid)
+            .field("queue_size", &self.shared.len())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// The future of [`AgentMailbox::receive_async`].
+///
+/// It holds the receiver claim from its first poll until it resolves or is dropped.
+pub struct ReceiveFuture<'a> {
+    mailbox: &'a AgentMailbox,
+    claim: Option<Claim<'a>>,
+}
+
+impl Future for ReceiveFuture<'_> {
+    type Output = MessagingResult<AgentMessage>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.claim.is_none() {
+            match this.mailbox.shared.claim() {
+                Ok(claim) => {
+                    this.mailbox.shared.on_receive_call();
+                    this.claim = Some(claim);
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        let claim = this.claim.as_ref().expect("claimed above");
+        let poll = this.mailbox.poll_claimed(claim, cx);
+        if poll.is_ready() {
+            this.claim = None;
+        }
+        poll
+    }
+}
+
+impl fmt::Debug for ReceiveFuture<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReceiveFuture")
+            .field("agent_id", &self.mailbox.shared.pid)
+            .finish()
+    }
+}
+
+// ===== impl MailboxSender =====
+
+impl MailboxSender {
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+        MailboxSender { shared }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Queues `message` at `Normal` priority; a refused message goes to the dead
+    /// letters and the error says why (`MailboxFull`, `ChannelClosed`).
+    pub fn send(&self, message: AgentMessage) -> MessagingResult<()> {
+        self.shared
+            .send_or_dead_letter(message, MessagePriority::Normal)
+    }
+
+    /// Queues `message` at `priority`, dead-lettering it if refused.
+    pub fn send_with_priority(
+        &self,
+        message: AgentMessage,
+        priority: MessagePriority,
+    ) -> MessagingResult<()> {
+        self.shared.send_or_dead_letter(message, priority)
+    }
+
+    /// Queues `message` at `priority`, handing it back if refused.
+    #[inline]
+    pub fn try_send(
+        &self,
+        message: AgentMessage,
+        priority: MessagePriority,
+    ) -> Result<(), TrySendError> {
+        self.shared.try_send(message, priority)
+    }
+
+    /// The destination agent.
+    pub fn agent_id(&self) -> &AgentPid {
+        &self.shared.pid
+    }
+
+    /// Whether the mailbox is closed (sends will fail).
+    pub fn is_closed(&self) -> bool {
+        self.shared.lanes.is_closed()
+    }
+
+    /// Messages queued in the destination now (the `LeastLoaded` metric).
+    pub fn queue_size(&self) -> usize {
+        self.shared.len()
+    }
+
+    /// Whether both handles refer to the same mailbox.
+    pub fn same_mailbox(&self, other: &MailboxSender) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl fmt::Debug for MailboxSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MailboxSender")
+            .field("agent_id", &self.shared.pid)
+            .finish()
+    }
+}

@@ -1,0 +1,439 @@
+//! One priority lane: an unbounded, lock-free, multi-producer single-consumer queue.
+//!
+//! The lane is a linked list of blocks of `BLOCK_CAP` slots, the design of crossbeam's
+//! `list` flavour narrowed to a single consumer.
+//!
+//! # Ground rules
+//!
+//! - **Producers** claim a slot by advancing `tail.index` with a CAS, write the value,
+//!   then set the slot's `ready` flag with `Release`. The producer that claims the last
+//!   slot of a block installs the next block *before* it writes its own value, so a
+//!   consumer that has read that value always finds `block.next` set.
+//! - **The consumer** (exactly one at a time; the mailbox's receiver claim enforces it)
+//!   owns `head`. It reads a slot only after seeing `ready` with `Acquire`, and frees a
+//!   block once it has read every slot of it: by then every producer that wrote into the
+//!   block has finished with it, and no producer dereferences a block it has not claimed
+//!   a slot in.
+//! - **Close** sets [`CLOSED`] in `tail.index`. Claims and the mark are ordered by the
+//!   same atomic, so every message whose claim came before the mark is in the lane and
+//!   every later `push` fails and hands its value back: a send is never `Ok` and stranded.
+//! - **The first block** is allocated lazily, so an idle lane costs four words. The
+//!   producer that installs it also publishes it in `head.block`; until then the consumer
+//!   sees an empty lane.
+//!
+//! Indices count in steps of `1 << SHIFT`; the low bit is the close mark. Within a lap of
+//! `LAP` positions, offsets `0..BLOCK_CAP` are slots and offset `BLOCK_CAP` means "the
+//! next block is being installed", during which producers wait.
+#![allow(unsafe_code)]
+
+use std::mem::MaybeUninit;
+use std::ptr;
+
+use crate::sync::{spin_hint, AtomicBool, AtomicPtr, AtomicUsize, UnsafeCell};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+
+/// Positions per lap: `BLOCK_CAP` slots plus one "installing the next block" marker.
+/// Tiny under loom so that models cross block boundaries with a handful of messages.
+#[cfg(not(loom))]
+const LAP: usize = 32;
+#[cfg(loom)]
+const LAP: usize = 3;
+
+/// Slots per block.
+pub(crate) const BLOCK_CAP: usize = LAP - 1;
+
+/// Indices move in steps of `1 << SHIFT`, leaving bit 0 for [`CLOSED`].
+const SHIFT: usize = 1;
+
+/// Set in `tail.index` once the lane is closed: no claim succeeds after it.
+const CLOSED: usize = 1;
+
+/// One message slot.
+struct Slot<T> {
+    /// The value; initialised exactly when `ready` is true and the consumer has not yet
+    /// taken it.
+    value: UnsafeCell<MaybeUninit<T>>,
+    /// Set with `Release` by the producer once `value` is written.
+    ready: AtomicBool,
+}
+
+/// A block of slots and the link to the next block.
+struct Block<T> {
+    /// The next block, stored by the producer that claims this block's last slot
+    /// before that producer writes its value.
+    next: AtomicPtr<Block<T>>,
+    /// The slots; slot `i` holds the message at offset `i` of this block's lap.
+    slots: [Slot<T>; BLOCK_CAP],
+}
+
+impl<T> Block<T> {
+    fn new() -> Box<Self> {
+        Box::new(Block {
+            next: AtomicPtr::new(ptr::null_mut()),
+            slots: std::array::from_fn(|_| Slot {
+                value: UnsafeCell::new(MaybeUninit::uninit()),
+                ready: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+/// What a consumer's [`Lane::pop`] found.
+#[derive(Debug)]
+pub(crate) enum Pop<T> {
+    /// The next message of this lane.
+    Msg(T),
+    /// Nothing ready now (a producer may be mid-write: it will wake the receiver).
+    Empty,
+    /// The lane is closed and a producer that claimed before the close is still writing;
+    /// the value will be ready within a few instructions.
+    Busy,
+    /// The lane is closed and every message in it has been taken.
+    Closed,
+}
+
+/// An unbounded MPSC lane. See the module docs for the protocol.
+pub(crate) struct Lane<T> {
+    /// Producers' claim counter (position `<< SHIFT`, plus [`CLOSED`]).
+    tail_index: AtomicUsize,
+    /// The block producers currently claim in; null until the first push.
+    tail_block: AtomicPtr<Block<T>>,
+    /// The consumer's position. Written only by the consumer; read by anyone for `len`.
+    head_index: AtomicUsize,
+    /// The consumer's block. Stored once by the producer that installs the first block,
+    /// afterwards only by the consumer.
+    head_block: AtomicPtr<Block<T>>,
+}
+
+// SAFETY: the lane moves `T`s between threads (hence `T: Send`) and its shared state is
+// only reached through atomics and the slot protocol of the module docs.
+unsafe impl<T: Send> Send for Lane<T> {}
+// SAFETY: as above; `&Lane` lets many producers push and one consumer pop.
+unsafe impl<T: Send> Sync for Lane<T> {}
+
+/// The number of messages that passed `index`, skipping the lap markers.
+#[inline]
+fn count(index: usize) -> usize {
+    let pos = index >> SHIFT;
+    (pos / LAP) * BLOCK_CAP + (pos % LAP).min(BLOCK_CAP)
+}
+
+impl<T> Lane<T> {
+    #[cfg(not(loom))]
+    pub(crate) const fn new() -> Self {
+        Lane {
+            tail_index: AtomicUsize::new(0),
+            tail_block: AtomicPtr::new(ptr::null_mut()),
+            head_index: AtomicUsize::new(0),
+            head_block: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    #[cfg(loom)]
+    pub(crate) fn new() -> Self {
+        Lane {
+            tail_index: AtomicUsize::new(0),
+            tail_block: AtomicPtr::new(ptr::null_mut()),
+            head_index: AtomicUsize::new(0),
+            head_block: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// Appends `value`, or hands it back if the lane is closed. On success, returns
+    /// how many messages were pushed before this one.
+    pub(crate) fn push(&self, value: T) -> Result<usize, T> {
+        let mut tail = self.tail_index.load(Acquire);
+        let mut block = self.tail_block.load(Acquire);
+        // Allocated before claiming the last slot of a block so that other producers
+        // wait for the install as briefly as possible.
+        let mut next_block: Option<Box<Block<T>>> = None;
+
+        loop {
+            if tail & CLOSED != 0 {
+                return Err(value);
+            }
+            let offset = (tail >> SHIFT) % LAP;
+
+            if offset == BLOCK_CAP {
+                // Another producer is installing the next block.
+                spin_hint();
+                tail = self.tail_index.load(Acquire);
+                block = self.tail_block.load(Acquire);
+                continue;
+            }
+
+            if offset + 1 == BLOCK_CAP && next_block.is_none() {
+                next_block = Some(Block::new());
+            }
+
+            if block.is_null() {
+                // The very first push: install the first block.
+                let new = Box::into_raw(next_block.take().unwrap_or_else(Block::new));
+                match self
+                    .tail_block
+                    .compare_exchange(ptr::null_mut(), new, Release, Acquire)
+                {
+                    Ok(_) => {
+                        // Publish it to the consumer; only this producer ever stores here
+                        // while `head_block` is null.
+                        self.head_block.store(new, Release);
+                        block = new;
+                    }
+                    Err(current) => {
+                        // SAFETY: `new` came from `Box::into_raw` above and was never
+                        // published, so this thread still owns it.
+                        next_block = Some(unsafe { Box::from_raw(new) });
+                        block = current;
+                        tail = self.tail_index.load(Acquire);
+                        continue;
+                    }
+                }
+            }
+
+            let new_tail = tail + (1 << SHIFT);
+            match self
+                .tail_index
+                .compare_exchange_weak(tail, new_tail, SeqCst, Acquire)
+            {
+                Ok(_) => {
+                    if offset + 1 == BLOCK_CAP {
+                        // We took the last slot: install the next block, then step the
+                        // index over the marker position so others may claim again.
+                        let next = Box::into_raw(next_block.take().unwrap_or_else(Block::new));
+                        self.tail_block.store(next, Release);
+                        self.tail_index.fetch_add(1 << SHIFT, Release);
+                        // SAFETY: `block` is the block our successful claim belongs to
+                        // (the index we claimed was read with `Acquire` after the block
+                        // that owns it was stored), and the consumer cannot free it
+                        // before reading our slot, which we have not written yet.
+                        unsafe { (*block).next.store(next, Release) };
+                    }
+                    // SAFETY: as above, `block` is live and slot `offset` is ours alone:
+                    // the CAS gave this producer that position and no other.
+                    unsafe {
+                        let slot = (*block).slots.get_unchecked(offset);
+                        slot.value.with_mut(|p| p.write(MaybeUninit::new(value)));
+                        slot.ready.store(true, Release);
+                    }
+                    return Ok(count(tail));
+                }
+                Err(current) => {
+                    tail = current;
+                    block = self.tail_block.load(Acquire);
+                    spin_hint();
+                }
+            }
+        }
+    }
+
+    /// Takes the next message.
+    ///
+    /// # Safety
+    ///
+    /// Only one thread may call `pop` (or [`Lane::peek`]) at a time: the caller must hold
+    /// the mailbox's receiver claim.
+    pub(crate) unsafe fn pop(&self) -> Pop<T> {
+        let head = self.head_index.load(Relaxed);
+        let block = self.head_block.load(Acquire);
+        if !block.is_null() {
+            let offset = (head >> SHIFT) % LAP;
+            // SAFETY: `block` is the consumer's current block, which only the consumer
+            // frees; `offset < BLOCK_CAP` because the consumer steps over the marker.
+            let slot = unsafe { (*block).slots.get_unchecked(offset) };
+            if slot.ready.load(Acquire) {
+                // SAFETY: `ready` (Acquire) shows the producer's write; the value is read
+                // once, as the head then moves past it.
+                let value = slot.value.with(|p| unsafe { p.read().assume_init() });
+                let mut new_head = head + (1 << SHIFT);
+                if offset + 1 == BLOCK_CAP {
+                    // SAFETY: the producer of the last slot stored `next` before writing
+                    // the value we just read (Release/Acquire through `ready`).
+                    let next = unsafe { (*block).next.load(Acquire) };
+                    debug_assert!(!next.is_null());
+                    self.head_block.store(next, Release);
+                    new_head += 1 << SHIFT;
+                    // SAFETY: every slot of `block` has been read by this consumer, so no
+                    // producer touches it any more (module docs), and nothing else points
+                    // to it: `tail_block` and `head_block` have both moved on.
+                    drop(unsafe { Box::from_raw(block) });
+                }
+                self.head_index.store(new_head, Release);
+                return Pop::Msg(value);
+            }
+        }
+        let tail = self.tail_index.load(Acquire);
+        if tail & CLOSED == 0 {
+            Pop::Empty
+        } else if tail & !CLOSED == head {
+            Pop::Closed
+        } else {
+            Pop::Busy
+        }
+    }
+
+    /// Whether a message is ready at the head.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Lane::pop`]: only the receiver-claim holder may call this.
+    pub(crate) unsafe fn peek(&self) -> bool {
+        let block = self.head_block.load(Acquire);
+        if block.is_null() {
+            return false;
+        }
+        let offset = (self.head_index.load(Relaxed) >> SHIFT) % LAP;
+        // SAFETY: as in `pop`: the consumer's block is live while we hold the claim.
+        unsafe { (*block).slots.get_unchecked(offset).ready.load(Acquire) }
+    }
+
+    /// Closes the lane. Returns `true` if this call closed it.
+    pub(crate) fn close(&self) -> bool {
+        self.tail_index.fetch_or(CLOSED, AcqRel) & CLOSED == 0
+    }
+
+    /// Whether the lane is closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tail_index.load(Acquire) & CLOSED != 0
+    }
+
+    /// Messages ever pushed into this lane.
+    pub(crate) fn pushed(&self) -> usize {
+        count(self.tail_index.load(Acquire))
+    }
+
+    /// Messages ever taken out of this lane.
+    pub(crate) fn popped(&self) -> usize {
+        count(self.head_index.load(Acquire))
+    }
+
+    /// Messages in the lane: exact at rest, a snapshot under concurrency.
+    pub(crate) fn len(&self) -> usize {
+        // Read the head first: it never overtakes the tail, so this never underflows.
+        let popped = self.popped();
+        self.pushed().saturating_sub(popped)
+    }
+}
+
+impl<T> Drop for Lane<T> {
+    fn drop(&mut self) {
+        let tail = self.tail_index.with_mut_value() & !CLOSED;
+        let mut head = self.head_index.with_mut_value();
+        let mut block = self.head_block.with_mut_value();
+        // Drop every message still queued, freeing each block once passed.
+        while head != tail {
+            let offset = (head >> SHIFT) % LAP;
+            if offset < BLOCK_CAP {
+                // SAFETY: `&mut self` means no producer or consumer is active, so every
+                // claimed position below `tail` was written, and `block` is its block.
+                unsafe {
+                    let slot = (*block).slots.get_unchecked(offset);
+                    slot.value.with_mut(|p| (*p).assume_init_drop());
+                }
+            } else {
+                // SAFETY: all slots of `block` are done; `next` was set by the producer
+                // that claimed its last slot.
+                unsafe {
+                    let next = (*block).next.with_mut_value();
+                    drop(Box::from_raw(block));
+                    block = next;
+                }
+            }
+            head += 1 << SHIFT;
+        }
+        if !block.is_null() {
+            // SAFETY: the consumer's current block, owned by the lane and now unreachable.
+            drop(unsafe { Box::from_raw(block) });
+        }
+    }
+}
+
+/// Reads an atomic through `&mut`, under std and loom alike.
+trait WithMutValue<V> {
+    fn with_mut_value(&mut self) -> V;
+}
+
+impl WithMutValue<usize> for AtomicUsize {
+    fn with_mut_value(&mut self) -> usize {
+        #[cfg(loom)]
+        return self.with_mut(|v| *v);
+        #[cfg(not(loom))]
+        *self.get_mut()
+    }
+}
+
+impl<T> WithMutValue<*mut T> for AtomicPtr<T> {
+    fn with_mut_value(&mut self) -> *mut T {
+        #[cfg(loom)]
+        return self.with_mut(|v| *v);
+        #[cfg(not(loom))]
+        *self.get_mut()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn drain(lane: &Lane<u64>) -> Vec<u64> {
+        let mut out = Vec::new();
+        // SAFETY: the test thread is the only consumer.
+        while let Pop::Msg(v) = unsafe { lane.pop() } {
+            out.push(v);
+        }
+        out
+    }
+
+    #[test]
+    fn fifo_across_blocks() {
+        let lane = Lane::new();
+        for i in 0..(BLOCK_CAP as u64 * 3 + 5) {
+            lane.push(i).unwrap();
+        }
+        assert_eq!(lane.len(), BLOCK_CAP * 3 + 5);
+        let got = drain(&lane);
+        assert_eq!(got, (0..(BLOCK_CAP as u64 * 3 + 5)).collect::<Vec<_>>());
+        assert_eq!(lane.len(), 0);
+    }
+
+    #[test]
+    fn count_skips_markers() {
+        for n in 0..200usize {
+            let lane = Lane::new();
+            for i in 0..n {
+                lane.push(i).unwrap();
+            }
+            assert_eq!(lane.pushed(), n);
+            assert_eq!(lane.len(), n, "len at {n}");
+            // SAFETY: single consumer.
+            assert_eq!(unsafe { lane.peek() }, n > 0);
+        }
+    }
+
+    #[test]
+    fn close_then_drain() {
+        let lane = Lane::new();
+        lane.push(1u64).unwrap();
+        assert!(lane.close());
+        assert!(!lane.close());
+        assert_eq!(lane.push(2), Err(2));
+        // SAFETY: single consumer.
+        unsafe {
+            assert!(matches!(lane.pop(), Pop::Msg(1)));
+            assert!(matches!(lane.pop(), Pop::Closed));
+        }
+    }
+
+    #[test]
+    fn drop_frees_queued() {
+        let token = std::sync::Arc::new(());
+        {
+            let lane = Lane::new();
+            for _ in 0..(BLOCK_CAP * 2 + 3) {
+                lane.push(token.clone()).unwrap();
+            }
+            // SAFETY: single consumer.
+            unsafe { lane.pop() };
+        }
+        assert_eq!(std::sync::Arc::strong_count(&token), 1);
+    }
+}

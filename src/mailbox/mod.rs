@@ -1,0 +1,109 @@
+//! Agent mailboxes: lock-free multi-priority MPSC queues with one receiver.
+//!
+//! Layers, bottom up:
+//!
+//! 1. [`lane`](self::lane): one unbounded lock-free MPSC block list (the only `unsafe`
+//!    queue code).
+//! 2. [`priority`](self::priority): four lanes, the drain order and the anti-starvation
+//!    budget.
+//! 3. [`waiter`](self::waiter): the receiver's wait cell (parked thread or task waker).
+//! 4. [`shared`](self::shared): capacity, the receiver claim, close and drain, stats.
+//! 5. [`handle`](self::handle): the public [`AgentMailbox`] and [`MailboxSender`].
+//! 6. [`manager`](self::manager): [`MailboxManager`], mailboxes by pid.
+//!
+//! # Guarantees
+//!
+//! - `Critical` before `High` before `Normal` before `Low`; FIFO within a priority from
+//!   one sender. With `preserve_order: false`, a lower priority is served after being
+//!   passed over 64 times (see `priority`).
+//! - A bounded mailbox (`max_messages > 0`) never holds more than `max_messages`; a
+//!   refused message is handed back (`try_send`) or dead-lettered (`send`).
+//! - One receiver at a time; a second concurrent receive gets `ReceiverBusy`.
+//! - After `close`, the receiver drains what was queued, then gets `ChannelClosed`.
+
+pub(crate) mod handle;
+pub(crate) mod lane;
+pub(crate) mod manager;
+pub(crate) mod priority;
+pub(crate) mod shared;
+pub(crate) mod waiter;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use self::handle::{AgentMailbox, MailboxSender, ReceiveFuture};
+pub use self::manager::MailboxManager;
+use crate::message::AgentPid;
+
+/// Mailbox configuration: the seed's four fields.
+///
+/// | field | meaning |
+/// |---|---|
+/// | `max_messages` | 0 = unbounded (Erlang-style); otherwise an exact bound |
+/// | `preserve_order` | `true`: strict priority order; `false`: a starved lower priority is served after 64 higher messages |
+/// | `enable_persistence` | must be `false`: persistence does not exist yet, and `true` is refused with a `Configuration` error |
+/// | `stats_interval` | the time constant of the `average_processing_time` moving average; must be non-zero |
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxConfig {
+    /// Maximum number of queued messages (0 = unbounded).
+    pub max_messages: usize,
+    /// Strict priority order (`true`) or starvation-free order (`false`).
+    pub preserve_order: bool,
+    /// Refused while persistence does not exist.
+    pub enable_persistence: bool,
+    /// Averaging window for processing-time statistics.
+    pub stats_interval: Duration,
+}
+
+impl Default for MailboxConfig {
+    fn default() -> Self {
+        Self {
+            max_messages: 0,
+            preserve_order: true,
+            enable_persistence: false,
+            stats_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl MailboxConfig {
+    /// Checks the configuration; the error text says what to change.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.enable_persistence {
+            return Err("enable_persistence: true is not supported (mailboxes are in-memory only); set it to false".into());
+        }
+        if self.stats_interval.is_zero() {
+            return Err("stats_interval must be greater than zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// A snapshot of one mailbox's counters.
+///
+/// `total_messages_received = total_messages_processed + messages_dead_lettered +
+/// current_queue_size` at rest. Timestamps, `average_processing_time` and
+/// `max_queue_size_reached` are sampled once per 64 messages (plus the first), so the
+/// hot path reads no clock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MailboxStats {
+    /// The mailbox's agent.
+    pub agent_id: AgentPid,
+    /// Messages accepted into the mailbox.
+    pub total_messages_received: u64,
+    /// Messages handed to the receiver.
+    pub total_messages_processed: u64,
+    /// Messages queued now.
+    pub current_queue_size: usize,
+    /// Highest queue length seen (sampled).
+    pub max_queue_size_reached: usize,
+    /// When a message was last accepted (sampled).
+    pub last_message_received: Option<chrono::DateTime<chrono::Utc>>,
+    /// When a message was last handed out (sampled).
+    pub last_message_processed: Option<chrono::DateTime<chrono::Utc>>,
+    /// Moving average of the time between handing out a message and the next receive.
+    pub average_processing_time: Duration,
+    /// Messages left queued at close and moved to the dead letters.
+    pub messages_dead_lettered: u64,
+}

@@ -1,0 +1,253 @@
+//! The four priority lanes of a mailbox and the order the receiver drains them.
+//!
+//! `Normal` lives inline; `Low`, `High` and `Critical` are allocated together on the
+//! first message that needs one, so an idle mailbox costs one lane plus a pointer.
+//!
+//! # Drain order
+//!
+//! Strict (`budget == 0`): the receiver always takes the head of the highest non-empty
+//! lane. With a starvation budget `b > 0`, a lane whose head has been passed over `b`
+//! times by higher priorities is served next (the highest such lane first), so every
+//! waiting message is reached after at most `b + 3` receives.
+//!
+//! # Closing
+//!
+//! `close` marks the extra lanes first (or, if they were never allocated, swaps in a
+//! sentinel so they never will be), then `Normal`. A producer racing the close either
+//! claims a slot before its lane's mark, and the message is drained, or gets its
+//! message back.
+#![allow(unsafe_code)]
+
+use std::ptr::{self, NonNull};
+use std::sync::atomic::Ordering::{AcqRel, Acquire};
+
+use super::lane::{Lane, Pop};
+use crate::message::MessagePriority;
+use crate::sync::{AtomicPtr, UnsafeCell};
+
+/// The lanes allocated on demand, and the receiver's starvation bookkeeping.
+struct Extra<T> {
+    low: Lane<T>,
+    high: Lane<T>,
+    critical: Lane<T>,
+    /// Per lane (by priority index), how often its head was passed over since it was
+    /// last served. Touched only by the receiver-claim holder.
+    bypassed: UnsafeCell<[u32; 4]>,
+}
+
+/// All lanes of one mailbox.
+pub(crate) struct Lanes<T> {
+    normal: Lane<T>,
+    /// Null until first needed; [`closed_sentinel`] if closed before that.
+    extra: AtomicPtr<Extra<T>>,
+}
+
+// SAFETY: lanes are `Send + Sync` for `T: Send`; `bypassed` is receiver-only.
+unsafe impl<T: Send> Send for Lanes<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for Lanes<T> {}
+
+/// Marks "closed before the extra lanes existed". Never dereferenced; no allocation
+/// can live at this address (it is in the first page).
+fn closed_sentinel<T>() -> *mut Extra<T> {
+    NonNull::dangling().as_ptr()
+}
+
+impl<T> Lanes<T> {
+    pub(crate) fn new() -> Self {
+        Lanes {
+            normal: Lane::new(),
+            extra: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// The allocated extra lanes, if any.
+    fn extra(&self) -> Option<&Extra<T>> {
+        let p = self.extra.load(Acquire);
+        if p.is_null() || p == closed_sentinel() {
+            None
+        } else {
+            // SAFETY: a non-null, non-sentinel pointer was installed from a `Box` and is
+            // freed only in `Drop`.
+            Some(unsafe { &*p })
+        }
+    }
+
+    /// The lane for `priority`, allocating the extra lanes if needed. `None` if the
+    /// mailbox closed before they existed.
+    fn lane_for_push(&self, priority: MessagePriority) -> Option<&Lane<T>> {
+        let extra = match priority {
+            MessagePriority::Normal => return Some(&self.normal),
+            _ => match self.extra() {
+                Some(extra) => extra,
+                None => self.install_extra()?,
+            },
+        };
+        Some(match priority {
+            MessagePriority::Low => &extra.low,
+            MessagePriority::High => &extra.high,
+            _ => &extra.critical,
+        })
+    }
+
+    #[cold]
+    fn install_extra(&self) -> Option<&Extra<T>> {
+        let new = Box::into_raw(Box::new(Extra {
+            low: Lane::new(),
+            high: Lane::new(),
+            critical: Lane::new(),
+            bypassed: UnsafeCell::new([0; 4]),
+        }));
+        match self
+            .extra
+            .compare_exchange(ptr::null_mut(), new, AcqRel, Acquire)
+        {
+            // SAFETY: just installed; freed only in `Drop`.
+            Ok(_) => Some(unsafe { &*new }),
+            Err(current) => {
+                // SAFETY: `new` was never published.
+                drop(unsafe { Box::from_raw(new) });
+                if current == closed_sentinel() {
+                    None
+                } else {
+                    // SAFETY: installed by another producer; freed only in `Drop`.
+                    Some(unsafe { &*current })
+                }
+            }
+        }
+    }
+
+    /// Appends `value` to its priority's lane; hands it back if closed. On success,
+    /// returns how many messages that lane had taken in before this one.
+    pub(crate) fn push(&self, priority: MessagePriority, value: T) -> Result<usize, T> {
+        match self.lane_for_push(priority) {
+            Some(lane) => lane.push(value),
+            None => Err(value),
+        }
+    }
+
+    /// Closes every lane. Returns `true` if this call closed the mailbox.
+    pub(crate) fn close(&self) -> bool {
+        if self
+            .extra
+            .compare_exchange(ptr::null_mut(), closed_sentinel(), AcqRel, Acquire)
+            .is_err()
+        {
+            if let Some(extra) = self.extra() {
+                extra.critical.close();
+                extra.high.close();
+                extra.low.close();
+            }
+        }
+        self.normal.close()
+    }
+
+    /// Whether `close` has run (the normal lane is marked last).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.normal.is_closed()
+    }
+
+    /// Takes the next message in drain order.
+    ///
+    /// # Safety
+    ///
+    /// Only the receiver-claim holder may call this.
+    pub(crate) unsafe fn pop(&self, budget: u32) -> Pop<T> {
+        match self.extra() {
+            // SAFETY: forwarded receiver-claim contract.
+            Some(extra) => unsafe { self.pop_all(extra, budget) },
+            None => {
+                // SAFETY: forwarded receiver-claim contract.
+                let popped = unsafe { self.normal.pop() };
+                if let (Pop::Closed, Some(extra)) = (&popped, self.extra()) {
+                    // The extra lanes appeared (and were closed) after our first look.
+                    // SAFETY: forwarded receiver-claim contract.
+                    return unsafe { self.pop_all(extra, budget) };
+                }
+                popped
+            }
+        }
+    }
+
+    /// # Safety
+    ///
+    /// Only the receiver-claim holder may call this.
+    unsafe fn pop_all(&self, extra: &Extra<T>, budget: u32) -> Pop<T> {
+        // By priority index: Low, Normal, High, Critical.
+        let lanes = [&extra.low, &self.normal, &extra.high, &extra.critical];
+        // SAFETY: the receiver-claim holder is the only one touching `bypassed`.
+        let bypassed = extra.bypassed.with_mut(|p| unsafe { &mut *p });
+
+        if budget > 0 {
+            // Serve an overdue lane first, the highest one if several are.
+            for i in (0..3).rev() {
+                // SAFETY: forwarded receiver-claim contract.
+                if bypassed[i] >= budget && unsafe { lanes[i].peek() } {
+                    // SAFETY: forwarded receiver-claim contract.
+                    if let Pop::Msg(m) = unsafe { lanes[i].pop() } {
+                        bypassed[i] = 0;
+                        return Pop::Msg(m);
+                    }
+                }
+            }
+        }
+
+        let (mut all_closed, mut busy) = (true, false);
+        for i in (0..4).rev() {
+            // SAFETY: forwarded receiver-claim contract.
+            match unsafe { lanes[i].pop() } {
+                Pop::Msg(m) => {
+                    if budget > 0 {
+                        bypassed[i] = 0;
+                        for (j, lane) in lanes.iter().enumerate().take(i) {
+                            // SAFETY: forwarded receiver-claim contract.
+                            if unsafe { lane.peek() } {
+                                bypassed[j] = bypassed[j].saturating_add(1);
+                            }
+                        }
+                    }
+                    return Pop::Msg(m);
+                }
+                Pop::Empty => all_closed = false,
+                Pop::Busy => {
+                    all_closed = false;
+                    busy = true;
+                }
+                Pop::Closed => {}
+            }
+        }
+        if all_closed {
+            Pop::Closed
+        } else if busy {
+            Pop::Busy
+        } else {
+            Pop::Empty
+        }
+    }
+
+    /// Messages ever pushed, over all lanes.
+    pub(crate) fn pushed(&self) -> usize {
+        self.normal.pushed()
+            + self.extra().map_or(0, |e| {
+                e.low.pushed() + e.high.pushed() + e.critical.pushed()
+            })
+    }
+
+    /// Messages queued now, over all lanes (exact at rest).
+    pub(crate) fn len(&self) -> usize {
+        self.normal.len()
+            + self
+                .extra()
+                .map_or(0, |e| e.low.len() + e.high.len() + e.critical.len())
+    }
+}
+
+impl<T> Drop for Lanes<T> {
+    fn drop(&mut self) {
+        let p = self.extra.load(Acquire);
+        if !p.is_null() && p != closed_sentinel() {
+            // SAFETY: installed from a `Box` and reachable only through `self`.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+}

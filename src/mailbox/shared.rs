@@ -1,0 +1,395 @@
+//! The state one mailbox's senders and receiver share.
+//!
+//! # Ground rules
+//!
+//! - Any thread may send (`try_send`) and `close`.
+//! - Only the holder of the receiver claim (`receiving`, taken by [`Shared::claim`]) may
+//!   pop, peek, or register in `waiter`. This is what makes each lane single-consumer.
+//! - Bounded mode reserves capacity in `reserved` *before* pushing and releases it after
+//!   popping, so the queue never holds more than `capacity` messages, even transiently.
+//! - After `close`, a message is in the mailbox iff its push succeeded before the close
+//!   mark. The last receiver handle to go (or `close` itself, if none is left) drains
+//!   what remains into the dead letters, so nothing is lost silently.
+#![allow(unsafe_code)]
+
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use std::time::{Duration, Instant};
+
+use super::lane::Pop;
+use super::priority::Lanes;
+use super::waiter::WaitCell;
+use super::MailboxConfig;
+use crate::delivery::dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
+use crate::error::{MessagingError, TrySendError};
+use crate::message::{AgentMessage, AgentPid, MessagePriority};
+use crate::stats::record_max;
+use crate::sync::{fence, spin_hint, Arc, AtomicBool, AtomicU64, AtomicUsize};
+
+/// Timestamps and processing times are sampled once per this many messages, so the
+/// send and receive paths read no clock for the other 63.
+pub(crate) const SAMPLE_EVERY: usize = 64;
+
+/// Settings shared by every mailbox of one system (one pointer per mailbox).
+#[derive(Debug)]
+pub(crate) struct Settings {
+    /// The seed's four fields.
+    pub(crate) config: MailboxConfig,
+    /// Anti-starvation budget; 0 = strict priority order.
+    pub(crate) budget: u32,
+    /// Set when `config` was refused: every operation then reports it.
+    pub(crate) config_error: Option<String>,
+    /// Where refused and abandoned messages go.
+    pub(crate) dead_letters: Arc<DeadLetters>,
+    /// Time origin for the sampled timestamps.
+    pub(crate) epoch: Instant,
+    /// `epoch` on the wall clock.
+    pub(crate) epoch_utc: chrono::DateTime<chrono::Utc>,
+}
+
+impl Settings {
+    pub(crate) fn new(
+        config: MailboxConfig,
+        budget: Option<u32>,
+        dead_letters: Arc<DeadLetters>,
+    ) -> Self {
+        let config_error = config.validate().err();
+        // `preserve_order: false` lets the anti-starvation budget reorder priorities.
+        let budget = budget.unwrap_or(if config.preserve_order {
+            0
+        } else {
+            DEFAULT_BUDGET
+        });
+        Settings {
+            config,
+            budget,
+            config_error,
+            dead_letters,
+            epoch: Instant::now(),
+            epoch_utc: chrono::Utc::now(),
+        }
+    }
+
+    fn nanos_since_epoch(&self) -> u64 {
+        // Stored +1 so that 0 can mean "never".
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    pub(crate) fn to_utc(&self, stamp: u64) -> Option<chrono::DateTime<chrono::Utc>> {
+        let nanos = stamp.checked_sub(1)?;
+        Some(
+            self.epoch_utc
+                + chrono::Duration::nanoseconds(i64::try_from(nanos).unwrap_or(i64::MAX)),
+        )
+    }
+}
+
+/// The budget used when `preserve_order` is false and none is given.
+pub(crate) const DEFAULT_BUDGET: u32 = 64;
+
+/// One mailbox.
+pub(crate) struct Shared {
+    pub(crate) pid: AgentPid,
+    pub(crate) lanes: Lanes<AgentMessage>,
+    /// The receiver's wait cell.
+    pub(crate) waiter: WaitCell,
+    /// Bounded capacity; 0 = unbounded.
+    capacity: usize,
+    /// Bounded mode: messages queued or being queued. Unused when unbounded.
+    reserved: AtomicUsize,
+    /// The receiver claim: true while some receiver pops.
+    receiving: AtomicBool,
+    /// `AgentMailbox` handles alive (receivers that could still drain).
+    pub(crate) rx_handles: AtomicUsize,
+    /// Messages popped by receivers (written only by the claim holder).
+    pops: AtomicUsize,
+    /// Messages drained into the dead letters after close.
+    dead_lettered: AtomicU64,
+    /// Sampled: when a message was last received / processed (nanos since epoch + 1).
+    last_received: AtomicU64,
+    last_processed: AtomicU64,
+    /// Sampled start of a processing interval (receiver only), 0 = none.
+    sample_start: AtomicU64,
+    /// Moving average of sampled processing times, in nanoseconds.
+    avg_processing: AtomicU64,
+    /// High-water mark of the queue length (sampled).
+    max_len: AtomicUsize,
+    pub(crate) settings: Arc<Settings>,
+}
+
+/// The receiver claim; released on drop.
+pub(crate) struct Claim<'a>(&'a Shared);
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.0.receiving.store(false, Release);
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(pid: AgentPid, settings: Arc<Settings>) -> Self {
+        let shared = Shared {
+            pid,
+            lanes: Lanes::new(),
+            waiter: WaitCell::new(),
+            capacity: settings.config.max_messages,
+            reserved: AtomicUsize::new(0),
+            receiving: AtomicBool::new(false),
+            rx_handles: AtomicUsize::new(0),
+            pops: AtomicUsize::new(0),
+            dead_lettered: AtomicU64::new(0),
+            last_received: AtomicU64::new(0),
+            last_processed: AtomicU64::new(0),
+            sample_start: AtomicU64::new(0),
+            avg_processing: AtomicU64::new(0),
+            max_len: AtomicUsize::new(0),
+            settings,
+        };
+        if shared.settings.config_error.is_some() {
+            shared.lanes.close();
+        }
+        shared
+    }
+
+    /// The error every operation reports on a refused configuration, if any.
+    pub(crate) fn config_error(&self) -> Option<MessagingError> {
+        self.settings
+            .config_error
+            .as_ref()
+            .map(|e| MessagingError::Configuration(e.clone()))
+    }
+
+    // ===== send side =====
+
+    /// Queues `message` at `priority`, or hands it back.
+    #[inline]
+    pub(crate) fn try_send(
+        &self,
+        message: AgentMessage,
+        priority: MessagePriority,
+    ) -> Result<(), TrySendError> {
+        if self.capacity > 0 && !self.reserve() {
+            return Err(if self.lanes.is_closed() {
+                TrySendError::Closed(message)
+            } else {
+                TrySendError::Full(message)
+            });
+        }
+        match self.lanes.push(priority, message) {
+            Ok(before) => {
+                self.waiter.wake();
+                if before % SAMPLE_EVERY == 0 {
+                    self.sample_received();
+                }
+                Ok(())
+            }
+            Err(message) => {
+                if self.capacity > 0 {
+                    self.reserved.fetch_sub(1, AcqRel);
+                }
+                Err(TrySendError::Closed(message))
+            }
+        }
+    }
+
+    /// Takes one unit of bounded capacity; false if full.
+    fn reserve(&self) -> bool {
+        let mut n = self.reserved.load(Relaxed);
+        loop {
+            if n >= self.capacity {
+                return false;
+            }
+            match self
+                .reserved
+                .compare_exchange_weak(n, n + 1, AcqRel, Relaxed)
+            {
+                Ok(_) => return true,
+                Err(current) => n = current,
+            }
+        }
+    }
+
+    #[cold]
+    fn sample_received(&self) {
+        self.last_received
+            .store(self.settings.nanos_since_epoch(), Relaxed);
+        record_max(&self.max_len, self.lanes.len());
+    }
+
+    /// Sends, dead-lettering a refused message: `send` of the seed's API.
+    pub(crate) fn send_or_dead_letter(
+        &self,
+        message: AgentMessage,
+        priority: MessagePriority,
+    ) -> Result<(), MessagingError> {
+        if let Some(e) = self.config_error() {
+            return Err(e);
+        }
+        self.try_send(message, priority).map_err(|e| {
+            let err = e.to_error(&self.pid);
+            let reason = match &e {
+                TrySendError::Full(_) => DeadLetterReason::MailboxFull,
+                TrySendError::Closed(_) => DeadLetterReason::MailboxClosed,
+            };
+            self.settings.dead_letters.push(DeadLetter::message(
+                self.pid.clone(),
+                e.into_inner(),
+                reason,
+            ));
+            err
+        })
+    }
+
+    // ===== receive side =====
+
+    /// Takes the receiver claim.
+    pub(crate) fn claim(&self) -> Result<Claim<'_>, MessagingError> {
+        self.receiving
+            .compare_exchange(false, true, Acquire, Relaxed)
+            .map(|_| Claim(self))
+            .map_err(|_| MessagingError::ReceiverBusy(self.pid.clone()))
+    }
+
+    /// One attempt to take a message: `Some(Ok)`, `Some(Err(closed))`, or `None` if
+    /// nothing is ready. Spins through `Busy` (a producer mid-write after close).
+    pub(crate) fn pop(&self, _claim: &Claim<'_>) -> Option<Result<AgentMessage, MessagingError>> {
+        loop {
+            // SAFETY: `_claim` proves we are the only receiver.
+            match unsafe { self.lanes.pop(self.settings.budget) } {
+                Pop::Msg(message) => {
+                    if self.capacity > 0 {
+                        self.reserved.fetch_sub(1, AcqRel);
+                    }
+                    // Only the claim holder writes `pops`: a load and a store suffice.
+                    let pops = self.pops.load(Relaxed);
+                    self.pops.store(pops.wrapping_add(1), Relaxed);
+                    if pops % SAMPLE_EVERY == 0 {
+                        self.sample_processed();
+                    }
+                    return Some(Ok(message));
+                }
+                Pop::Empty => return None,
+                Pop::Busy => spin_hint(),
+                Pop::Closed => {
+                    return Some(Err(self
+                        .config_error()
+                        .unwrap_or_else(|| MessagingError::ChannelClosed(self.pid.clone()))))
+                }
+            }
+        }
+    }
+
+    /// Called when the receiver comes back for more: closes a sampled processing
+    /// interval.
+    #[inline]
+    pub(crate) fn on_receive_call(&self) {
+        let start = self.sample_start.load(Relaxed);
+        if start != 0 {
+            self.finish_processing_sample(start);
+        }
+    }
+
+    #[cold]
+    fn sample_processed(&self) {
+        let now = self.settings.nanos_since_epoch();
+        self.last_processed.store(now, Relaxed);
+        self.sample_start.store(now, Relaxed);
+        record_max(&self.max_len, self.lanes.len() + 1);
+    }
+
+    #[cold]
+    fn finish_processing_sample(&self, start: u64) {
+        self.sample_start.store(0, Relaxed);
+        let took = self.settings.nanos_since_epoch().saturating_sub(start);
+        // Exponential moving average whose weight follows `stats_interval`: a sample
+        // counts for took / stats_interval of the average (at least 1/64).
+        let interval = self.settings.config.stats_interval.as_nanos().max(1) as f64;
+        let weight = (took as f64 / interval).clamp(1.0 / 64.0, 1.0);
+        let old = self.avg_processing.load(Relaxed);
+        let new = if old == 0 {
+            took
+        } else {
+            (old as f64 + (took as f64 - old as f64) * weight) as u64
+        };
+        self.avg_processing.store(new, Relaxed);
+    }
+
+    /// Messages handed to a receiver so far (drained dead letters excluded).
+    pub(crate) fn processed(&self) -> u64 {
+        (self.pops.load(Relaxed) as u64).saturating_sub(self.dead_lettered.load(Relaxed))
+    }
+
+    // ===== close =====
+
+    /// Closes the mailbox: later sends fail, the receiver drains what is queued, then
+    /// gets `ChannelClosed`. If no receiver handle is left, drains into dead letters.
+    pub(crate) fn close(&self) -> bool {
+        let closed_now = self.lanes.close();
+        self.waiter.wake();
+        // Pairs with the fence in `release_rx_handle`: one of the two sees the other.
+        fence(SeqCst);
+        if self.rx_handles.load(Relaxed) == 0 {
+            self.drain_to_dead_letters();
+        }
+        closed_now
+    }
+
+    /// Called when an `AgentMessage` handle goes away.
+    pub(crate) fn release_rx_handle(&self) {
+        if self.rx_handles.fetch_sub(1, AcqRel) == 1 {
+            fence(SeqCst);
+            if self.lanes.is_closed() {
+                self.drain_to_dead_letters();
+            }
+        }
+    }
+
+    /// Moves every queued message into the dead letters (closed mailboxes only).
+    fn drain_to_dead_letters(&self) {
+        // If someone holds the claim, that receiver drains instead.
+        let Ok(claim) = self.claim() else { return };
+        while let Some(Ok(message)) = self.pop(&claim) {
+            self.dead_lettered.fetch_add(1, Relaxed);
+            self.settings.dead_letters.push(DeadLetter::message(
+                self.pid.clone(),
+                message,
+                DeadLetterReason::MailboxClosed,
+            ));
+        }
+    }
+
+    // ===== stats =====
+
+    pub(crate) fn len(&self) -> usize {
+        self.lanes.len()
+    }
+
+    pub(crate) fn dead_lettered(&self) -> u64 {
+        self.dead_lettered.load(Relaxed)
+    }
+
+    pub(crate) fn max_len(&self) -> usize {
+        self.max_len.load(Relaxed).max(self.len())
+    }
+
+    pub(crate) fn last_received(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.settings.to_utc(self.last_received.load(Relaxed))
+    }
+
+    pub(crate) fn last_processed(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.settings.to_utc(self.last_processed.load(Relaxed))
+    }
+
+    pub(crate) fn average_processing(&self) -> Duration {
+        Duration::from_nanos(self.avg_processing.load(Relaxed))
+    }
+}
+
+impl TrySendError {
+    /// The matching [`MessagingError`], keeping the message.
+    pub(crate) fn to_error(&self, pid: &AgentPid) -> MessagingError {
+        match self {
+            TrySendError::Full(_) => MessagingError::MailboxFull(pid.clone()),
+            TrySendError::Closed(_) => MessagingError::ChannelClosed(pid.clone()),
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The single receiver's wait cell: a parked thread or a task `Waker`.
+//!
+//! One receiver registers, many producers wake. The protocol is that of tokio's
+//! `AtomicWaker`, plus a fast path so that a producer pays no read-modify-write when no
+//! one waits:
+//!
+//! - The receiver registers (`IDLE → REGISTERING → WAITING`), then issues
+//!   `fence(SeqCst)` and checks the queue once more before it sleeps.
+//! - A producer publishes its message, issues `fence(SeqCst)`, then loads the state.
+//!   Seeing `IDLE` it stops: the two fences guarantee the receiver's re-check sees the
+//!   message. Otherwise it sets `WAKING`; if the state was exactly `WAITING` it takes
+//!   the waiter and wakes it. A wake that lands during `REGISTERING` is noticed by the
+//!   registering receiver, which then wakes itself.
+//!
+//! Only the holder of `REGISTERING` (the receiver) or of `WAKING` (the producer that
+//! moved the state from `WAITING`) touches `waiter`.
+#![allow(unsafe_code)]
+
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, SeqCst};
+use std::task::Waker;
+
+use crate::sync::{fence, thread, AtomicUsize, UnsafeCell};
+
+/// Nobody waits (a stale waiter may be stored; it is never woken from this state).
+const IDLE: usize = 0;
+/// The receiver is storing its waiter.
+const REGISTERING: usize = 0b001;
+/// A waiter is stored and wants a wake.
+const WAITING: usize = 0b010;
+/// A producer is taking the waiter to wake it.
+const WAKING: usize = 0b100;
+
+/// How the receiver wants to be woken.
+#[derive(Debug)]
+pub(crate) enum Waiter {
+    /// A blocked thread: `unpark` it.
+    Thread(thread::Thread),
+    /// An async task: wake it.
+    Task(Waker),
+}
+
+impl Waiter {
+    fn wake(self) {
+        match self {
+            Waiter::Thread(thread) => thread.unpark(),
+            Waiter::Task(waker) => waker.wake(),
+        }
+    }
+}
+
+/// A cell holding at most one [`Waiter`].
+#[derive(Debug)]
+pub(crate) struct WaitCell {
+    /// `IDLE`, `REGISTERING`, `WAITING`, with `WAKING` or'ed in by producers.
+    state: AtomicUsize,
+    /// The registered waiter; see the module docs for who may touch it.
+    waiter: UnsafeCell<Option<Waiter>>,
+}
+
+impl WaitCell {
+    pub(crate) fn new() -> Self {
+        WaitCell {
+            state: AtomicUsize::new(IDLE),
+            waiter: UnsafeCell::new(None),
+        }
+    }
+
+    /// Registers `waiter` to be woken by the next [`WaitCell::wake`].
+    ///
+    /// Must be called by one thread at a time (the receiver-claim holder). After it
+    /// returns, the caller re-checks its condition before sleeping; the fence is inside.
+    pub(crate) fn register(&self, waiter: Waiter) {
+        match self
+            .state
+            .compare_exchange(IDLE, REGISTERING, Acquire, Acquire)
+            .or_else(|s| {
+                // A stored waiter that nobody woke yet: replace it.
+                if s == WAITING {
+                    self.state
+                        .compare_exchange(WAITING, REGISTERING, Acquire, Acquire)
+                } else {
+                    Err(s)
+                }
+            }) {
+            Ok(_) => {
+                // SAFETY: `REGISTERING` excludes producers from `waiter` (they only take it
+                // after moving the state from exactly `WAITING`).
+                let old = self.waiter.with_mut(|p| unsafe { (*p).replace(waiter) });
+                drop(old);
+                if let Err(actual) =
+                    self.state
+                        .compare_exchange(REGISTERING, WAITING, AcqRel, Acquire)
+                {
+                    // A producer set `WAKING` while we registered; it left the waiter
+                    // to us. Take it back and wake ourselves.
+                    debug_assert_eq!(actual, REGISTERING | WAKING);
+                    // SAFETY: the state is still `REGISTERING | WAKING`, which no
+                    // producer acts on; we hold the registration.
+                    let waiter = self.waiter.with_mut(|p| unsafe { (*p).take() });
+                    self.state.store(IDLE, SeqCst);
+                    if let Some(waiter) = waiter {
+                        waiter.wake();
+                    }
+                }
+            }
+            // A wake is in progress: treat it as ours.
+            Err(_) => waiter.wake(),
+        }
+        fence(SeqCst);
+    }
+
+    /// Wakes the registered waiter, if any. Called by producers after publishing.
+    #[inline]
+    pub(crate) fn wake(&self) {
+        fence(SeqCst);
+        if self.state.load(Relaxed) == IDLE {
+            return;
+        }
+        self.wake_slow();
+    }
+
+    #[cold]
+    fn wake_slow(&self) {
+        let prev = self.state.fetch_or(WAKING, AcqRel);
+        if prev == IDLE {
+            // The waiter was woken by someone else since our load: undo our bit.
+            self.state.fetch_and(!WAKING, AcqRel);
+        } else if prev == WAITING {
+            // SAFETY: we moved the state from exactly `WAITING` to `WAITING | WAKING`;
+            // the receiver does not touch `waiter` until the state is `IDLE` or `WAITING`
+            // again, and other producers saw `WAKING` already set and backed off.
+            let waiter = self.waiter.with_mut(|p| unsafe { (*p).take() });
+            self.state.store(IDLE, SeqCst);
+            if let Some(waiter) = waiter {
+                waiter.wake();
+            }
+        }
+    }
+}
+
+// SAFETY: `waiter` is only touched by the holder of `REGISTERING` or of the `WAITING →
+// WAKING` transition (module docs), and a `Waiter` is `Send`.
+unsafe impl Sync for WaitCell {}
+// SAFETY: as above.
+unsafe impl Send for WaitCell {}
+
+impl Default for WaitCell {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Blocks the current thread until `ready` yields a value or `deadline` passes.
+///
+/// `ready` is polled before sleeping, after registering (the lost-wake-up re-check),
+/// and after every wake-up. Returns `None` on timeout. Only the single registrant of
+/// `cell` may call this.
+pub(crate) fn block_until<R>(
+    cell: &WaitCell,
+    deadline: Option<std::time::Instant>,
+    mut ready: impl FnMut() -> Option<R>,
+) -> Option<R> {
+    // A short spin catches a producer that is about to publish, saving a park.
+    for _ in 0..SPINS {
+        if let Some(r) = ready() {
+            return Some(r);
+        }
+        crate::sync::spin_hint();
+    }
+    loop {
+        cell.register(Waiter::Thread(thread::current()));
+        if let Some(r) = ready() {
+            return Some(r);
+        }
+        match deadline {
+            None => thread::park(),
+            Some(deadline) => park_until(deadline)?,
+        }
+        if let Some(r) = ready() {
+            return Some(r);
+        }
+    }
+}
+
+/// Spins before parking (none under loom, where spinning only multiplies branches).
+const SPINS: usize = if cfg!(loom) { 0 } else { 64 };
+
+/// Parks until `deadline`; `None` once it has passed.
+#[cfg(not(loom))]
+fn park_until(deadline: std::time::Instant) -> Option<()> {
+    let now = std::time::Instant::now();
+    if now >= deadline {
+        return None;
+    }
+    thread::park_timeout(deadline - now);
+    Some(())
+}
+
+/// Loom has no clock: a deadline is treated as already passed after one check.
+#[cfg(loom)]
+fn park_until(_deadline: std::time::Instant) -> Option<()> {
+    None
+}

@@ -1,0 +1,131 @@
+//! `MessageEnvelope`: the routable, serialisable form of a cast, and `TypedMessage<T>`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{AgentMessage, AgentPid, DeliveryOptions, MessageId};
+
+/// A message addressed to an agent (or a group), with its delivery options.
+///
+/// `MessageSystem::send_message` routes it; the receiver gets an
+/// [`AgentMessage::Cast`] whose `id()`, `from()`, `message_type()` and
+/// `payload::<serde_json::Value>()` are the envelope's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageEnvelope {
+    /// The message's id: kept through retries, used for acks and deduplication.
+    pub id: MessageId,
+    /// The sender, if any.
+    pub from: Option<AgentPid>,
+    /// The destination agent or group.
+    pub to: AgentPid,
+    /// An application-defined type tag.
+    pub message_type: String,
+    /// The payload.
+    pub payload: serde_json::Value,
+    /// Priority, expiry, acks and retries.
+    pub delivery_options: DeliveryOptions,
+    /// When the envelope was made.
+    pub created_at: DateTime<Utc>,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+}
+
+impl MessageEnvelope {
+    /// A new envelope with a fresh id and no sender.
+    pub fn new(
+        to: AgentPid,
+        message_type: String,
+        payload: serde_json::Value,
+        delivery_options: DeliveryOptions,
+    ) -> Self {
+        Self {
+            id: MessageId::new(),
+            from: None,
+            to,
+            message_type,
+            payload,
+            delivery_options,
+            created_at: Utc::now(),
+            attempts: 0,
+        }
+    }
+
+    /// Sets the sender.
+    pub fn with_from(mut self, from: AgentPid) -> Self {
+        self.from = Some(from);
+        self
+    }
+
+    /// Counts one more delivery attempt.
+    pub fn increment_attempts(&mut self) {
+        self.attempts = self.attempts.saturating_add(1);
+    }
+
+    /// Whether the attempts so far reached `delivery_options.max_retries`.
+    pub fn max_retries_exceeded(&self) -> bool {
+        self.attempts >= self.delivery_options.max_retries
+    }
+
+    /// Whether `delivery_options.timeout` has passed since `created_at` (wall clock).
+    pub fn is_expired(&self) -> bool {
+        let elapsed = (Utc::now() - self.created_at)
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        elapsed > self.delivery_options.timeout
+    }
+
+    /// The cast this envelope arrives as, keeping its id, sender and type.
+    pub fn into_message(self) -> AgentMessage {
+        AgentMessage::Cast {
+            id: self.id,
+            from: self.from.unwrap_or_else(AgentPid::nil),
+            payload: Box::new(self.payload),
+            message_type: Some(self.message_type),
+        }
+    }
+}
+
+/// A payload of a known type with its id and sender, for type-safe handlers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TypedMessage<T> {
+    /// The message's id.
+    pub id: MessageId,
+    /// The sender, if any.
+    pub from: Option<AgentPid>,
+    /// The payload.
+    pub payload: T,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+}
+
+impl<T> TypedMessage<T> {
+    /// A new message with a fresh id.
+    pub fn new(payload: T) -> Self {
+        Self {
+            id: MessageId::new(),
+            from: None,
+            payload,
+            created_at: Utc::now(),
+        }
+    }
+
+    /// Sets the sender.
+    pub fn with_from(mut self, from: AgentPid) -> Self {
+        self.from = Some(from);
+        self
+    }
+}
+
+impl<T: std::any::Any + Send> TypedMessage<T> {
+    /// The cast carrying this payload, keeping the id and sender.
+    pub fn into_message(self) -> AgentMessage {
+        AgentMessage::Cast {
+            id: self.id,
+            from: self.from.unwrap_or_else(AgentPid::nil),
+            payload: Box::new(self.payload),
+            message_type: None,
+        }
+    }
+}

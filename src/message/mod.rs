@@ -1,0 +1,380 @@
+//! Messages: who sends, what is sent, and how urgently.
+//!
+//! Following Erlang/OTP, an [`AgentMessage`] is a `Call` (gen_server:call, expects a
+//! reply), a `Cast` (gen_server:cast, fire and forget) or an `Info` (a system notice),
+//! plus `Reply` and `Ack`. A [`MessageEnvelope`] is the routable, serialisable form that
+//! `MessageSystem::send_message` takes; it arrives as a `Cast` carrying the envelope's id,
+//! sender, type and JSON payload.
+
+mod envelope;
+mod id;
+pub(crate) mod reply;
+
+use std::any::Any;
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use self::envelope::{MessageEnvelope, TypedMessage};
+pub use self::id::{AgentPid, MessageId};
+pub use self::reply::{reply_channel, Payload, ReplyError, ReplyReceiver, ReplySender};
+
+/// How urgently a message is delivered: a mailbox hands out `Critical` before `High`
+/// before `Normal` before `Low`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+pub enum MessagePriority {
+    /// Background work.
+    Low = 0,
+    /// The default.
+    #[default]
+    Normal = 1,
+    /// Ahead of normal traffic.
+    High = 2,
+    /// Ahead of everything.
+    Critical = 3,
+}
+
+impl MessagePriority {
+    /// All priorities, highest first (the order a mailbox drains them).
+    pub const HIGHEST_FIRST: [MessagePriority; 4] = [
+        MessagePriority::Critical,
+        MessagePriority::High,
+        MessagePriority::Normal,
+        MessagePriority::Low,
+    ];
+
+    /// The lane index of this priority (`Low` = 0 … `Critical` = 3).
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Per-message delivery options.
+///
+/// `max_retries` and `retry_delay` here override the system's `DeliveryConfig` for this
+/// message; `timeout` is how long the message may stay undelivered before it expires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryOptions {
+    /// Which mailbox lane the message goes to.
+    pub priority: MessagePriority,
+    /// How long the message may wait for delivery before it expires (dead letter).
+    pub timeout: Duration,
+    /// Keep the message until `MessageSystem::acknowledge` is called for its id.
+    pub require_ack: bool,
+    /// Maximum redelivery attempts after the first.
+    pub max_retries: u32,
+    /// Delay before the first retry.
+    pub retry_delay: Duration,
+}
+
+impl Default for DeliveryOptions {
+    fn default() -> Self {
+        Self {
+            priority: MessagePriority::Normal,
+            timeout: Duration::from_secs(30),
+            require_ack: false,
+            max_retries: 3,
+            retry_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A message in an agent's mailbox.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use terraphim_agent_messaging::{AgentMessage, AgentPid};
+///
+/// let from = AgentPid::new();
+/// let cast = AgentMessage::cast(from.clone(), "hello");
+/// assert_eq!(cast.payload::<&str>(), Some(&"hello"));
+/// assert!(!cast.expects_response());
+///
+/// let (call, reply) = AgentMessage::call(from, 21u32, Duration::from_secs(1));
+/// if let AgentMessage::Call { payload, reply_to, .. } = call {
+///     let n = payload.downcast::<u32>().unwrap();
+///     reply_to.send(Box::new(*n * 2)).unwrap();
+/// }
+/// assert_eq!(*reply.recv().unwrap().downcast::<u32>().unwrap(), 42);
+/// ```
+pub enum AgentMessage {
+    /// gen_server:call — the callee answers through `reply_to`.
+    Call {
+        /// The message's id.
+        id: MessageId,
+        /// The caller.
+        from: AgentPid,
+        /// The request.
+        payload: Payload,
+        /// Where the reply goes: `reply_to.send(Box::new(reply))`.
+        reply_to: ReplySender,
+        /// How long the caller waits.
+        timeout: Duration,
+    },
+    /// gen_server:cast — fire and forget.
+    Cast {
+        /// The message's id (an envelope's id when routed from one).
+        id: MessageId,
+        /// The sender ([`AgentPid::nil`] when the envelope had none).
+        from: AgentPid,
+        /// The payload (`serde_json::Value` when routed from an envelope).
+        payload: Payload,
+        /// The envelope's `message_type`, if routed from one.
+        message_type: Option<String>,
+    },
+    /// A system notice (gen_server:info).
+    Info {
+        /// The message's id.
+        id: MessageId,
+        /// What happened.
+        info: SystemInfo,
+    },
+    /// A reply sent as an ordinary message.
+    Reply {
+        /// The message's id.
+        id: MessageId,
+        /// Whom it answers.
+        to: AgentPid,
+        /// The reply.
+        payload: Payload,
+    },
+    /// An acknowledgement of another message.
+    Ack {
+        /// The message's id.
+        id: MessageId,
+        /// The id being acknowledged.
+        original_message_id: MessageId,
+    },
+}
+
+impl AgentMessage {
+    /// A call and the receiver of its reply.
+    pub fn call<T: Any + Send>(
+        from: AgentPid,
+        payload: T,
+        timeout: Duration,
+    ) -> (Self, ReplyReceiver) {
+        let (reply_to, reply) = reply_channel();
+        let message = AgentMessage::Call {
+            id: MessageId::new(),
+            from,
+            payload: Box::new(payload),
+            reply_to,
+            timeout,
+        };
+        (message, reply)
+    }
+
+    /// A cast.
+    pub fn cast<T: Any + Send>(from: AgentPid, payload: T) -> Self {
+        AgentMessage::Cast {
+            id: MessageId::new(),
+            from,
+            payload: Box::new(payload),
+            message_type: None,
+        }
+    }
+
+    /// A system notice.
+    pub fn info(info: SystemInfo) -> Self {
+        AgentMessage::Info {
+            id: MessageId::new(),
+            info,
+        }
+    }
+
+    /// A reply message addressed to `to`.
+    pub fn reply<T: Any + Send>(to: AgentPid, payload: T) -> Self {
+        AgentMessage::Reply {
+            id: MessageId::new(),
+            to,
+            payload: Box::new(payload),
+        }
+    }
+
+    /// An acknowledgement of `original_message_id`.
+    pub fn ack(original_message_id: MessageId) -> Self {
+        AgentMessage::Ack {
+            id: MessageId::new(),
+            original_message_id,
+        }
+    }
+
+    /// The message's id.
+    pub fn id(&self) -> &MessageId {
+        match self {
+            AgentMessage::Call { id, .. }
+            | AgentMessage::Cast { id, .. }
+            | AgentMessage::Info { id, .. }
+            | AgentMessage::Reply { id, .. }
+            | AgentMessage::Ack { id, .. } => id,
+        }
+    }
+
+    /// The sender, for calls and casts that have one.
+    pub fn from(&self) -> Option<&AgentPid> {
+        match self {
+            AgentMessage::Call { from, .. } | AgentMessage::Cast { from, .. } if !from.is_nil() => {
+                Some(from)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the sender waits for a reply.
+    pub fn expects_response(&self) -> bool {
+        matches!(self, AgentMessage::Call { .. })
+    }
+
+    /// The envelope's `message_type`, for messages routed from an envelope.
+    pub fn message_type(&self) -> Option<&str> {
+        match self {
+            AgentMessage::Cast { message_type, .. } => message_type.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The payload as a `T`, for `Call`, `Cast` and `Reply`.
+    pub fn payload<T: Any>(&self) -> Option<&T> {
+        match self {
+            AgentMessage::Call { payload, .. }
+            | AgentMessage::Cast { payload, .. }
+            | AgentMessage::Reply { payload, .. } => payload.downcast_ref::<T>(),
+            _ => None,
+        }
+    }
+
+    /// The variant's name, for logs and dead letters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AgentMessage::Call { .. } => "call",
+            AgentMessage::Cast { .. } => "cast",
+            AgentMessage::Info { .. } => "info",
+            AgentMessage::Reply { .. } => "reply",
+            AgentMessage::Ack { .. } => "ack",
+        }
+    }
+}
+
+impl fmt::Debug for AgentMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct(match self {
+            AgentMessage::Call { .. } => "Call",
+            AgentMessage::Cast { .. } => "Cast",
+            AgentMessage::Info { .. } => "Info",
+            AgentMessage::Reply { .. } => "Reply",
+            AgentMessage::Ack { .. } => "Ack",
+        });
+        d.field("id", self.id());
+        if let Some(from) = self.from() {
+            d.field("from", from);
+        }
+        match self {
+            AgentMessage::Cast {
+                payload,
+                message_type,
+                ..
+            } => {
+                if let Some(t) = message_type {
+                    d.field("message_type", t);
+                }
+                d.field("payload", &DebugPayload(payload));
+            }
+            AgentMessage::Call {
+                payload, timeout, ..
+            } => {
+                d.field("payload", &DebugPayload(payload))
+                    .field("timeout", timeout);
+            }
+            AgentMessage::Reply { to, payload, .. } => {
+                d.field("to", to).field("payload", &DebugPayload(payload));
+            }
+            AgentMessage::Info { info, .. } => {
+                d.field("info", info);
+            }
+            AgentMessage::Ack {
+                original_message_id,
+                ..
+            } => {
+                d.field("original_message_id", original_message_id);
+            }
+        }
+        d.finish()
+    }
+}
+
+/// Shows common payload types by value and anything else as `<opaque>`.
+struct DebugPayload<'a>(&'a Payload);
+
+impl fmt::Debug for DebugPayload<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = self.0;
+        if let Some(v) = p.downcast_ref::<serde_json::Value>() {
+            write!(f, "{v}")
+        } else if let Some(s) = p.downcast_ref::<&str>() {
+            write!(f, "{s:?}")
+        } else if let Some(s) = p.downcast_ref::<String>() {
+            write!(f, "{s:?}")
+        } else if let Some(n) = p.downcast_ref::<u64>() {
+            write!(f, "{n}")
+        } else if let Some(n) = p.downcast_ref::<i64>() {
+            write!(f, "{n}")
+        } else if let Some(n) = p.downcast_ref::<u32>() {
+            write!(f, "{n}")
+        } else if let Some(n) = p.downcast_ref::<i32>() {
+            write!(f, "{n}")
+        } else {
+            f.write_str("<opaque>")
+        }
+    }
+}
+
+/// System notices, delivered as [`AgentMessage::Info`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SystemInfo {
+    /// An agent started.
+    AgentStarted {
+        /// The agent.
+        agent_id: AgentPid,
+        /// When.
+        timestamp: DateTime<Utc>,
+    },
+    /// An agent stopped.
+    AgentStopped {
+        /// The agent.
+        agent_id: AgentPid,
+        /// When.
+        timestamp: DateTime<Utc>,
+        /// Why.
+        reason: String,
+    },
+    /// A health probe.
+    HealthCheck {
+        /// The agent probed.
+        agent_id: AgentPid,
+        /// When.
+        timestamp: DateTime<Utc>,
+    },
+    /// The system is shutting down.
+    SystemShutdown {
+        /// When.
+        timestamp: DateTime<Utc>,
+        /// Why.
+        reason: String,
+    },
+    /// Anything else.
+    Custom {
+        /// What kind of notice.
+        message_type: String,
+        /// Its data.
+        data: serde_json::Value,
+        /// When.
+        timestamp: DateTime<Utc>,
+    },
+}

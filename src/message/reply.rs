@@ -1,0 +1,264 @@
+//! The reply channel of a call: a one-shot slot that works from sync and async code.
+//!
+//! `AgentMessage::call` returns the [`ReplyReceiver`]; the [`ReplySender`] travels inside
+//! the `Call` message as `reply_to`. Each call has its own slot, so a late reply can
+//! never reach a later call.
+//!
+//! State moves once, from `EMPTY` to `SENT` (the sender wrote the value first), to
+//! `SENDER_GONE` (dropped without replying) or to `RECEIVER_GONE`; whoever moves it
+//! second reads the outcome. The value is written before `SENT` is published (Release)
+//! and read only after it is observed (Acquire).
+#![allow(unsafe_code)]
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::{AcqRel, Acquire};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use crate::mailbox::waiter::{block_until, WaitCell, Waiter};
+use crate::sync::{Arc, AtomicUsize, UnsafeCell};
+
+/// A reply payload, as the seed's `reply_to.send(Box::new(response))` writes it.
+pub type Payload = Box<dyn Any + Send>;
+
+const EMPTY: usize = 0;
+const SENT: usize = 1;
+const SENDER_GONE: usize = 2;
+const RECEIVER_GONE: usize = 3;
+
+struct Slot {
+    /// `EMPTY` until one side finishes.
+    state: AtomicUsize,
+    /// Written by the sender before `SENT`; taken by the receiver after it.
+    value: UnsafeCell<Option<Payload>>,
+    /// The receiver's waiter.
+    waiter: WaitCell,
+}
+
+// SAFETY: `value` is handed from the sender to the receiver through the state protocol of
+// the module docs; `Payload` is `Send`.
+unsafe impl Sync for Slot {}
+// SAFETY: as above.
+unsafe impl Send for Slot {}
+
+/// The sending half of a call's reply channel (`reply_to` in `AgentMessage::Call`).
+pub struct ReplySender {
+    slot: Arc<Slot>,
+    /// Whether `send` already ran (the drop then has nothing to announce).
+    done: bool,
+}
+
+/// The receiving half of a call's reply channel: `recv()`, `recv_timeout(d)`, or `.await`.
+pub struct ReplyReceiver {
+    slot: Arc<Slot>,
+}
+
+/// Why no reply arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyError {
+    /// The callee dropped the call without replying.
+    Closed,
+    /// The timeout passed first.
+    Timeout,
+}
+
+impl fmt::Display for ReplyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReplyError::Closed => "the call was dropped without a reply",
+            ReplyError::Timeout => "no reply before the timeout",
+        })
+    }
+}
+
+impl std::error::Error for ReplyError {}
+
+/// A fresh reply channel.
+pub fn reply_channel() -> (ReplySender, ReplyReceiver) {
+    let slot = Arc::new(Slot {
+        state: AtomicUsize::new(EMPTY),
+        value: UnsafeCell::new(None),
+        waiter: WaitCell::new(),
+    });
+    (
+        ReplySender {
+            slot: slot.clone(),
+            done: false,
+        },
+        ReplyReceiver { slot },
+    )
+}
+
+// ===== impl ReplySender =====
+
+impl ReplySender {
+    /// Sends the reply. Hands it back if the caller stopped waiting.
+    pub fn send(mut self, value: Payload) -> Result<(), Payload> {
+        self.done = true;
+        if self.slot.state.load(Acquire) == RECEIVER_GONE {
+            return Err(value);
+        }
+        // SAFETY: only the sender writes `value`, and the receiver reads it only after
+        // observing `SENT`, which is published below.
+        self.slot.value.with_mut(|p| unsafe { *p = Some(value) });
+        match self
+            .slot
+            .state
+            .compare_exchange(EMPTY, SENT, AcqRel, Acquire)
+        {
+            Ok(_) => {
+                self.slot.waiter.wake();
+                Ok(())
+            }
+            // SAFETY: the receiver is gone and never reads; we wrote the value, take it back.
+            Err(_) => Err(self
+                .slot
+                .value
+                .with_mut(|p| unsafe { (*p).take() })
+                .expect("value written above")),
+        }
+    }
+
+    /// Whether the caller has stopped waiting (dropped its receiver or timed out).
+    pub fn is_closed(&self) -> bool {
+        self.slot.state.load(Acquire) == RECEIVER_GONE
+    }
+}
+
+impl Drop for ReplySender {
+    fn drop(&mut self) {
+        if !self.done
+            && self
+                .slot
+                .state
+                .compare_exchange(EMPTY, SENDER_GONE, AcqRel, Acquire)
+                .is_ok()
+        {
+            self.slot.waiter.wake();
+        }
+    }
+}
+
+impl fmt::Debug for ReplySender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplySender").finish_non_exhaustive()
+    }
+}
+
+// ===== impl ReplyReceiver =====
+
+impl ReplyReceiver {
+    /// The reply if it has arrived; `Ok(None)` if it may still come.
+    pub fn try_recv(&mut self) -> Result<Option<Payload>, ReplyError> {
+        match self.slot.state.load(Acquire) {
+            // SAFETY: `SENT` (Acquire) shows the sender's write, and the sender no longer
+            // touches `value`; `&mut self` makes this the only reader. A second take
+            // finds `None`: the reply was already received.
+            SENT => match self.slot.value.with_mut(|p| unsafe { (*p).take() }) {
+                Some(value) => Ok(Some(value)),
+                None => Err(ReplyError::Closed),
+            },
+            SENDER_GONE => Err(ReplyError::Closed),
+            _ => Ok(None),
+        }
+    }
+
+    /// Blocks until the reply arrives.
+    pub fn recv(mut self) -> Result<Payload, ReplyError> {
+        self.wait(None).unwrap_or(Err(ReplyError::Timeout))
+    }
+
+    /// Blocks until the reply arrives or `timeout` passes.
+    pub fn recv_timeout(mut self, timeout: Duration) -> Result<Payload, ReplyError> {
+        let deadline = Instant::now().checked_add(timeout);
+        self.wait(deadline).unwrap_or(Err(ReplyError::Timeout))
+    }
+
+    fn wait(&mut self, deadline: Option<Instant>) -> Option<Result<Payload, ReplyError>> {
+        let slot = self.slot.clone();
+        block_until(&slot.waiter, deadline, || self.try_recv().transpose())
+    }
+}
+
+impl Future for ReplyReceiver {
+    type Output = Result<Payload, ReplyError>;
+
+    /// # Cancel safety
+    ///
+    /// Dropping the future drops the receiver: a reply sent afterwards is handed back to
+    /// the replier by `ReplySender::send`.
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Some(r) = this.try_recv().transpose() {
+            return Poll::Ready(r);
+        }
+        this.slot.waiter.register(Waiter::Task(cx.waker().clone()));
+        match this.try_recv().transpose() {
+            Some(r) => Poll::Ready(r),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for ReplyReceiver {
+    fn drop(&mut self) {
+        // If the reply already arrived it is dropped with the slot.
+        let _ = self
+            .slot
+            .state
+            .compare_exchange(EMPTY, RECEIVER_GONE, AcqRel, Acquire);
+    }
+}
+
+impl fmt::Debug for ReplyReceiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplyReceiver").finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_round_trip_across_threads() {
+        let (tx, rx) = reply_channel();
+        let t = std::thread::spawn(move || tx.send(Box::new(7u32)).unwrap());
+        let v = rx.recv().unwrap();
+        assert_eq!(*v.downcast::<u32>().unwrap(), 7);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn dropped_sender_closes() {
+        let (tx, rx) = reply_channel();
+        drop(tx);
+        assert_eq!(rx.recv().unwrap_err(), ReplyError::Closed);
+    }
+
+    #[test]
+    fn timeout_then_late_reply_is_handed_back() {
+        let (tx, rx) = reply_channel();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_millis(5)).unwrap_err(),
+            ReplyError::Timeout
+        );
+        assert!(tx.is_closed());
+        assert!(tx.send(Box::new(1u8)).is_err());
+    }
+
+    #[test]
+    fn zero_and_huge_timeouts() {
+        let (_tx, rx) = reply_channel();
+        assert_eq!(
+            rx.recv_timeout(Duration::ZERO).unwrap_err(),
+            ReplyError::Timeout
+        );
+        let (tx, rx) = reply_channel();
+        tx.send(Box::new(())).unwrap();
+        assert!(rx.recv_timeout(Duration::MAX).is_ok());
+    }
+}

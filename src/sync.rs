@@ -1,0 +1,93 @@
+//! The one import point for every atomic, `Arc`, thread and `UnsafeCell` the crate uses.
+//!
+//! Under `RUSTFLAGS="--cfg loom"` these are loom's checked twins, so the loom models in
+//! `loom_tests/` explore the real lanes, wait cells and table rather than copies of them.
+//! The gate is `cfg(loom)` alone: `loom_tests/` links the library without `cfg(test)`.
+//!
+//! Nothing else in the crate may name `std::sync::atomic`, `std::thread::park` or
+//! `std::cell::UnsafeCell` directly.
+
+#[cfg(loom)]
+pub(crate) use loom::{
+    cell::UnsafeCell,
+    sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize},
+    sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    thread,
+};
+
+#[cfg(not(loom))]
+pub(crate) use std::{
+    sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize},
+    sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    thread,
+};
+
+#[cfg(not(loom))]
+pub(crate) use self::std_cell::UnsafeCell;
+
+/// Spin-wait hint: a CPU pause normally, a loom yield under loom so that a spinning
+/// thread lets the model schedule the thread it waits for (loom #162).
+#[inline]
+pub(crate) fn spin_hint() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    std::hint::spin_loop();
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section in this crate leaves its
+/// data consistent before anything that could panic, so a poisoned lock still holds
+/// valid data and one panicking agent must not take the whole system down with it.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    #[cfg(loom)]
+    return mutex.lock().unwrap();
+    #[cfg(not(loom))]
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Read-locks, ignoring poisoning (see [`lock`]).
+pub(crate) fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    #[cfg(loom)]
+    return lock.read().unwrap();
+    #[cfg(not(loom))]
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Write-locks, ignoring poisoning (see [`lock`]).
+pub(crate) fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    #[cfg(loom)]
+    return lock.write().unwrap();
+    #[cfg(not(loom))]
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(not(loom))]
+mod std_cell {
+    /// `std::cell::UnsafeCell` with loom's closure-based access API, so that the same
+    /// code compiles against both (the pattern of crossbeam-epoch's `primitive` module).
+    #[derive(Debug, Default)]
+    #[repr(transparent)]
+    pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+    impl<T> UnsafeCell<T> {
+        #[inline]
+        pub(crate) const fn new(value: T) -> Self {
+            Self(std::cell::UnsafeCell::new(value))
+        }
+
+        /// Runs `f` with a shared raw pointer to the value.
+        #[inline]
+        pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+            f(self.0.get())
+        }
+
+        /// Runs `f` with a unique raw pointer to the value.
+        #[inline]
+        pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0.get())
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! [`MessageSystem`]: agents, mailboxes and routing wired together.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::atomic::Ordering::{AcqRel, Acquire};
+use std::time::Duration;
+
+use crate::delivery::dead_letter::{DeadLetter, DeadLetters};
+use crate::error::{MessagingError, MessagingResult};
+use crate::mailbox::shared::Settings;
+use crate::mailbox::{AgentMailbox, MailboxConfig, MailboxManager, MailboxSender, MailboxStats};
+use crate::message::{
+    AgentMessage, AgentPid, MessageEnvelope, MessagePriority, Payload, ReplyError,
+};
+use crate::router::{DefaultMessageRouter, MessageRouter, RouterConfig, RouterStats};
+use crate::sync::{Arc, AtomicBool};
+use crate::table::AgentTable;
+
+/// The messaging system: register agents, send, call, receive, observe.
+///
+/// Cheap to clone; clones share everything.
+///
+/// # Examples
+///
+/// ```
+/// use serde_json::json;
+/// use terraphim_agent_messaging::{
+///     AgentPid, DeliveryOptions, MessageEnvelope, MessageSystem, RouterConfig,
+/// };
+///
+/// let system = MessageSystem::new(RouterConfig::default());
+/// let (a, b) = (AgentPid::new(), AgentPid::new());
+/// system.register_agent(a.clone())?;
+/// system.register_agent(b.clone())?;
+///
+/// let envelope = MessageEnvelope::new(b.clone(), "greeting".into(), json!({"hi": 1}), DeliveryOptions::default())
+///     .with_from(a.clone());
+/// system.send_message(envelope)?;
+///
+/// let message = system.get_mailbox(&b).unwrap().receive()?;
+/// assert_eq!(message.from(), Some(&a));
+/// assert_eq!(message.message_type(), Some("greeting"));
+/// assert_eq!(message.payload::<serde_json::Value>(), Some(&json!({"hi": 1})));
+/// system.shutdown()?;
+/// # Ok::<(), terraphim_agent_messaging::MessagingError>(())
+/// ```
+#[derive(Clone)]
+pub struct MessageSystem {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RouterConfig,
+    /// Set when the configuration was refused: every operation reports it.
+    config_error: Option<String>,
+    mailboxes: MailboxManager,
+    routing: Routing,
+    dead_letters: Arc<DeadLetters>,
+    shut_down: AtomicBool,
+}
+
+/// Who routes: the built-in router over the system's own table, or a custom one.
+enum Routing {
+    Default(Box<DefaultMessageRouter>),
+    Custom(Arc<dyn MessageRouter>),
+}
+
+/// Builds a [`MessageSystem`] with options beyond `RouterConfig`.
+pub struct MessageSystemBuilder {
+    config: RouterConfig,
+    mailbox_config: MailboxConfig,
+    starvation_budget: Option<u32>,
+    router: Option<Arc<dyn MessageRouter>>,
+}
+
+impl MessageSystemBuilder {
+    /// The configuration of every mailbox the system creates.
+    pub fn mailbox_config(mut self, config: MailboxConfig) -> Self {
+        self.mailbox_config = config;
+        self
+    }
+
+    /// Anti-starvation budget of every mailbox: a lower priority is served after being
+    /// passed over this many times (0 = strict priority order). Overrides the default
+    /// that `MailboxConfig::preserve_order` implies.
+    pub fn starvation_budget(mut self, budget: u32) -> Self {
+        self.starvation_budget = Some(budget);
+        self
+    }
+
+    /// Routes through a custom router. The system still owns the mailboxes: it passes
+    /// each registered agent's sender to `router.register_agent`.
+    pub fn router(mut self, router: Arc<dyn MessageRouter>) -> Self {
+        self.router = Some(router);
+        self
+    }
+
+    /// Builds the system, refusing a bad configuration.
+    pub fn build(self) -> MessagingResult<MessageSystem> {
+        let system = self.build_unchecked();
+        match &system.inner.config_error {
+            Some(e) => Err(MessagingError::Configuration(e.clone())),
+            None => Ok(system),
+        }
+    }
+
+    fn build_unchecked(self) -> MessageSystem {
+        let config_error = validate_router_config(&self.config)
+            .and_then(|()| self.mailbox_config.validate())
+            .err();
+        let dead_letters = Arc::new(DeadLetters::default());
+        let settings = Arc::new(Settings::new(
+            self.mailbox_config,
+            self.starvation_budget,
+            dead_letters.clone(),
+        ));
+        let table = Arc::new(AgentTable::new());
+        let mailboxes = MailboxManager::with_parts(table.clone(), settings);
+        let routing = match self.router {
+            Some(router) => Routing::Custom(router),
+            None => Routing::Default(Box::new(DefaultMessageRouter::with_parts(
+                self.config.clone(),
+                table,
+                dead_letters.clone(),
+            ))),
+        };
+        MessageSystem {
+            inner: Arc::new(Inner {
+                config: self.config,
+                config_error,
+                mailboxes,
+                routing,
+                dead_letters,
+                shut_down: AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+fn validate_router_config(config: &RouterConfig) -> Result<(), String> {
+    if config.retry_interval.is_zero() {
+        return Err("retry_interval must be greater than zero".into());
+    }
+    if config.max_concurrent_deliveries == 0 {
+        return Err("max_concurrent_deliveries must be at least 1".into());
+    }
+    Ok(())
+}
+
+impl MessageSystem {
+    /// A system with default mailboxes. A refused configuration makes every operation
+    /// return that `Configuration` error; [`MessageSystem::builder`]`(..).build()`
+    /// reports it up front.
+    pub fn new(config: RouterConfig) -> Self {
+        Self::builder(config).build_unchecked()
+    }
+
+    /// A builder for options beyond `RouterConfig`.
+    pub fn builder(config: RouterConfig) -> MessageSystemBuilder {
+        MessageSystemBuilder {
+            config,
+            mailbox_config: MailboxConfig::default(),
+            starvation_budget: None,
+            router: None,
+        }
+    }
+
+    /// The router configuration.
+    pub fn config(&self) -> &RouterConfig {
+        &self.inner.config
+    }
+
+    fn check(&self) -> MessagingResult<()> {
+        if let Some(e) = &self.inner.config_error {
+            return Err(MessagingError::Configuration(e.clone()));
+        }
+        if self.inner.shut_down.load(Acquire) {
+            return Err(MessagingError::System(
+                "the message system is shut down".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Registers `agent_id` and creates its mailbox.
+    pub fn register_agent(&self, agent_id: AgentPid) -> MessagingResult<()> {
+        self.check()?;
+        if agent_id.is_nil() {
+            return Err(MessagingError::InvalidMessage(
+                "the nil pid means \"no sender\" and cannot be registered".into(),
+            ));
+        }
+        let sender = self.inner.mailboxes.create_mailbox(agent_id.clone())?;
+        if let Routing::Custom(router) = &self.inner.routing {
+            if let Err(e) = router.register_agent(agent_id.clone(), sender) {
+                let _ = self.inner.mailboxes.remove_mailbox(&agent_id);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Unregisters `agent_id` and closes its mailbox: a receiver holding its mailbox
+    /// drains what is queued and then gets `ChannelClosed`; with no receiver left, the
+    /// queued messages go to the dead letters.
+    pub fn unregister_agent(&self, agent_id: &AgentPid) -> MessagingResult<()> {
+        if let Routing::Custom(router) = &self.inner.routing {
+            router.unregister_agent(agent_id)?;
+        }
+        self.inner.mailboxes.remove_mailbox(agent_id)
+    }
+
+    /// Routes `envelope` to its destination; it arrives as a `Cast` with the envelope's
+    /// id, sender, type and payload.
+    pub fn send_message(&self, envelope: MessageEnvelope) -> MessagingResult<()> {
+        self.check()?;
+        match &self.inner.routing {
+            Routing::Default(router) => {
+                let to = envelope.to.clone();
+                let priority = envelope.delivery_options.priority;
+                router.deliver(&to, envelope.into_message(), priority)
+            }
+            Routing::Custom(router) => router.route_message(envelope),
+        }
+    }
+
+    /// Sends a built message (`call`, `cast`, `info`, …) at `Normal` priority.
+    pub fn send(&self, to: &AgentPid, message: AgentMessage) -> MessagingResult<()> {
+        self.send_with_priority(to, message, MessagePriority::Normal)
+    }
+
+    /// Sends a built message at `priority`.
+    pub fn send_with_priority(
+        &self,
+        to: &AgentPid,
+        message: AgentMessage,
+        priority: MessagePriority,
+    ) -> MessagingResult<()> {
+        self.check()?;
+        match &self.inner.routing {
+            Routing::Default(router) => router.deliver(to, message, priority),
+            Routing::Custom(router) => router.route(to, message, priority),
+        }
+    }
+
+    /// Calls `to` with `payload` and blocks for the reply (gen_server:call).
+    ///
+    /// No reply within `timeout` gives `MessageTimeout(to)`; a zero timeout fails at
+    /// once without sending. A callee that drops the call gives `DeliveryFailed`.
+    pub fn call<T: Any + Send>(
+        &self,
+        from: AgentPid,
+        to: &AgentPid,
+        payload: T,
+        timeout: Duration,
+    ) -> MessagingResult<Payload> {
+        if timeout.is_zero() {
+            return Err(MessagingError::MessageTimeout(to.clone()));
+        }
+        let (message, reply) = AgentMessage::call(from, payload, timeout);
+        self.send(to, message)?;
+        reply.recv_timeout(timeout).map_err(|e| reply_error(to, e))
+    }
+
+    /// [`call`](Self::call), downcasting the reply to `R`.
+    pub fn call_typed<R: Any, T: Any + Send>(
+        &self,
+        from: AgentPid,
+        to: &AgentPid,
+        payload: T,
+        timeout: Duration,
+    ) -> MessagingResult<R> {
+        let reply = self.call(from, to, payload, timeout)?;
+        reply.downcast::<R>().map(|r| *r).map_err(|_| {
+            MessagingError::InvalidMessage(format!(
+                "reply from {to} is not a {}",
+                std::any::type_name::<R>()
+            ))
+        })
+    }
+
+    /// A pre-resolved sender to `agent_id`: no lookup per send.
+    pub fn sender(&self, agent_id: &AgentPid) -> Option<MailboxSender> {
+        self.inner.mailboxes.get_mailbox_sender(agent_id)
+    }
+
+    /// `agent_id`'s mailbox: the same queue the router delivers into.
+    pub fn get_mailbox(&self, agent_id: &AgentPid) -> Option<AgentMailbox> {
+        self.inner.mailboxes.get_mailbox(agent_id)
+    }
+
+    /// The mailbox manager.
+    pub fn mailboxes(&self) -> &MailboxManager {
+        &self.inner.mailboxes
+    }
+
+    /// Router counters and every mailbox's statistics.
+    pub fn get_stats(&self) -> (RouterStats, Vec<MailboxStats>) {
+        let router = match &self.inner.routing {
+            Routing::Default(router) => router.get_stats(),
+            Routing::Custom(router) => router.get_stats(),
+        };
+        (router, self.inner.mailboxes.get_all_stats())
+    }
+
+    /// Takes every dead letter recorded so far.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.inner.dead_letters.drain()
+    }
+
+    /// Dead letters ever recorded (drained or not).
+    pub fn dead_letter_count(&self) -> u64 {
+        self.inner.dead_letters.total()
+    }
+
+    /// Stops the system: later operations fail, every mailbox closes (receivers drain
+    /// what is queued, then get `ChannelClosed`). Idempotent.
+    pub fn shutdown(&self) -> MessagingResult<()> {
+        if self.inner.shut_down.swap(true, AcqRel) {
+            return Ok(());
+        }
+        let result = match &self.inner.routing {
+            Routing::Default(_) => Ok(()),
+            Routing::Custom(router) => router.shutdown(),
+        };
+        self.inner.mailboxes.close_all();
+        result
+    }
+
+    /// Whether `shutdown` has run.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.shut_down.load(Acquire)
+    }
+}
+
+fn reply_error(to: &AgentPid, e: ReplyError) -> MessagingError {
+    match e {
+        ReplyError::Timeout => MessagingError::MessageTimeout(to.clone()),
+        ReplyError::Closed => MessagingError::DeliveryFailed(
+            to.clone(),
+            "the call was dropped without a reply".into(),
+        ),
+    }
+}
+
+impl fmt::Debug for MessageSystem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageSystem")
+            .field("agents", &self.inner.mailboxes.len())
+            .field("shut_down", &self.is_shut_down())
+            .finish()
+    }
+}
