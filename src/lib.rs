@@ -67,6 +67,27 @@ mod system;
 mod table;
 pub mod timer;
 
+/// Internals exposed for the loom models and white-box tests. Not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    use crate::{AgentId, AgentPid, MessageSystem};
+
+    /// The registration id of `pid`.
+    pub fn agent_id(system: &MessageSystem, pid: &AgentPid) -> Option<AgentId> {
+        system.mailboxes().table().id_of(pid)
+    }
+
+    /// Whether registration `id` of `pid` is still live.
+    pub fn is_live(system: &MessageSystem, id: AgentId, pid: &AgentPid) -> bool {
+        system.mailboxes().table().get_by_id(id, pid).is_some()
+    }
+
+    /// Forces the next registration generation (to test wrap-around).
+    pub fn set_next_generation(system: &MessageSystem, generation: u32) {
+        system.mailboxes().table().set_next_generation(generation);
+    }
+}
+
 pub use crate::delivery::{
     DeadLetter, DeadLetterReason, DeadMessage, DeliveryConfig, DeliveryGuarantee,
 };

@@ -12,8 +12,6 @@
 //!   after unregister they reach the closed mailbox (`ChannelClosed`), never the
 //!   agent that reuses the slot.
 //!
-//! Id lookups serve the loom models and the retry driver.
-//!
 //! Reads (routing by pid) take the read lock for one hash lookup and one push; only
 //! register and unregister write.
 
@@ -36,7 +34,6 @@ pub struct AgentId {
 }
 
 /// What a slot holds.
-#[allow(dead_code)]
 pub(crate) struct Entry {
     pub(crate) pid: AgentPid,
     generation: u32,
@@ -53,7 +50,6 @@ struct Inner {
 
 /// Registered agents.
 #[derive(Default)]
-#[allow(dead_code)] // id lookups: used by the loom models and, next, the retry driver
 pub(crate) struct AgentTable {
     inner: RwLock<Inner>,
 }
@@ -67,7 +63,6 @@ pub(crate) enum InsertError {
     Full,
 }
 
-#[allow(dead_code)] // id lookups: used by the loom models and the retry driver
 impl AgentTable {
     pub(crate) fn new() -> Self {
         Self::default()

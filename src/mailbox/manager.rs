@@ -47,6 +47,10 @@ impl MailboxManager {
         MailboxManager { table, settings }
     }
 
+    pub(crate) fn table(&self) -> &Arc<AgentTable> {
+        &self.table
+    }
+
     /// Creates `agent_id`'s mailbox and returns a sender to it.
     pub fn create_mailbox(&self, agent_id: AgentPid) -> MessagingResult<MailboxSender> {
         if let Some(e) = &self.settings.config_error {
