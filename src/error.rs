@@ -45,6 +45,8 @@ pub enum MessagingError {
     EmptyGroup(AgentPid),
     /// No message with this id is being tracked.
     UnknownMessage(MessageId),
+    /// A tracking limit was reached (`max_concurrent_deliveries`, `max_delivery_records`).
+    Overloaded(String),
 }
 
 /// Error categories for monitoring and alerting.
@@ -81,6 +83,7 @@ impl MessagingError {
                 | MessagingError::CircuitOpen(_)
                 | MessagingError::ReceiverBusy(_)
                 | MessagingError::EmptyGroup(_)
+                | MessagingError::Overloaded(_)
         )
     }
 
@@ -94,7 +97,9 @@ impl MessagingError {
                 ErrorCategory::Delivery
             }
             MessagingError::MessageTimeout(_) => ErrorCategory::Timeout,
-            MessagingError::MailboxFull(_) => ErrorCategory::ResourceLimit,
+            MessagingError::MailboxFull(_) | MessagingError::Overloaded(_) => {
+                ErrorCategory::ResourceLimit
+            }
             MessagingError::InvalidMessage(_) | MessagingError::ReceiverBusy(_) => {
                 ErrorCategory::Validation
             }
@@ -134,6 +139,7 @@ impl fmt::Display for MessagingError {
             }
             MessagingError::EmptyGroup(pid) => write!(f, "Group {pid} has no members"),
             MessagingError::UnknownMessage(id) => write!(f, "Message {id} is not tracked"),
+            MessagingError::Overloaded(why) => write!(f, "Overloaded: {why}"),
         }
     }
 }
