@@ -58,6 +58,7 @@
 mod sync;
 
 mod delivery;
+mod driver;
 mod error;
 mod mailbox;
 mod message;
@@ -89,8 +90,10 @@ pub mod __private {
 }
 
 pub use crate::delivery::{
-    DeadLetter, DeadLetterReason, DeadMessage, DeliveryConfig, DeliveryGuarantee,
+    DeadLetter, DeadLetterReason, DeadMessage, DeliveryConfig, DeliveryGuarantee, DeliveryManager,
+    DeliveryRecord, DeliveryStats, DeliveryStatus, RetryPolicy,
 };
+pub use crate::driver::TimerDriver;
 pub use crate::error::{ErrorCategory, MessagingError, MessagingResult, TrySendError};
 pub use crate::mailbox::{
     AgentMailbox, MailboxConfig, MailboxManager, MailboxSender, MailboxStats, ReceiveFuture,
@@ -99,8 +102,11 @@ pub use crate::message::{
     reply_channel, AgentMessage, AgentPid, DeliveryOptions, MessageEnvelope, MessageId,
     MessagePriority, Payload, ReplyError, ReplyReceiver, ReplySender, SystemInfo, TypedMessage,
 };
-pub use crate::router::{DefaultMessageRouter, MessageRouter, RouterConfig, RouterStats};
-pub use crate::system::{MessageSystem, MessageSystemBuilder};
+pub use crate::router::{
+    BreakerState, CircuitBreakerConfig, DefaultMessageRouter, LoadBalance, MessageRouter,
+    RouterConfig, RouterStats,
+};
+pub use crate::system::{CallFuture, MessageSystem, MessageSystemBuilder};
 pub use crate::table::AgentId;
 pub use crate::timer::{
     Clock, Elapsed, ManualClock, RescheduleError, SystemClock, TickSource, TimerKey, TimerWheel,

@@ -5,16 +5,29 @@ use std::fmt;
 use std::sync::atomic::Ordering::{AcqRel, Acquire};
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
 use crate::delivery::dead_letter::{DeadLetter, DeadLetters};
+use crate::driver::{Fire, TimerDriver};
 use crate::error::{MessagingError, MessagingResult};
 use crate::mailbox::shared::Settings;
 use crate::mailbox::{AgentMailbox, MailboxConfig, MailboxManager, MailboxSender, MailboxStats};
 use crate::message::{
-    AgentMessage, AgentPid, MessageEnvelope, MessagePriority, Payload, ReplyError,
+    AgentMessage, AgentPid, MessageEnvelope, MessageId, MessagePriority, Payload, ReplyError,
+    ReplyReceiver,
 };
-use crate::router::{DefaultMessageRouter, MessageRouter, RouterConfig, RouterStats};
+use crate::router::default::Parts;
+use crate::router::group::Group;
+use crate::router::{
+    CircuitBreakerConfig, DefaultMessageRouter, LoadBalance, MessageRouter, RouterConfig,
+    RouterStats,
+};
 use crate::sync::{Arc, AtomicBool};
-use crate::table::AgentTable;
+use crate::table::{AgentTable, InsertError};
+use crate::timer::{Clock, SystemClock, TimerKey};
 
 /// The messaging system: register agents, send, call, receive, observe.
 ///
@@ -46,7 +59,8 @@ use crate::table::AgentTable;
 /// ```
 #[derive(Clone)]
 pub struct MessageSystem {
-    inner: Arc<Inner>,
+    // A std `Arc`: the driver thread holds a `Weak` to the router inside.
+    inner: std::sync::Arc<Inner>,
 }
 
 struct Inner {
@@ -61,8 +75,8 @@ struct Inner {
 
 /// Who routes: the built-in router over the system's own table, or a custom one.
 enum Routing {
-    Default(Box<DefaultMessageRouter>),
-    Custom(Arc<dyn MessageRouter>),
+    Default(std::sync::Arc<DefaultMessageRouter>),
+    Custom(std::sync::Arc<dyn MessageRouter>),
 }
 
 /// Builds a [`MessageSystem`] with options beyond `RouterConfig`.
@@ -70,10 +84,36 @@ pub struct MessageSystemBuilder {
     config: RouterConfig,
     mailbox_config: MailboxConfig,
     starvation_budget: Option<u32>,
-    router: Option<Arc<dyn MessageRouter>>,
+    router: Option<std::sync::Arc<dyn MessageRouter>>,
+    breaker: Option<CircuitBreakerConfig>,
+    clock: Option<std::sync::Arc<dyn Clock>>,
+    timer_driver: TimerDriver,
 }
 
 impl MessageSystemBuilder {
+    /// A circuit breaker per destination: open after `failure_threshold` consecutive
+    /// refused deliveries, half-open (one probe) after `reset_timeout`, closed after a
+    /// success. While open, sends fail with `CircuitOpen` (`AtMostOnce`) or are
+    /// retried after the reset timeout.
+    pub fn circuit_breaker(mut self, config: CircuitBreakerConfig) -> Self {
+        self.breaker = Some(config);
+        self
+    }
+
+    /// The clock retries, timeouts and breakers read (default: the system clock).
+    /// Pair a `ManualClock` with [`TimerDriver::Manual`] and drive timers with
+    /// [`MessageSystem::run_due_timers`].
+    pub fn clock(mut self, clock: std::sync::Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Who turns the timer wheel (default: a thread per system).
+    pub fn timer_driver(mut self, driver: TimerDriver) -> Self {
+        self.timer_driver = driver;
+        self
+    }
+
     /// The configuration of every mailbox the system creates.
     pub fn mailbox_config(mut self, config: MailboxConfig) -> Self {
         self.mailbox_config = config;
@@ -90,7 +130,7 @@ impl MessageSystemBuilder {
 
     /// Routes through a custom router. The system still owns the mailboxes: it passes
     /// each registered agent's sender to `router.register_agent`.
-    pub fn router(mut self, router: Arc<dyn MessageRouter>) -> Self {
+    pub fn router(mut self, router: std::sync::Arc<dyn MessageRouter>) -> Self {
         self.router = Some(router);
         self
     }
@@ -105,7 +145,7 @@ impl MessageSystemBuilder {
     }
 
     fn build_unchecked(self) -> MessageSystem {
-        let config_error = validate_router_config(&self.config)
+        let mut config_error = validate_router_config(&self.config)
             .and_then(|()| self.mailbox_config.validate())
             .err();
         let dead_letters = Arc::new(DeadLetters::default());
@@ -116,16 +156,34 @@ impl MessageSystemBuilder {
         ));
         let table = Arc::new(AgentTable::new());
         let mailboxes = MailboxManager::with_parts(table.clone(), settings);
+        let parts = Parts {
+            table,
+            dead_letters: dead_letters.clone(),
+            clock: self
+                .clock
+                .unwrap_or_else(|| std::sync::Arc::new(SystemClock)),
+            driver: self.timer_driver,
+            breaker: self.breaker,
+        };
         let routing = match self.router {
             Some(router) => Routing::Custom(router),
-            None => Routing::Default(Box::new(DefaultMessageRouter::with_parts(
-                self.config.clone(),
-                table,
-                dead_letters.clone(),
-            ))),
+            None => match DefaultMessageRouter::with_parts(self.config.clone(), parts) {
+                Ok(router) => {
+                    let router = std::sync::Arc::new(router);
+                    let fire: std::sync::Arc<dyn Fire> = router.clone();
+                    let weak = std::sync::Arc::downgrade(&fire);
+                    router.attach(weak);
+                    Routing::Default(router)
+                }
+                Err(e) => {
+                    config_error.get_or_insert_with(|| e.to_string());
+                    let fallback = DefaultMessageRouter::new(RouterConfig::default());
+                    Routing::Default(std::sync::Arc::new(fallback))
+                }
+            },
         };
         MessageSystem {
-            inner: Arc::new(Inner {
+            inner: std::sync::Arc::new(Inner {
                 config: self.config,
                 config_error,
                 mailboxes,
@@ -162,6 +220,9 @@ impl MessageSystem {
             mailbox_config: MailboxConfig::default(),
             starvation_budget: None,
             router: None,
+            breaker: None,
+            clock: None,
+            timer_driver: TimerDriver::Thread,
         }
     }
 
@@ -207,7 +268,61 @@ impl MessageSystem {
         if let Routing::Custom(router) = &self.inner.routing {
             router.unregister_agent(agent_id)?;
         }
-        self.inner.mailboxes.remove_mailbox(agent_id)
+        self.inner.mailboxes.remove_mailbox(agent_id)?;
+        // A member that goes away leaves its groups.
+        for group in self.inner.mailboxes.table().groups() {
+            let _ = group.leave(agent_id);
+        }
+        Ok(())
+    }
+
+    // ===== groups =====
+
+    /// Creates a load-balanced group, addressed like an agent: a message sent to the
+    /// returned pid goes to one member, picked by `strategy`.
+    pub fn create_group(&self, strategy: LoadBalance) -> MessagingResult<AgentPid> {
+        self.check()?;
+        let pid = AgentPid::new();
+        let group = Arc::new(Group::new(pid.clone(), strategy));
+        match self.inner.mailboxes.table().insert_group(group) {
+            Ok(_) => Ok(pid),
+            Err(InsertError::Duplicate) => Err(MessagingError::DuplicateAgent(pid)),
+            Err(InsertError::Full) => Err(MessagingError::System("agent table full".into())),
+        }
+    }
+
+    /// Adds the registered agent `member` to `group`.
+    pub fn join_group(&self, group: &AgentPid, member: &AgentPid) -> MessagingResult<()> {
+        self.check()?;
+        let sender = self
+            .sender(member)
+            .ok_or_else(|| MessagingError::AgentNotFound(member.clone()))?;
+        self.group(group)?.join(sender)
+    }
+
+    /// Removes `member` from `group`.
+    pub fn leave_group(&self, group: &AgentPid, member: &AgentPid) -> MessagingResult<()> {
+        self.group(group)?.leave(member)
+    }
+
+    /// The members of `group`.
+    pub fn group_members(&self, group: &AgentPid) -> MessagingResult<Vec<AgentPid>> {
+        Ok(self.group(group)?.members())
+    }
+
+    /// Removes `group`; its members stay registered.
+    pub fn delete_group(&self, group: &AgentPid) -> MessagingResult<()> {
+        self.group(group)?;
+        self.inner.mailboxes.table().remove(group);
+        Ok(())
+    }
+
+    fn group(&self, group: &AgentPid) -> MessagingResult<Arc<Group>> {
+        self.inner
+            .mailboxes
+            .table()
+            .group(group)
+            .ok_or_else(|| MessagingError::AgentNotFound(group.clone()))
     }
 
     /// Routes `envelope` to its destination; it arrives as a `Cast` with the envelope's
@@ -215,11 +330,7 @@ impl MessageSystem {
     pub fn send_message(&self, envelope: MessageEnvelope) -> MessagingResult<()> {
         self.check()?;
         match &self.inner.routing {
-            Routing::Default(router) => {
-                let to = envelope.to.clone();
-                let priority = envelope.delivery_options.priority;
-                router.deliver(&to, envelope.into_message(), priority)
-            }
+            Routing::Default(router) => router.dispatch_envelope(envelope),
             Routing::Custom(router) => router.route_message(envelope),
         }
     }
@@ -238,7 +349,7 @@ impl MessageSystem {
     ) -> MessagingResult<()> {
         self.check()?;
         match &self.inner.routing {
-            Routing::Default(router) => router.deliver(to, message, priority),
+            Routing::Default(router) => router.dispatch_message(to, message, priority),
             Routing::Custom(router) => router.route(to, message, priority),
         }
     }
@@ -260,6 +371,48 @@ impl MessageSystem {
         let (message, reply) = AgentMessage::call(from, payload, timeout);
         self.send(to, message)?;
         reply.recv_timeout(timeout).map_err(|e| reply_error(to, e))
+    }
+
+    /// Calls `to` without blocking: a future, on any executor, that resolves to the
+    /// reply, `MessageTimeout(to)` after `timeout`, or `DeliveryFailed` if the callee
+    /// dropped the call. The timeout sits on the system's timer wheel: no thread or
+    /// task per call.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future abandons the call: its timer is cancelled and a late reply
+    /// is handed back to the replier.
+    pub fn call_async<T: Any + Send>(
+        &self,
+        from: AgentPid,
+        to: &AgentPid,
+        payload: T,
+        timeout: Duration,
+    ) -> CallFuture {
+        let to = to.clone();
+        if timeout.is_zero() {
+            return CallFuture::failed(MessagingError::MessageTimeout(to));
+        }
+        let router = match &self.inner.routing {
+            Routing::Default(router) => router.clone(),
+            Routing::Custom(_) => {
+                return CallFuture::failed(MessagingError::Configuration(
+                    "call_async needs the default router's timer wheel".into(),
+                ))
+            }
+        };
+        let (message, reply) = AgentMessage::call(from, payload, timeout);
+        if let Err(e) = self.send(&to, message) {
+            return CallFuture::failed(e);
+        }
+        let timer = router.schedule_call_timeout(&reply, timeout);
+        CallFuture {
+            state: CallState::Waiting {
+                reply,
+                timer: timer.map(|key| (key, router)),
+            },
+            to,
+        }
     }
 
     /// [`call`](Self::call), downcasting the reply to `R`.
@@ -303,6 +456,26 @@ impl MessageSystem {
         (router, self.inner.mailboxes.get_all_stats())
     }
 
+    /// Acknowledges a message sent with `require_ack: true`, ending its tracking.
+    /// `UnknownMessage` if it is not awaiting an ack (already acknowledged, given up
+    /// on, or never asked for one).
+    pub fn acknowledge(&self, id: &MessageId) -> MessagingResult<()> {
+        match &self.inner.routing {
+            Routing::Default(router) => router.acknowledge(id),
+            Routing::Custom(_) => Err(MessagingError::UnknownMessage(id.clone())),
+        }
+    }
+
+    /// Fires every retry and timeout due by the system's clock, and returns when the
+    /// next one is due. Needed only with [`TimerDriver::Manual`]; the default driver
+    /// thread does this by itself.
+    pub fn run_due_timers(&self) -> Option<Instant> {
+        match &self.inner.routing {
+            Routing::Default(router) => router.run_due_timers(),
+            Routing::Custom(_) => None,
+        }
+    }
+
     /// Takes every dead letter recorded so far.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.inner.dead_letters.drain()
@@ -320,7 +493,7 @@ impl MessageSystem {
             return Ok(());
         }
         let result = match &self.inner.routing {
-            Routing::Default(_) => Ok(()),
+            Routing::Default(router) => router.shutdown(),
             Routing::Custom(router) => router.shutdown(),
         };
         self.inner.mailboxes.close_all();
@@ -330,6 +503,72 @@ impl MessageSystem {
     /// Whether `shutdown` has run.
     pub fn is_shut_down(&self) -> bool {
         self.inner.shut_down.load(Acquire)
+    }
+}
+
+/// The future of [`MessageSystem::call_async`].
+pub struct CallFuture {
+    state: CallState,
+    to: AgentPid,
+}
+
+enum CallState {
+    Waiting {
+        reply: ReplyReceiver,
+        timer: Option<(TimerKey, std::sync::Arc<DefaultMessageRouter>)>,
+    },
+    Failed(MessagingError),
+    Done,
+}
+
+impl CallFuture {
+    fn failed(e: MessagingError) -> Self {
+        CallFuture {
+            state: CallState::Failed(e),
+            to: AgentPid::nil(),
+        }
+    }
+
+    fn cancel_timer(&mut self) {
+        if let CallState::Waiting { timer, .. } = &mut self.state {
+            if let Some((key, router)) = timer.take() {
+                router.cancel_call_timeout(key);
+            }
+        }
+    }
+}
+
+impl Future for CallFuture {
+    type Output = MessagingResult<Payload>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let outcome = match &mut this.state {
+            CallState::Waiting { reply, .. } => match Pin::new(reply).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => r.map_err(|e| reply_error(&this.to, e)),
+            },
+            CallState::Failed(_) => match std::mem::replace(&mut this.state, CallState::Done) {
+                CallState::Failed(e) => return Poll::Ready(Err(e)),
+                _ => unreachable!("matched Failed"),
+            },
+            CallState::Done => panic!("CallFuture polled after completion"),
+        };
+        this.cancel_timer();
+        this.state = CallState::Done;
+        Poll::Ready(outcome)
+    }
+}
+
+impl Drop for CallFuture {
+    fn drop(&mut self) {
+        self.cancel_timer();
+    }
+}
+
+impl fmt::Debug for CallFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallFuture").field("to", &self.to).finish()
     }
 }
 

@@ -1,4 +1,5 @@
-//! The agent table: a slab of mailboxes with generation-checked slots, indexed by pid.
+//! The agent table: a slab of destinations (agents' mailboxes and groups) with
+//! generation-checked slots, indexed by pid.
 //!
 //! # Invariants
 //!
@@ -22,6 +23,7 @@ use slab::Slab;
 
 use crate::mailbox::shared::Shared;
 use crate::message::AgentPid;
+use crate::router::group::Group;
 use crate::sync::{read, write, Arc, RwLock};
 
 type PidMap<V> = std::collections::HashMap<AgentPid, V, BuildHasherDefault<AHasher>>;
@@ -33,11 +35,17 @@ pub struct AgentId {
     generation: u32,
 }
 
+/// A destination: an agent's mailbox or a group of agents.
+pub(crate) enum Target {
+    Agent(Arc<Shared>),
+    Group(Arc<Group>),
+}
+
 /// What a slot holds.
-pub(crate) struct Entry {
-    pub(crate) pid: AgentPid,
+struct Entry {
+    pid: AgentPid,
     generation: u32,
-    pub(crate) mailbox: Arc<Shared>,
+    target: Target,
 }
 
 #[derive(Default)]
@@ -46,6 +54,8 @@ struct Inner {
     by_pid: PidMap<u32>,
     /// The next generation to hand out (wrapping).
     next_generation: u32,
+    /// Occupied slots holding agents (the rest hold groups).
+    agents: usize,
 }
 
 /// Registered agents.
@@ -70,49 +80,92 @@ impl AgentTable {
 
     /// Registers `mailbox` under its pid.
     pub(crate) fn insert(&self, mailbox: Arc<Shared>) -> Result<AgentId, InsertError> {
+        let pid = mailbox.pid.clone();
+        self.insert_target(pid, Target::Agent(mailbox))
+    }
+
+    /// Registers `group` under its pid.
+    pub(crate) fn insert_group(&self, group: Arc<Group>) -> Result<AgentId, InsertError> {
+        let pid = group.pid().clone();
+        self.insert_target(pid, Target::Group(group))
+    }
+
+    fn insert_target(&self, pid: AgentPid, target: Target) -> Result<AgentId, InsertError> {
         let mut inner = write(&self.inner);
         let inner = &mut *inner;
-        if inner.by_pid.contains_key(&mailbox.pid) {
+        if inner.by_pid.contains_key(&pid) {
             return Err(InsertError::Duplicate);
         }
         let entry = inner.slots.vacant_entry();
         let index = u32::try_from(entry.key()).map_err(|_| InsertError::Full)?;
         let generation = inner.next_generation;
         inner.next_generation = generation.wrapping_add(1);
-        inner.by_pid.insert(mailbox.pid.clone(), index);
+        inner.by_pid.insert(pid.clone(), index);
+        inner.agents += usize::from(matches!(target, Target::Agent(_)));
         entry.insert(Entry {
-            pid: mailbox.pid.clone(),
+            pid,
             generation,
-            mailbox,
+            target,
         });
         Ok(AgentId { index, generation })
     }
 
-    /// Removes `pid`'s entry and returns its mailbox.
-    pub(crate) fn remove(&self, pid: &AgentPid) -> Option<Arc<Shared>> {
+    /// Removes `pid`'s entry (agent or group) and returns it.
+    pub(crate) fn remove(&self, pid: &AgentPid) -> Option<Target> {
         let mut inner = write(&self.inner);
         let index = inner.by_pid.remove(pid)?;
-        Some(inner.slots.remove(index as usize).mailbox)
+        let target = inner.slots.remove(index as usize).target;
+        inner.agents -= usize::from(matches!(target, Target::Agent(_)));
+        Some(target)
     }
 
-    /// Removes every entry, returning their mailboxes.
-    pub(crate) fn clear(&self) -> Vec<Arc<Shared>> {
+    /// Removes `pid` only if it is an agent; returns its mailbox.
+    pub(crate) fn remove_agent(&self, pid: &AgentPid) -> Option<Arc<Shared>> {
+        let mut inner = write(&self.inner);
+        let index = *inner.by_pid.get(pid)?;
+        if !matches!(inner.slots.get(index as usize)?.target, Target::Agent(_)) {
+            return None;
+        }
+        inner.by_pid.remove(pid);
+        inner.agents -= 1;
+        match inner.slots.remove(index as usize).target {
+            Target::Agent(mailbox) => Some(mailbox),
+            Target::Group(_) => unreachable!("checked above"),
+        }
+    }
+
+    /// Removes every entry, returning them.
+    pub(crate) fn clear(&self) -> Vec<Target> {
         let mut inner = write(&self.inner);
         inner.by_pid.clear();
-        inner.slots.drain().map(|e| e.mailbox).collect()
+        inner.agents = 0;
+        inner.slots.drain().map(|e| e.target).collect()
     }
 
-    /// Runs `f` on `pid`'s mailbox under the read lock.
+    /// Runs `f` on `pid`'s destination under the read lock.
     #[inline]
-    pub(crate) fn with<R>(&self, pid: &AgentPid, f: impl FnOnce(&Arc<Shared>) -> R) -> Option<R> {
+    pub(crate) fn with_target<R>(&self, pid: &AgentPid, f: impl FnOnce(&Target) -> R) -> Option<R> {
         let inner = read(&self.inner);
         let index = *inner.by_pid.get(pid)?;
-        inner.slots.get(index as usize).map(|e| f(&e.mailbox))
+        inner.slots.get(index as usize).map(|e| f(&e.target))
     }
 
-    /// `pid`'s mailbox.
+    /// `pid`'s mailbox, if `pid` is an agent.
     pub(crate) fn get(&self, pid: &AgentPid) -> Option<Arc<Shared>> {
-        self.with(pid, Arc::clone)
+        self.with_target(pid, |t| match t {
+            Target::Agent(mailbox) => Some(mailbox.clone()),
+            Target::Group(_) => None,
+        })
+        .flatten()
+    }
+
+    /// `pid`'s group, if `pid` is a group.
+    pub(crate) fn group(&self, pid: &AgentPid) -> Option<Arc<Group>> {
+        self.with_target(pid, |t| match t {
+            Target::Group(group) => Some(group.clone()),
+            Target::Agent(_) => None,
+        })
+        .flatten()
     }
 
     /// The id of `pid`'s current registration.
@@ -133,26 +186,49 @@ impl AgentTable {
             .slots
             .get(id.index as usize)
             .filter(|e| e.generation == id.generation && e.pid == *pid)
-            .map(|e| e.mailbox.clone())
+            .and_then(|e| match &e.target {
+                Target::Agent(mailbox) => Some(mailbox.clone()),
+                Target::Group(_) => None,
+            })
     }
 
-    /// Registered agents.
+    /// Registered destinations (agents and groups).
     pub(crate) fn len(&self) -> usize {
         read(&self.inner).slots.len()
     }
 
-    /// Runs `f` on every mailbox under the read lock.
+    /// Registered agents.
+    pub(crate) fn agents(&self) -> usize {
+        read(&self.inner).agents
+    }
+
+    /// Runs `f` on every agent's mailbox under the read lock.
     pub(crate) fn for_each(&self, mut f: impl FnMut(&Arc<Shared>)) {
         for (_, e) in read(&self.inner).slots.iter() {
-            f(&e.mailbox);
+            if let Target::Agent(mailbox) = &e.target {
+                f(mailbox);
+            }
         }
     }
 
-    /// Every registered pid.
+    /// Every group.
+    pub(crate) fn groups(&self) -> Vec<Arc<Group>> {
+        read(&self.inner)
+            .slots
+            .iter()
+            .filter_map(|(_, e)| match &e.target {
+                Target::Group(group) => Some(group.clone()),
+                Target::Agent(_) => None,
+            })
+            .collect()
+    }
+
+    /// Every registered agent's pid.
     pub(crate) fn pids(&self) -> Vec<AgentPid> {
         read(&self.inner)
             .slots
             .iter()
+            .filter(|(_, e)| matches!(e.target, Target::Agent(_)))
             .map(|(_, e)| e.pid.clone())
             .collect()
     }

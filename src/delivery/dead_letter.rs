@@ -30,6 +30,10 @@ pub enum DeadLetterReason {
     Expired,
     /// The destination's circuit breaker stayed open through every retry.
     CircuitOpen,
+    /// Too many messages were in flight (`max_concurrent_deliveries`).
+    Overloaded(String),
+    /// The system shut down while the message waited for a retry or an ack.
+    Shutdown,
 }
 
 impl fmt::Display for DeadLetterReason {
@@ -42,6 +46,8 @@ impl fmt::Display for DeadLetterReason {
             DeadLetterReason::NotAcknowledged => f.write_str("not acknowledged"),
             DeadLetterReason::Expired => f.write_str("expired"),
             DeadLetterReason::CircuitOpen => f.write_str("circuit open"),
+            DeadLetterReason::Overloaded(why) => write!(f, "overloaded: {why}"),
+            DeadLetterReason::Shutdown => f.write_str("system shut down"),
         }
     }
 }

@@ -7,12 +7,18 @@
 //! | `ExactlyOnce` | as `AtLeastOnce` | `Err(AgentNotFound)` | as `AtLeastOnce`, never seen twice | delivered once within the window |
 
 pub(crate) mod dead_letter;
+pub(crate) mod dedup;
+pub(crate) mod manager;
+pub(crate) mod retry;
+pub(crate) mod tracker;
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use self::dead_letter::{DeadLetter, DeadLetterReason, DeadMessage};
+pub use self::manager::{DeliveryManager, DeliveryRecord, DeliveryStats, DeliveryStatus};
+pub use self::retry::RetryPolicy;
 
 /// Delivery guarantee levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]

@@ -9,6 +9,9 @@
 //!   then set the slot's `ready` flag with `Release`. The producer that claims the last
 //!   slot of a block installs the next block *before* it writes its own value, so a
 //!   consumer that has read that value always finds `block.next` set.
+//! - A producer always loads `tail.block` *after* `tail.index`: a block is stored before
+//!   the index enters its lap, and the next block only once the index has left it, so a
+//!   successful CAS on the index proves the block loaded after it is the index's block.
 //! - **The consumer** (exactly one at a time; the mailbox's receiver claim enforces it)
 //!   owns `head`. It reads a slot only after seeing `ready` with `Acquire`, and frees a
 //!   block once it has read every slot of it: by then every producer that wrote into the
@@ -179,12 +182,17 @@ impl<T> Lane<T> {
                         self.head_block.store(new, Release);
                         block = new;
                     }
-                    Err(current) => {
+                    Err(_) => {
                         // SAFETY: `new` came from `Box::into_raw` above and was never
                         // published, so this thread still owns it.
                         next_block = Some(unsafe { Box::from_raw(new) });
-                        block = current;
+                        // Reload the index *before* the block, as everywhere else: the
+                        // block that beat us may already be full and replaced, so the
+                        // CAS's `current` can be older than a fresh index. Pairing a
+                        // fresh index with that stale block would claim a slot of the
+                        // wrong block (found by loom model `l1_two_producers`).
                         tail = self.tail_index.load(Acquire);
+                        block = self.tail_block.load(Acquire);
                         continue;
                     }
                 }

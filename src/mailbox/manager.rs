@@ -9,7 +9,7 @@ use crate::delivery::dead_letter::DeadLetters;
 use crate::error::{MessagingError, MessagingResult};
 use crate::message::AgentPid;
 use crate::sync::Arc;
-use crate::table::{AgentTable, InsertError};
+use crate::table::{AgentTable, InsertError, Target};
 
 /// Creates, finds and removes agents' mailboxes.
 ///
@@ -81,7 +81,7 @@ impl MailboxManager {
     pub fn remove_mailbox(&self, agent_id: &AgentPid) -> MessagingResult<()> {
         let shared = self
             .table
-            .remove(agent_id)
+            .remove_agent(agent_id)
             .ok_or_else(|| MessagingError::AgentNotFound(agent_id.clone()))?;
         shared.close();
         Ok(())
@@ -94,7 +94,7 @@ impl MailboxManager {
 
     /// How many mailboxes exist.
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.table.agents()
     }
 
     /// Whether there are no mailboxes.
@@ -104,15 +104,17 @@ impl MailboxManager {
 
     /// Statistics of every mailbox.
     pub fn get_all_stats(&self) -> Vec<MailboxStats> {
-        let mut out = Vec::with_capacity(self.table.len());
+        let mut out = Vec::with_capacity(self.table.agents());
         self.table.for_each(|shared| out.push(stats_of(shared)));
         out
     }
 
     /// Removes and closes every mailbox.
     pub fn close_all(&self) {
-        for shared in self.table.clear() {
-            shared.close();
+        for target in self.table.clear() {
+            if let Target::Agent(shared) = target {
+                shared.close();
+            }
         }
     }
 
@@ -125,7 +127,7 @@ impl MailboxManager {
 impl fmt::Debug for MailboxManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MailboxManager")
-            .field("mailboxes", &self.table.len())
+            .field("mailboxes", &self.table.agents())
             .finish()
     }
 }

@@ -22,6 +22,7 @@ use super::MailboxConfig;
 use crate::delivery::dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
 use crate::error::{MessagingError, TrySendError};
 use crate::message::{AgentMessage, AgentPid, MessagePriority};
+use crate::router::breaker::Breaker;
 use crate::stats::record_max;
 use crate::sync::{fence, spin_hint, Arc, AtomicBool, AtomicU64, AtomicUsize};
 
@@ -114,6 +115,8 @@ pub(crate) struct Shared {
     /// High-water mark of the queue length (sampled).
     max_len: AtomicUsize,
     pub(crate) settings: Arc<Settings>,
+    /// This destination's circuit breaker (used only when the system has one).
+    pub(crate) breaker: Breaker,
 }
 
 /// The receiver claim; released on drop.
@@ -143,6 +146,7 @@ impl Shared {
             avg_processing: AtomicU64::new(0),
             max_len: AtomicUsize::new(0),
             settings,
+            breaker: Breaker::new(),
         };
         if shared.settings.config_error.is_some() {
             shared.lanes.close();
@@ -212,7 +216,20 @@ impl Shared {
     fn sample_received(&self) {
         self.last_received
             .store(self.settings.nanos_since_epoch(), Relaxed);
-        record_max(&self.max_len, self.lanes.len());
+        record_max(&self.max_len, self.sampled_len(0));
+    }
+
+    /// The queue length for `max_len`, plus `extra` messages just taken. A snapshot
+    /// under concurrency sums lanes read at different moments (and `extra` was already
+    /// released from `reserved`), so it can exceed what the queue ever held; a bounded
+    /// queue never holds more than `capacity`, so clamp to it.
+    fn sampled_len(&self, extra: usize) -> usize {
+        let len = self.lanes.len() + extra;
+        if self.capacity > 0 {
+            len.min(self.capacity)
+        } else {
+            len
+        }
     }
 
     /// Sends, dead-lettering a refused message: `send` of the seed's API.
@@ -293,7 +310,7 @@ impl Shared {
         let now = self.settings.nanos_since_epoch();
         self.last_processed.store(now, Relaxed);
         self.sample_start.store(now, Relaxed);
-        record_max(&self.max_len, self.lanes.len() + 1);
+        record_max(&self.max_len, self.sampled_len(1));
     }
 
     #[cold]
@@ -368,7 +385,7 @@ impl Shared {
     }
 
     pub(crate) fn max_len(&self) -> usize {
-        self.max_len.load(Relaxed).max(self.len())
+        self.max_len.load(Relaxed).max(self.sampled_len(0))
     }
 
     pub(crate) fn last_received(&self) -> Option<chrono::DateTime<chrono::Utc>> {

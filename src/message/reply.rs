@@ -28,6 +28,8 @@ const EMPTY: usize = 0;
 const SENT: usize = 1;
 const SENDER_GONE: usize = 2;
 const RECEIVER_GONE: usize = 3;
+/// The call's timer fired first (async calls, whose timeout sits on the timer wheel).
+const TIMED_OUT: usize = 4;
 
 struct Slot {
     /// `EMPTY` until one side finishes.
@@ -98,7 +100,7 @@ impl ReplySender {
     /// Sends the reply. Hands it back if the caller stopped waiting.
     pub fn send(mut self, value: Payload) -> Result<(), Payload> {
         self.done = true;
-        if self.slot.state.load(Acquire) == RECEIVER_GONE {
+        if self.slot.state.load(Acquire) != EMPTY {
             return Err(value);
         }
         // SAFETY: only the sender writes `value`, and the receiver reads it only after
@@ -124,7 +126,7 @@ impl ReplySender {
 
     /// Whether the caller has stopped waiting (dropped its receiver or timed out).
     pub fn is_closed(&self) -> bool {
-        self.slot.state.load(Acquire) == RECEIVER_GONE
+        matches!(self.slot.state.load(Acquire), RECEIVER_GONE | TIMED_OUT)
     }
 }
 
@@ -162,6 +164,7 @@ impl ReplyReceiver {
                 None => Err(ReplyError::Closed),
             },
             SENDER_GONE => Err(ReplyError::Closed),
+            TIMED_OUT => Err(ReplyError::Timeout),
             _ => Ok(None),
         }
     }
@@ -180,6 +183,40 @@ impl ReplyReceiver {
     fn wait(&mut self, deadline: Option<Instant>) -> Option<Result<Payload, ReplyError>> {
         let slot = self.slot.clone();
         block_until(&slot.waiter, deadline, || self.try_recv().transpose())
+    }
+}
+
+impl ReplyReceiver {
+    /// A handle that can end the wait with `Timeout` (used by the timer wheel).
+    pub(crate) fn timeout_handle(&self) -> ReplyTimeout {
+        ReplyTimeout {
+            slot: self.slot.clone(),
+        }
+    }
+}
+
+/// Ends a call's wait with `Timeout` unless the reply came first.
+pub(crate) struct ReplyTimeout {
+    slot: Arc<Slot>,
+}
+
+impl ReplyTimeout {
+    /// Fires the timeout. A reply sent afterwards is handed back to its sender.
+    pub(crate) fn expire(self) {
+        if self
+            .slot
+            .state
+            .compare_exchange(EMPTY, TIMED_OUT, AcqRel, Acquire)
+            .is_ok()
+        {
+            self.slot.waiter.wake();
+        }
+    }
+}
+
+impl fmt::Debug for ReplyTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplyTimeout").finish_non_exhaustive()
     }
 }
 

@@ -1,0 +1,774 @@
+//! [`DefaultMessageRouter`]: the table lookup, the breaker, the group balance, the push,
+//! and what the delivery guarantee does when the push is refused.
+//!
+//! The fast path (destination found, breaker closed, mailbox accepts, no ack asked)
+//! takes the table's read lock, pushes, and bumps two striped counters: no allocation
+//! beyond the message, no clock read, no tracking. Everything else is cold:
+//!
+//! | push outcome | `AtMostOnce` | `AtLeastOnce` / `ExactlyOnce` |
+//! |---|---|---|
+//! | accepted, no ack asked | done | done (`ExactlyOnce`: id committed to the window) |
+//! | accepted, `require_ack` | done | tracked until `acknowledge`; redelivered on timeout |
+//! | mailbox full, breaker open, empty group | `Err`, dead letter | `Ok`; retried with backoff, then dead letter |
+//! | destination unknown | `Err(AgentNotFound)`, dead letter | same |
+//! | mailbox closed meanwhile | `Err(ChannelClosed)`, dead letter | same |
+
+use std::fmt;
+use std::sync::atomic::Ordering::{Acquire, Release};
+use std::sync::{OnceLock, Weak};
+use std::time::Instant;
+
+use super::breaker::{Admission, BreakerState, CircuitBreakerConfig};
+use super::{MessageRouter, Metrics, RouterConfig, RouterStats};
+use crate::delivery::dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
+use crate::delivery::dedup::Reservation;
+use crate::delivery::retry::RetryPolicy;
+use crate::delivery::tracker::{Due, Outgoing, Refusal, Stage, Tracked, Tracker};
+use crate::delivery::DeliveryGuarantee;
+use crate::driver::{Driver, Fire, TimerDriver};
+use crate::error::{MessagingError, MessagingResult, TrySendError};
+use crate::mailbox::shared::Shared;
+use crate::mailbox::MailboxSender;
+use crate::message::{
+    AgentMessage, AgentPid, DeliveryOptions, MessageEnvelope, MessageId, MessagePriority,
+    ReplyReceiver,
+};
+use crate::sync::{Arc, AtomicBool};
+use crate::table::{AgentTable, InsertError, Target};
+use crate::timer::TimerKey;
+use crate::timer::{Clock, SystemClock};
+
+/// Breaker settings in ticks.
+#[derive(Debug, Clone, Copy)]
+struct BreakerSettings {
+    threshold: u32,
+    reset_ticks: u64,
+}
+
+/// What one push attempt did.
+enum Push {
+    Done,
+    Refused(AgentMessage, Refusal, u64),
+    Closed(AgentMessage),
+    NotFound(AgentMessage),
+}
+
+/// The built-in router.
+pub struct DefaultMessageRouter {
+    config: RouterConfig,
+    guarantee: DeliveryGuarantee,
+    policy: RetryPolicy,
+    breaker: Option<BreakerSettings>,
+    table: Arc<AgentTable>,
+    dead_letters: Arc<DeadLetters>,
+    pub(crate) metrics: Metrics,
+    pub(crate) tracker: Tracker,
+    driver: Driver,
+    /// The system's handle on this router, for the driver thread.
+    this: OnceLock<Weak<dyn Fire>>,
+    shut_down: AtomicBool,
+}
+
+/// Everything a router is built from.
+pub(crate) struct Parts {
+    pub(crate) table: Arc<AgentTable>,
+    pub(crate) dead_letters: Arc<DeadLetters>,
+    pub(crate) clock: std::sync::Arc<dyn Clock>,
+    pub(crate) driver: TimerDriver,
+    pub(crate) breaker: Option<CircuitBreakerConfig>,
+}
+
+impl DefaultMessageRouter {
+    /// A router with an empty table. Its timers are driven by hand
+    /// ([`run_due_timers`](Self::run_due_timers)); inside a `MessageSystem` a driver
+    /// thread does it.
+    ///
+    /// A refused `delivery_config` falls back to the defaults for the retry policy;
+    /// use [`DefaultMessageRouter::try_new`] to get the error instead.
+    pub fn new(config: RouterConfig) -> Self {
+        Self::try_new(config.clone()).unwrap_or_else(|_| {
+            let mut config = config;
+            config.delivery_config = crate::DeliveryConfig {
+                guarantee: config.delivery_config.guarantee,
+                ..Default::default()
+            };
+            Self::try_new(config).expect("default delivery config is valid")
+        })
+    }
+
+    /// A router with an empty table, refusing a bad configuration.
+    pub fn try_new(config: RouterConfig) -> MessagingResult<Self> {
+        Self::with_parts(
+            config,
+            Parts {
+                table: Arc::new(AgentTable::new()),
+                dead_letters: Arc::new(DeadLetters::default()),
+                clock: std::sync::Arc::new(SystemClock),
+                driver: TimerDriver::Manual,
+                breaker: None,
+            },
+        )
+    }
+
+    pub(crate) fn with_parts(config: RouterConfig, parts: Parts) -> MessagingResult<Self> {
+        let policy = RetryPolicy::from_config(&config.delivery_config)
+            .map_err(MessagingError::Configuration)?;
+        let breaker = match parts.breaker {
+            Some(b) => {
+                b.validate().map_err(MessagingError::Configuration)?;
+                Some(BreakerSettings {
+                    threshold: b.failure_threshold,
+                    reset_ticks: b.reset_ticks(),
+                })
+            }
+            None => None,
+        };
+        let delivery = &config.delivery_config;
+        let tracker = Tracker::new(
+            parts.clock,
+            config.max_concurrent_deliveries,
+            delivery.cleanup_interval,
+            delivery.max_delivery_records,
+        );
+        Ok(DefaultMessageRouter {
+            guarantee: delivery.guarantee,
+            policy,
+            breaker,
+            table: parts.table,
+            dead_letters: parts.dead_letters,
+            metrics: Metrics::default(),
+            tracker,
+            driver: Driver::new(parts.driver, config.retry_interval),
+            this: OnceLock::new(),
+            shut_down: AtomicBool::new(false),
+            config,
+        })
+    }
+
+    /// Lets the driver thread reach this router.
+    pub(crate) fn attach(&self, this: Weak<dyn Fire>) {
+        let _ = self.this.set(this);
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RouterConfig {
+        &self.config
+    }
+
+    /// Takes the dead letters of this router.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.dead_letters.drain()
+    }
+
+    /// Fires every retry and timeout due by the router's clock. Returns when the next
+    /// one is due. Only needed with `TimerDriver::Manual` (a standalone router, or
+    /// tests with a `ManualClock`).
+    pub fn run_due_timers(&self) -> Option<Instant> {
+        let (due, _) = self.tracker.take_due();
+        for event in due {
+            match event {
+                Due::Call(timeout) => timeout.expire(),
+                Due::Tracked(tracked) => self.retry(tracked),
+            }
+        }
+        self.tracker.next_deadline()
+    }
+
+    fn check_running(&self) -> MessagingResult<()> {
+        if self.shut_down.load(Acquire) {
+            Err(MessagingError::System("the router is shut down".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    // ===== dispatch =====
+
+    /// Routes an envelope with its options.
+    pub(crate) fn dispatch_envelope(&self, envelope: MessageEnvelope) -> MessagingResult<()> {
+        self.check_running()?;
+        let to = envelope.to.clone();
+        let options = envelope.delivery_options.clone();
+        self.dispatch(&to, Outgoing::Envelope(envelope), &options)
+    }
+
+    /// Routes a built message at `priority` with default options.
+    pub(crate) fn dispatch_message(
+        &self,
+        to: &AgentPid,
+        message: AgentMessage,
+        priority: MessagePriority,
+    ) -> MessagingResult<()> {
+        self.check_running()?;
+        let options = DeliveryOptions {
+            priority,
+            ..DeliveryOptions::default()
+        };
+        self.dispatch(to, Outgoing::Message(message), &options)
+    }
+
+    #[inline]
+    fn dispatch(
+        &self,
+        to: &AgentPid,
+        out: Outgoing,
+        options: &DeliveryOptions,
+    ) -> MessagingResult<()> {
+        let counted = self.config.enable_metrics;
+        if counted {
+            self.metrics.routed.incr();
+        }
+        let counters = &self.tracker.counters;
+        counters.accepted.incr();
+        // Exactly-once: reserve the id before the push so that a concurrent copy
+        // cannot push too; commit only once the message is really in a mailbox.
+        let reserved = match self.guarantee {
+            DeliveryGuarantee::ExactlyOnce => {
+                let id = out.id().clone();
+                if self.tracker.reserve(&id) == Reservation::Duplicate {
+                    counters.duplicates.incr();
+                    return Ok(());
+                }
+                Some(id)
+            }
+            _ => None,
+        };
+        // Acks need a copy to redeliver; only envelopes can ask for one.
+        let require_ack = options.require_ack && self.guarantee != DeliveryGuarantee::AtMostOnce;
+        let (kept, message) = match out {
+            Outgoing::Envelope(e) if require_ack => {
+                let message = e.clone().into_message();
+                (Some(e), message)
+            }
+            other => (None, other.into_message()),
+        };
+        counters.attempts.incr();
+        match self.push(to, message, options.priority) {
+            Push::Done => {
+                if counted {
+                    self.metrics.delivered.incr();
+                }
+                if let Some(id) = &reserved {
+                    self.tracker.commit(id);
+                }
+                match kept {
+                    None => counters.delivered.incr(),
+                    Some(envelope) => {
+                        let tracked = self.tracked(
+                            to,
+                            Outgoing::Envelope(envelope),
+                            options,
+                            Stage::AwaitAck,
+                        );
+                        let ack = self.config.delivery_config.acknowledgment_timeout;
+                        self.track(tracked, self.tracker.after(ack));
+                    }
+                }
+                Ok(())
+            }
+            failed => {
+                if let Some(id) = &reserved {
+                    self.tracker.rollback(id);
+                }
+                self.first_attempt_failed(to, failed, kept, options)
+            }
+        }
+    }
+
+    /// The first push was not accepted: report, retry or give up per the guarantee.
+    #[cold]
+    fn first_attempt_failed(
+        &self,
+        to: &AgentPid,
+        failed: Push,
+        kept: Option<MessageEnvelope>,
+        options: &DeliveryOptions,
+    ) -> MessagingResult<()> {
+        // The message to retry or dead-letter: the kept envelope if any.
+        let with = |message: AgentMessage| match kept {
+            Some(envelope) => Outgoing::Envelope(envelope),
+            None => Outgoing::Message(message),
+        };
+        match failed {
+            Push::Done => unreachable!("handled by dispatch"),
+            Push::NotFound(message) => {
+                self.give_up(to, with(message), 1, DeadLetterReason::AgentNotFound);
+                Err(MessagingError::AgentNotFound(to.clone()))
+            }
+            Push::Closed(message) => {
+                self.give_up(to, with(message), 1, DeadLetterReason::MailboxClosed);
+                Err(MessagingError::ChannelClosed(to.clone()))
+            }
+            Push::Refused(message, refusal, retry_at) => {
+                if self.guarantee == DeliveryGuarantee::AtMostOnce {
+                    let (reason, err) = refusal_error(to, refusal);
+                    self.give_up(to, with(message), 1, reason);
+                    return Err(err);
+                }
+                let mut tracked = self.tracked(to, with(message), options, Stage::Retry);
+                tracked.last_refusal = Some(refusal);
+                let deadline = self.tracker.after(tracked.policy.delay(0)).max(retry_at);
+                if self.track(tracked, deadline) {
+                    Ok(())
+                } else {
+                    Err(MessagingError::Overloaded(format!(
+                        "{} messages already in flight (max_concurrent_deliveries)",
+                        self.config.max_concurrent_deliveries
+                    )))
+                }
+            }
+        }
+    }
+
+    fn tracked(
+        &self,
+        to: &AgentPid,
+        payload: Outgoing,
+        options: &DeliveryOptions,
+        stage: Stage,
+    ) -> Box<Tracked> {
+        Box::new(Tracked {
+            to: to.clone(),
+            priority: options.priority,
+            policy: self.policy.for_message(options),
+            require_ack: matches!(payload, Outgoing::Envelope(_)) && options.require_ack,
+            attempts: 1,
+            expires_at: self.tracker.after(options.timeout),
+            stage,
+            last_refusal: None,
+            payload,
+        })
+    }
+
+    /// Puts a call's timeout on the wheel; `None` if it already passed (the call then
+    /// sees `Timeout` at once).
+    pub(crate) fn schedule_call_timeout(
+        &self,
+        reply: &ReplyReceiver,
+        timeout: std::time::Duration,
+    ) -> Option<TimerKey> {
+        let deadline = self.tracker.after(timeout);
+        let (key, moved_earlier) = self.tracker.call_timeout(reply.timeout_handle(), deadline);
+        if moved_earlier.is_some() {
+            self.wake_driver();
+        }
+        key
+    }
+
+    /// Cancels a call timeout that is no longer needed.
+    pub(crate) fn cancel_call_timeout(&self, key: TimerKey) {
+        self.tracker.cancel_timer(key);
+    }
+
+    fn wake_driver(&self) {
+        if let Some(this) = self.this.get() {
+            self.driver.wake(this.clone());
+        }
+    }
+
+    /// Tracks `tracked` until `deadline`; at the in-flight limit, dead-letters it.
+    fn track(&self, tracked: Box<Tracked>, deadline: u64) -> bool {
+        match self.tracker.track(tracked, deadline) {
+            Ok(moved_earlier) => {
+                if moved_earlier.is_some() {
+                    self.wake_driver();
+                }
+                true
+            }
+            Err(tracked) => {
+                let why = format!(
+                    "{} messages already in flight",
+                    self.config.max_concurrent_deliveries
+                );
+                let to = tracked.to.clone();
+                let attempts = tracked.attempts;
+                self.give_up(
+                    &to,
+                    tracked.payload,
+                    attempts,
+                    DeadLetterReason::Overloaded(why),
+                );
+                false
+            }
+        }
+    }
+
+    // ===== one attempt =====
+
+    /// Looks `to` up and pushes into its (or its group member's) mailbox.
+    #[inline]
+    fn push(&self, to: &AgentPid, message: AgentMessage, priority: MessagePriority) -> Push {
+        let mut message = Some(message);
+        let pushed = self.table.with_target(to, |target| match target {
+            Target::Agent(mailbox) => self.push_into(mailbox, &mut message, priority),
+            Target::Group(group) => group
+                .with_member(|member| self.push_into(member.shared(), &mut message, priority))
+                .unwrap_or_else(|_| {
+                    let message = message.take().expect("not yet pushed");
+                    Push::Refused(message, Refusal::EmptyGroup, 0)
+                }),
+        });
+        match pushed {
+            Some(push) => push,
+            None => Push::NotFound(message.take().expect("not yet pushed")),
+        }
+    }
+
+    #[inline]
+    fn push_into(
+        &self,
+        mailbox: &Shared,
+        message: &mut Option<AgentMessage>,
+        priority: MessagePriority,
+    ) -> Push {
+        let message = message.take().expect("pushed once");
+        let (admission, settings) = match self.breaker {
+            Some(settings) if mailbox.breaker.state() != BreakerState::Closed => {
+                let now = self.tracker.now();
+                match mailbox.breaker.admit(now, settings.reset_ticks) {
+                    Admission::Rejected { retry_at } => {
+                        return Push::Refused(message, Refusal::CircuitOpen, retry_at)
+                    }
+                    admission => (admission, Some(settings)),
+                }
+            }
+            settings => (Admission::Allowed, settings),
+        };
+        match mailbox.try_send(message, priority) {
+            Ok(()) => {
+                if settings.is_some() {
+                    mailbox.breaker.on_success(admission);
+                }
+                Push::Done
+            }
+            Err(TrySendError::Full(message)) => {
+                if let Some(settings) = settings {
+                    let now = self.tracker.now();
+                    mailbox
+                        .breaker
+                        .on_failure(admission, now, settings.threshold);
+                }
+                Push::Refused(message, Refusal::MailboxFull, 0)
+            }
+            Err(TrySendError::Closed(message)) => Push::Closed(message),
+        }
+    }
+
+    // ===== retries and ack timeouts =====
+
+    /// A tracked message's timer fired.
+    fn retry(&self, mut tracked: Box<Tracked>) {
+        let to = tracked.to.clone();
+        let counters = &self.tracker.counters;
+        match tracked.stage {
+            Stage::Retry => {
+                if self.tracker.now() >= tracked.expires_at {
+                    return self.give_up(
+                        &to,
+                        tracked.payload,
+                        tracked.attempts,
+                        DeadLetterReason::Expired,
+                    );
+                }
+                let reserved = match self.guarantee {
+                    DeliveryGuarantee::ExactlyOnce => {
+                        let id = tracked.payload.id().clone();
+                        if self.tracker.reserve(&id) == Reservation::Duplicate {
+                            counters.duplicates.incr();
+                            return;
+                        }
+                        Some(id)
+                    }
+                    _ => None,
+                };
+                tracked.attempts = tracked.attempts.saturating_add(1);
+                counters.attempts.incr();
+                counters.retries.incr();
+                if self.config.enable_metrics {
+                    self.metrics.retries.incr();
+                }
+                let (kept, message) = split_for_push(tracked.payload, tracked.require_ack);
+                match self.push(&to, message, tracked.priority) {
+                    Push::Done => {
+                        if let Some(id) = &reserved {
+                            self.tracker.commit(id);
+                        }
+                        if self.config.enable_metrics {
+                            self.metrics.delivered.incr();
+                        }
+                        match kept {
+                            None => counters.delivered.incr(),
+                            Some(envelope) => {
+                                tracked.payload = Outgoing::Envelope(envelope);
+                                tracked.stage = Stage::AwaitAck;
+                                tracked.last_refusal = None;
+                                let ack = self.config.delivery_config.acknowledgment_timeout;
+                                self.track(tracked, self.tracker.after(ack));
+                            }
+                        }
+                    }
+                    failed => {
+                        if let Some(id) = &reserved {
+                            self.tracker.rollback(id);
+                        }
+                        let (message, refusal, retry_at) = match failed {
+                            Push::Refused(m, refusal, retry_at) => (m, refusal, retry_at),
+                            Push::Closed(m) => {
+                                let payload = rejoin(kept, m);
+                                return self.give_up(
+                                    &to,
+                                    payload,
+                                    tracked.attempts,
+                                    DeadLetterReason::MailboxClosed,
+                                );
+                            }
+                            Push::NotFound(m) => {
+                                let payload = rejoin(kept, m);
+                                return self.give_up(
+                                    &to,
+                                    payload,
+                                    tracked.attempts,
+                                    DeadLetterReason::AgentNotFound,
+                                );
+                            }
+                            Push::Done => unreachable!("matched above"),
+                        };
+                        tracked.payload = rejoin(kept, message);
+                        tracked.last_refusal = Some(refusal);
+                        self.retry_later(tracked, retry_at);
+                    }
+                }
+            }
+            Stage::AwaitAck => {
+                if tracked.attempts > tracked.policy.max_retries() {
+                    return self.give_up(
+                        &to,
+                        tracked.payload,
+                        tracked.attempts,
+                        DeadLetterReason::NotAcknowledged,
+                    );
+                }
+                tracked.attempts = tracked.attempts.saturating_add(1);
+                counters.retries.incr();
+                if self.config.enable_metrics {
+                    self.metrics.retries.incr();
+                }
+                let ack = self.config.delivery_config.acknowledgment_timeout;
+                // Exactly-once: the mailbox already accepted this id inside the window,
+                // so a second copy is suppressed; the attempt still counts.
+                if self.guarantee == DeliveryGuarantee::ExactlyOnce {
+                    self.track(tracked, self.tracker.after(ack));
+                    return;
+                }
+                counters.attempts.incr();
+                let Outgoing::Envelope(envelope) = &tracked.payload else {
+                    unreachable!("only envelopes await acks")
+                };
+                let copy = envelope.clone().into_message();
+                match self.push(&to, copy, tracked.priority) {
+                    Push::Done => {
+                        if self.config.enable_metrics {
+                            self.metrics.delivered.incr();
+                        }
+                        self.track(tracked, self.tracker.after(ack));
+                    }
+                    Push::Refused(_, refusal, retry_at) => {
+                        tracked.stage = Stage::Retry;
+                        tracked.last_refusal = Some(refusal);
+                        self.retry_later(tracked, retry_at);
+                    }
+                    Push::Closed(_) => self.give_up(
+                        &to,
+                        tracked.payload,
+                        tracked.attempts,
+                        DeadLetterReason::MailboxClosed,
+                    ),
+                    Push::NotFound(_) => self.give_up(
+                        &to,
+                        tracked.payload,
+                        tracked.attempts,
+                        DeadLetterReason::AgentNotFound,
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Schedules the next attempt, or gives up once `max_retries` retries failed.
+    fn retry_later(&self, tracked: Box<Tracked>, retry_at: u64) {
+        if tracked.attempts > tracked.policy.max_retries() {
+            let reason = match tracked.last_refusal {
+                Some(Refusal::CircuitOpen) => DeadLetterReason::CircuitOpen,
+                Some(Refusal::EmptyGroup) => {
+                    DeadLetterReason::RetriesExhausted("group has no members".into())
+                }
+                _ => DeadLetterReason::RetriesExhausted("mailbox full".into()),
+            };
+            let to = tracked.to.clone();
+            return self.give_up(&to, tracked.payload, tracked.attempts, reason);
+        }
+        let delay = tracked.policy.delay(tracked.attempts - 1);
+        let deadline = self.tracker.after(delay).max(retry_at);
+        self.track(tracked, deadline);
+    }
+
+    /// Dead-letters a message the system gives up on.
+    fn give_up(&self, to: &AgentPid, payload: Outgoing, attempts: u32, reason: DeadLetterReason) {
+        let counters = &self.tracker.counters;
+        if reason == DeadLetterReason::Expired {
+            counters.expired.incr();
+        } else {
+            counters.failed.incr();
+        }
+        if self.config.enable_metrics {
+            self.metrics.failed.incr();
+        }
+        self.dead_letters.push(DeadLetter {
+            id: payload.id().clone(),
+            to: to.clone(),
+            reason,
+            attempts,
+            message: payload.into_dead(),
+        });
+    }
+
+    /// Ends tracking of `id` (`MessageSystem::acknowledge`).
+    pub(crate) fn acknowledge(&self, id: &MessageId) -> MessagingResult<()> {
+        if self.tracker.acknowledge(id) {
+            self.tracker.counters.acknowledged.incr();
+            Ok(())
+        } else {
+            Err(MessagingError::UnknownMessage(id.clone()))
+        }
+    }
+
+    /// Stops the driver and dead-letters everything still tracked.
+    fn stop(&self) {
+        self.shut_down.store(true, Release);
+        self.driver.stop();
+        for tracked in self.tracker.drain() {
+            let to = tracked.to.clone();
+            let attempts = tracked.attempts;
+            self.give_up(&to, tracked.payload, attempts, DeadLetterReason::Shutdown);
+        }
+    }
+}
+
+/// Splits a payload into what to keep (an envelope awaiting acks) and what to push.
+fn split_for_push(payload: Outgoing, require_ack: bool) -> (Option<MessageEnvelope>, AgentMessage) {
+    match payload {
+        Outgoing::Envelope(e) if require_ack => {
+            let message = e.clone().into_message();
+            (Some(e), message)
+        }
+        other => (None, other.into_message()),
+    }
+}
+
+/// The payload to keep after a refused push.
+fn rejoin(kept: Option<MessageEnvelope>, message: AgentMessage) -> Outgoing {
+    match kept {
+        Some(envelope) => Outgoing::Envelope(envelope),
+        None => Outgoing::Message(message),
+    }
+}
+
+fn refusal_error(to: &AgentPid, refusal: Refusal) -> (DeadLetterReason, MessagingError) {
+    match refusal {
+        Refusal::MailboxFull => (
+            DeadLetterReason::MailboxFull,
+            MessagingError::MailboxFull(to.clone()),
+        ),
+        Refusal::CircuitOpen => (
+            DeadLetterReason::CircuitOpen,
+            MessagingError::CircuitOpen(to.clone()),
+        ),
+        Refusal::EmptyGroup => (
+            DeadLetterReason::RetriesExhausted("group has no members".into()),
+            MessagingError::EmptyGroup(to.clone()),
+        ),
+    }
+}
+
+impl Fire for DefaultMessageRouter {
+    fn fire_due(&self) -> Option<Instant> {
+        self.run_due_timers()
+    }
+}
+
+impl MessageRouter for DefaultMessageRouter {
+    fn route_message(&self, envelope: MessageEnvelope) -> MessagingResult<()> {
+        self.dispatch_envelope(envelope)
+    }
+
+    fn register_agent(&self, agent_id: AgentPid, sender: MailboxSender) -> MessagingResult<()> {
+        self.check_running()?;
+        if sender.agent_id() != &agent_id {
+            return Err(MessagingError::InvalidMessage(format!(
+                "sender for {} registered as {agent_id}",
+                sender.agent_id()
+            )));
+        }
+        match self.table.insert(sender.shared().clone()) {
+            Ok(_) => Ok(()),
+            Err(InsertError::Duplicate) => Err(MessagingError::DuplicateAgent(agent_id)),
+            Err(InsertError::Full) => Err(MessagingError::System("agent table full".into())),
+        }
+    }
+
+    fn unregister_agent(&self, agent_id: &AgentPid) -> MessagingResult<()> {
+        let mailbox = self
+            .table
+            .remove_agent(agent_id)
+            .ok_or_else(|| MessagingError::AgentNotFound(agent_id.clone()))?;
+        mailbox.close();
+        Ok(())
+    }
+
+    fn get_stats(&self) -> RouterStats {
+        let (pending, awaiting_ack) = self.tracker.pending();
+        RouterStats {
+            messages_routed: self.metrics.routed.get(),
+            messages_delivered: self.metrics.delivered.get(),
+            messages_failed: self.metrics.failed.get(),
+            active_routes: self.table.len(),
+            retry_attempts: self.metrics.retries.get(),
+            messages_pending: pending + awaiting_ack,
+        }
+    }
+
+    fn shutdown(&self) -> MessagingResult<()> {
+        self.stop();
+        for target in self.table.clear() {
+            if let Target::Agent(mailbox) = target {
+                mailbox.close();
+            }
+        }
+        Ok(())
+    }
+
+    fn route(
+        &self,
+        to: &AgentPid,
+        message: AgentMessage,
+        priority: MessagePriority,
+    ) -> MessagingResult<()> {
+        self.dispatch_message(to, message, priority)
+    }
+}
+
+impl Drop for DefaultMessageRouter {
+    fn drop(&mut self) {
+        self.driver.stop();
+    }
+}
+
+impl fmt::Debug for DefaultMessageRouter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DefaultMessageRouter")
+            .field("config", &self.config)
+            .field("destinations", &self.table.len())
+            .field("timer_driver", &self.driver.mode())
+            .finish()
+    }
+}
