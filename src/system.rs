@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use crate::delivery::dead_letter::{DeadLetter, DeadLetters};
+use crate::delivery::DeliveryStats;
 use crate::driver::{Fire, TimerDriver};
 use crate::error::{MessagingError, MessagingResult};
 use crate::mailbox::shared::Settings;
@@ -473,6 +474,16 @@ impl MessageSystem {
         match &self.inner.routing {
             Routing::Default(router) => router.run_due_timers(),
             Routing::Custom(_) => None,
+        }
+    }
+
+    /// The delivery ledger: every accepted message is delivered, acknowledged, failed,
+    /// expired, a suppressed duplicate, or still pending (see `DeliveryStats`).
+    /// All zero with a custom router.
+    pub fn delivery_stats(&self) -> DeliveryStats {
+        match &self.inner.routing {
+            Routing::Default(router) => router.delivery_stats(),
+            Routing::Custom(_) => DeliveryStats::default(),
         }
     }
 

@@ -424,6 +424,61 @@ fn ledger_adds_up() {
     let (router, _) = h.system.get_stats();
     assert_eq!(router.messages_pending, 0);
     assert_eq!(received + dead, sent);
+    let d = h.system.delivery_stats();
+    assert_eq!(d.total_messages, sent as u64);
+    assert_eq!(d.delivered, received as u64);
+    assert_eq!(d.failed + d.expired, dead as u64);
+    assert_eq!(
+        d.total_messages,
+        d.delivered
+            + d.acknowledged
+            + d.failed
+            + d.expired
+            + d.duplicates
+            + d.pending
+            + d.in_transit
+    );
+}
+
+#[test]
+fn driver_thread_fires_retries_by_itself() {
+    let mut config = RouterConfig::default();
+    config.delivery_config.retry_delay = Duration::from_millis(5);
+    let system = MessageSystem::builder(config)
+        .mailbox_config(MailboxConfig {
+            max_messages: 1,
+            ..MailboxConfig::default()
+        })
+        .build()
+        .unwrap();
+    let pid = AgentPid::new();
+    system.register_agent(pid.clone()).unwrap();
+    let mailbox = system.get_mailbox(&pid).unwrap();
+    system.send_message(envelope(&pid, 1)).unwrap();
+    system.send_message(envelope(&pid, 2)).unwrap(); // full: the driver thread retries
+    assert!(mailbox.receive_timeout(Duration::from_secs(5)).is_ok());
+    let second = mailbox.receive_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        second.payload::<serde_json::Value>(),
+        Some(&json!({"n": 2}))
+    );
+    system.shutdown().unwrap();
+}
+
+#[test]
+fn shutdown_dead_letters_what_is_still_tracked() {
+    let h = harness(DeliveryGuarantee::AtLeastOnce, 1, |_| {});
+    let (pid, _mailbox) = h.agent();
+    h.system.send_message(envelope(&pid, 1)).unwrap();
+    h.system.send_message(envelope(&pid, 2)).unwrap(); // waiting for a retry
+    h.system.shutdown().unwrap();
+    let reasons: Vec<_> = h
+        .system
+        .dead_letters()
+        .into_iter()
+        .map(|d| d.reason)
+        .collect();
+    assert!(reasons.contains(&DeadLetterReason::Shutdown), "{reasons:?}");
 }
 
 use std::future::Future;

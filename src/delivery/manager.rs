@@ -146,7 +146,13 @@ impl DeliveryRecord {
     }
 }
 
-/// Counts of the records a [`DeliveryManager`] keeps, by status.
+/// Counts of messages by delivery status: of the records a [`DeliveryManager`] keeps,
+/// or, from `MessageSystem::delivery_stats`, of every message the system accepted.
+///
+/// For a system the ledger adds up: `total_messages = delivered + acknowledged + failed
+/// + expired + duplicates + pending + in_transit`, where `delivered` counts messages
+/// that reached a mailbox and needed no ack, `pending` those waiting for a retry and
+/// `in_transit` those delivered but waiting for their ack.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryStats {
     /// Records kept.
@@ -165,12 +171,16 @@ pub struct DeliveryStats {
     pub expired: u64,
     /// Attempts summed over the records kept.
     pub total_attempts: u64,
+    /// Exactly-once copies suppressed because their id was already delivered (system
+    /// statistics only).
+    pub duplicates: u64,
 }
 
 impl DeliveryStats {
-    /// `acknowledged / total_messages`; 0.0 when there are none.
+    /// `(delivered + acknowledged) / total_messages`: the share that reached its
+    /// destination; 0.0 when there are none.
     pub fn success_rate(&self) -> f64 {
-        ratio(self.acknowledged, self.total_messages)
+        ratio(self.delivered + self.acknowledged, self.total_messages)
     }
 
     /// `failed / total_messages`; 0.0 when there are none.
@@ -375,7 +385,7 @@ impl DeliveryManager {
     /// Like [`record_message`](Self::record_message) without keeping the envelope (so
     /// never a retry candidate). `Delivered` counts as awaiting an ack unless the
     /// guarantee is `AtMostOnce`; see [`record_with_ack`](Self::record_with_ack).
-    #[allow(dead_code)] // part of the interface; not every caller needs it yet
+    #[cfg(test)]
     pub(crate) fn record(
         &self,
         id: MessageId,
@@ -387,7 +397,7 @@ impl DeliveryManager {
 
     /// Like `record`, saying whether `Delivered` still awaits an ack (which decides when
     /// the record becomes evictable).
-    #[allow(dead_code)] // part of the interface; not every caller needs it yet
+    #[cfg(test)]
     pub(crate) fn record_with_ack(
         &self,
         id: MessageId,

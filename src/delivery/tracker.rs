@@ -122,17 +122,28 @@ struct State {
     tracked: IdMap<Entry>,
 }
 
-/// Delivery counters (see `DeliveryStats` for how they add up).
+/// The router's counters (see `DeliveryStats` for how they add up). The fast path
+/// bumps two: `accepted` and `delivered`.
 #[derive(Default)]
 pub(crate) struct DeliveryCounters {
+    /// Messages handed to the router.
     pub(crate) accepted: Counter,
+    /// Messages that reached a mailbox and needed no ack (final).
     pub(crate) delivered: Counter,
+    /// Messages acknowledged (final).
     pub(crate) acknowledged: Counter,
+    /// Messages dead-lettered for any reason but expiry (final).
     pub(crate) failed: Counter,
+    /// Messages that expired before delivery (final).
     pub(crate) expired: Counter,
+    /// Exactly-once copies suppressed (final).
     pub(crate) duplicates: Counter,
-    pub(crate) attempts: Counter,
+    /// Retry and redelivery attempts.
     pub(crate) retries: Counter,
+    /// Pushes of messages that await an ack (first delivery and redeliveries).
+    pub(crate) pushes: Counter,
+    /// Times a destination's breaker opened.
+    pub(crate) breaker_trips: Counter,
 }
 
 /// In-flight messages, their timers, and the exactly-once window.

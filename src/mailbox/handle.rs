@@ -19,7 +19,9 @@ use crate::sync::Arc;
 ///
 /// Handles are cheap to clone and all refer to the same queue; `MessageSystem::get_mailbox`
 /// returns one for the queue the router delivers into. When the last handle is dropped
-/// after the mailbox was closed, messages still queued go to the dead letters.
+/// after the mailbox was closed, messages still queued go to the dead letters. A
+/// standalone mailbox (`AgentMailbox::new`) closes when its last handle is dropped, so
+/// its senders see `ChannelClosed` instead of filling a queue nobody reads.
 ///
 /// # Examples
 ///
@@ -56,7 +58,7 @@ impl AgentMailbox {
     /// [`AgentMailbox::try_new`] to get the error up front.
     pub fn new(agent_id: AgentPid, config: MailboxConfig) -> Self {
         let settings = Settings::new(config, None, Arc::new(DeadLetters::default()));
-        Self::from_shared(Arc::new(Shared::new(agent_id, Arc::new(settings))))
+        Self::from_shared(Arc::new(Shared::new(agent_id, Arc::new(settings), true)))
     }
 
     /// Like [`AgentMailbox::new`], but refuses a bad configuration.

@@ -56,7 +56,7 @@ impl MailboxManager {
         if let Some(e) = &self.settings.config_error {
             return Err(MessagingError::Configuration(e.clone()));
         }
-        let shared = Arc::new(Shared::new(agent_id.clone(), self.settings.clone()));
+        let shared = Arc::new(Shared::new(agent_id.clone(), self.settings.clone(), false));
         match self.table.insert(shared.clone()) {
             Ok(_) => Ok(MailboxSender::from_shared(shared)),
             Err(InsertError::Duplicate) => Err(MessagingError::DuplicateAgent(agent_id)),

@@ -21,7 +21,7 @@ use super::waiter::WaitCell;
 use super::MailboxConfig;
 use crate::delivery::dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
 use crate::error::{MessagingError, TrySendError};
-use crate::message::{AgentMessage, AgentPid, MessagePriority};
+use crate::message::{reply_channel, AgentMessage, AgentPid, MessagePriority};
 use crate::router::breaker::Breaker;
 use crate::stats::record_max;
 use crate::sync::{fence, spin_hint, Arc, AtomicBool, AtomicU64, AtomicUsize};
@@ -99,6 +99,9 @@ pub(crate) struct Shared {
     reserved: AtomicUsize,
     /// The receiver claim: true while some receiver pops.
     receiving: AtomicBool,
+    /// A standalone mailbox (`AgentMailbox::new`): nothing can make a new receiver
+    /// handle, so the last one to go closes it (its senders then get `ChannelClosed`).
+    detached: bool,
     /// `AgentMailbox` handles alive (receivers that could still drain).
     pub(crate) rx_handles: AtomicUsize,
     /// Messages popped by receivers (written only by the claim holder).
@@ -129,7 +132,7 @@ impl Drop for Claim<'_> {
 }
 
 impl Shared {
-    pub(crate) fn new(pid: AgentPid, settings: Arc<Settings>) -> Self {
+    pub(crate) fn new(pid: AgentPid, settings: Arc<Settings>, detached: bool) -> Self {
         let shared = Shared {
             pid,
             lanes: Lanes::new(),
@@ -137,6 +140,7 @@ impl Shared {
             capacity: settings.config.max_messages,
             reserved: AtomicUsize::new(0),
             receiving: AtomicBool::new(false),
+            detached,
             rx_handles: AtomicUsize::new(0),
             pops: AtomicUsize::new(0),
             dead_lettered: AtomicU64::new(0),
@@ -249,7 +253,7 @@ impl Shared {
             };
             self.settings.dead_letters.push(DeadLetter::message(
                 self.pid.clone(),
-                e.into_inner(),
+                disarm_call(e.into_inner()),
                 reason,
             ));
             err
@@ -353,6 +357,11 @@ impl Shared {
     /// Called when an `AgentMessage` handle goes away.
     pub(crate) fn release_rx_handle(&self) {
         if self.rx_handles.fetch_sub(1, AcqRel) == 1 {
+            if self.detached {
+                // Closing with no handle left drains into the dead letters.
+                self.close();
+                return;
+            }
             fence(SeqCst);
             if self.lanes.is_closed() {
                 self.drain_to_dead_letters();
@@ -368,7 +377,7 @@ impl Shared {
             self.dead_lettered.fetch_add(1, Relaxed);
             self.settings.dead_letters.push(DeadLetter::message(
                 self.pid.clone(),
-                message,
+                disarm_call(message),
                 DeadLetterReason::MailboxClosed,
             ));
         }
@@ -399,6 +408,17 @@ impl Shared {
     pub(crate) fn average_processing(&self) -> Duration {
         Duration::from_nanos(self.avg_processing.load(Relaxed))
     }
+}
+
+/// A dead-lettered call can never be answered by its callee. Drop its reply sender now,
+/// so that the caller fails at once (`DeliveryFailed`) instead of waiting out its
+/// timeout; a closed stand-in keeps the message whole (a reply to it is handed back).
+fn disarm_call(mut message: AgentMessage) -> AgentMessage {
+    if let AgentMessage::Call { reply_to, .. } = &mut message {
+        let (closed, _receiver_gone) = reply_channel();
+        drop(std::mem::replace(reply_to, closed));
+    }
+    message
 }
 
 impl TrySendError {

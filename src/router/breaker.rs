@@ -98,7 +98,6 @@ impl CircuitBreakerConfig {
     }
 
     /// `reset_timeout` in whole ticks, rounded up, at least 1, saturating.
-    #[allow(dead_code)] // part of the interface; not every caller needs it yet
     pub(crate) fn reset_ticks(&self) -> u64 {
         let ticks = self
             .reset_timeout
@@ -275,7 +274,7 @@ impl Breaker {
     }
 
     /// Consecutive failures counted while closed (0 when open or half-open).
-    #[allow(dead_code)] // part of the interface; not every caller needs it yet
+    #[cfg(test)]
     pub(crate) fn consecutive_failures(&self) -> u32 {
         let word = self.word.load(Acquire);
         if state_of(word) == CLOSED {
@@ -286,13 +285,12 @@ impl Breaker {
     }
 
     /// Consecutive openings without a close in between (0 when closed, at most 63).
-    #[allow(dead_code)] // part of the interface; not every caller needs it yet
     pub(crate) fn trips(&self) -> u32 {
         trips_of(self.word.load(Acquire)) as u32
     }
 
     /// The tick at which the breaker last opened (`None` when closed).
-    #[allow(dead_code)] // part of the interface; not every caller needs it yet
+    #[cfg(test)]
     pub(crate) fn opened_at(&self) -> Option<u64> {
         let word = self.word.load(Acquire);
         (state_of(word) != CLOSED).then(|| payload_of(word))

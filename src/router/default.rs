@@ -19,12 +19,12 @@ use std::sync::{OnceLock, Weak};
 use std::time::Instant;
 
 use super::breaker::{Admission, BreakerState, CircuitBreakerConfig};
-use super::{MessageRouter, Metrics, RouterConfig, RouterStats};
+use super::{MessageRouter, RouterConfig, RouterStats};
 use crate::delivery::dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
 use crate::delivery::dedup::Reservation;
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::tracker::{Due, Outgoing, Refusal, Stage, Tracked, Tracker};
-use crate::delivery::DeliveryGuarantee;
+use crate::delivery::{DeliveryGuarantee, DeliveryStats};
 use crate::driver::{Driver, Fire, TimerDriver};
 use crate::error::{MessagingError, MessagingResult, TrySendError};
 use crate::mailbox::shared::Shared;
@@ -33,6 +33,7 @@ use crate::message::{
     AgentMessage, AgentPid, DeliveryOptions, MessageEnvelope, MessageId, MessagePriority,
     ReplyReceiver,
 };
+use crate::stats::Counter;
 use crate::sync::{Arc, AtomicBool};
 use crate::table::{AgentTable, InsertError, Target};
 use crate::timer::TimerKey;
@@ -61,7 +62,6 @@ pub struct DefaultMessageRouter {
     breaker: Option<BreakerSettings>,
     table: Arc<AgentTable>,
     dead_letters: Arc<DeadLetters>,
-    pub(crate) metrics: Metrics,
     pub(crate) tracker: Tracker,
     driver: Driver,
     /// The system's handle on this router, for the driver thread.
@@ -136,7 +136,6 @@ impl DefaultMessageRouter {
             breaker,
             table: parts.table,
             dead_letters: parts.dead_letters,
-            metrics: Metrics::default(),
             tracker,
             driver: Driver::new(parts.driver, config.retry_interval),
             this: OnceLock::new(),
@@ -172,6 +171,14 @@ impl DefaultMessageRouter {
             }
         }
         self.tracker.next_deadline()
+    }
+
+    /// Counts an event, unless `enable_metrics` is off.
+    #[inline]
+    fn count(&self, counter: &Counter) {
+        if self.config.enable_metrics {
+            counter.incr();
+        }
     }
 
     fn check_running(&self) -> MessagingResult<()> {
@@ -214,19 +221,15 @@ impl DefaultMessageRouter {
         out: Outgoing,
         options: &DeliveryOptions,
     ) -> MessagingResult<()> {
-        let counted = self.config.enable_metrics;
-        if counted {
-            self.metrics.routed.incr();
-        }
         let counters = &self.tracker.counters;
-        counters.accepted.incr();
+        self.count(&counters.accepted);
         // Exactly-once: reserve the id before the push so that a concurrent copy
         // cannot push too; commit only once the message is really in a mailbox.
         let reserved = match self.guarantee {
             DeliveryGuarantee::ExactlyOnce => {
                 let id = out.id().clone();
                 if self.tracker.reserve(&id) == Reservation::Duplicate {
-                    counters.duplicates.incr();
+                    self.count(&counters.duplicates);
                     return Ok(());
                 }
                 Some(id)
@@ -242,18 +245,15 @@ impl DefaultMessageRouter {
             }
             other => (None, other.into_message()),
         };
-        counters.attempts.incr();
         match self.push(to, message, options.priority) {
             Push::Done => {
-                if counted {
-                    self.metrics.delivered.incr();
-                }
                 if let Some(id) = &reserved {
                     self.tracker.commit(id);
                 }
                 match kept {
-                    None => counters.delivered.incr(),
+                    None => self.count(&counters.delivered),
                     Some(envelope) => {
+                        self.count(&counters.pushes);
                         let tracked = self.tracked(
                             to,
                             Outgoing::Envelope(envelope),
@@ -425,7 +425,11 @@ impl DefaultMessageRouter {
         let (admission, settings) = match self.breaker {
             Some(settings) if mailbox.breaker.state() != BreakerState::Closed => {
                 let now = self.tracker.now();
-                match mailbox.breaker.admit(now, settings.reset_ticks) {
+                // A probe that failed again waits twice as long, up to 32 times the
+                // configured reset timeout.
+                let escalation = mailbox.breaker.trips().saturating_sub(1).min(5);
+                let reset = settings.reset_ticks.saturating_mul(1 << escalation);
+                match mailbox.breaker.admit(now, reset) {
                     Admission::Rejected { retry_at } => {
                         return Push::Refused(message, Refusal::CircuitOpen, retry_at)
                     }
@@ -444,9 +448,13 @@ impl DefaultMessageRouter {
             Err(TrySendError::Full(message)) => {
                 if let Some(settings) = settings {
                     let now = self.tracker.now();
+                    let was_open = mailbox.breaker.state() == BreakerState::Open;
                     mailbox
                         .breaker
                         .on_failure(admission, now, settings.threshold);
+                    if !was_open && mailbox.breaker.state() == BreakerState::Open {
+                        self.count(&self.tracker.counters.breaker_trips);
+                    }
                 }
                 Push::Refused(message, Refusal::MailboxFull, 0)
             }
@@ -474,7 +482,7 @@ impl DefaultMessageRouter {
                     DeliveryGuarantee::ExactlyOnce => {
                         let id = tracked.payload.id().clone();
                         if self.tracker.reserve(&id) == Reservation::Duplicate {
-                            counters.duplicates.incr();
+                            self.count(&counters.duplicates);
                             return;
                         }
                         Some(id)
@@ -482,23 +490,17 @@ impl DefaultMessageRouter {
                     _ => None,
                 };
                 tracked.attempts = tracked.attempts.saturating_add(1);
-                counters.attempts.incr();
-                counters.retries.incr();
-                if self.config.enable_metrics {
-                    self.metrics.retries.incr();
-                }
+                self.count(&counters.retries);
                 let (kept, message) = split_for_push(tracked.payload, tracked.require_ack);
                 match self.push(&to, message, tracked.priority) {
                     Push::Done => {
                         if let Some(id) = &reserved {
                             self.tracker.commit(id);
                         }
-                        if self.config.enable_metrics {
-                            self.metrics.delivered.incr();
-                        }
                         match kept {
-                            None => counters.delivered.incr(),
+                            None => self.count(&counters.delivered),
                             Some(envelope) => {
+                                self.count(&counters.pushes);
                                 tracked.payload = Outgoing::Envelope(envelope);
                                 tracked.stage = Stage::AwaitAck;
                                 tracked.last_refusal = None;
@@ -549,10 +551,7 @@ impl DefaultMessageRouter {
                     );
                 }
                 tracked.attempts = tracked.attempts.saturating_add(1);
-                counters.retries.incr();
-                if self.config.enable_metrics {
-                    self.metrics.retries.incr();
-                }
+                self.count(&counters.retries);
                 let ack = self.config.delivery_config.acknowledgment_timeout;
                 // Exactly-once: the mailbox already accepted this id inside the window,
                 // so a second copy is suppressed; the attempt still counts.
@@ -560,16 +559,13 @@ impl DefaultMessageRouter {
                     self.track(tracked, self.tracker.after(ack));
                     return;
                 }
-                counters.attempts.incr();
                 let Outgoing::Envelope(envelope) = &tracked.payload else {
                     unreachable!("only envelopes await acks")
                 };
                 let copy = envelope.clone().into_message();
                 match self.push(&to, copy, tracked.priority) {
                     Push::Done => {
-                        if self.config.enable_metrics {
-                            self.metrics.delivered.incr();
-                        }
+                        self.count(&counters.pushes);
                         self.track(tracked, self.tracker.after(ack));
                     }
                     Push::Refused(_, refusal, retry_at) => {
@@ -616,12 +612,9 @@ impl DefaultMessageRouter {
     fn give_up(&self, to: &AgentPid, payload: Outgoing, attempts: u32, reason: DeadLetterReason) {
         let counters = &self.tracker.counters;
         if reason == DeadLetterReason::Expired {
-            counters.expired.incr();
+            self.count(&counters.expired);
         } else {
-            counters.failed.incr();
-        }
-        if self.config.enable_metrics {
-            self.metrics.failed.incr();
+            self.count(&counters.failed);
         }
         self.dead_letters.push(DeadLetter {
             id: payload.id().clone(),
@@ -632,10 +625,27 @@ impl DefaultMessageRouter {
         });
     }
 
+    /// The delivery ledger (see `DeliveryStats`).
+    pub fn delivery_stats(&self) -> DeliveryStats {
+        let c = &self.tracker.counters;
+        let (pending, in_transit) = self.tracker.pending();
+        DeliveryStats {
+            total_messages: c.accepted.get(),
+            pending,
+            in_transit,
+            delivered: c.delivered.get(),
+            acknowledged: c.acknowledged.get(),
+            failed: c.failed.get(),
+            expired: c.expired.get(),
+            total_attempts: (c.accepted.get() - c.duplicates.get()) + c.retries.get(),
+            duplicates: c.duplicates.get(),
+        }
+    }
+
     /// Ends tracking of `id` (`MessageSystem::acknowledge`).
     pub(crate) fn acknowledge(&self, id: &MessageId) -> MessagingResult<()> {
         if self.tracker.acknowledge(id) {
-            self.tracker.counters.acknowledged.incr();
+            self.count(&self.tracker.counters.acknowledged);
             Ok(())
         } else {
             Err(MessagingError::UnknownMessage(id.clone()))
@@ -726,13 +736,15 @@ impl MessageRouter for DefaultMessageRouter {
     }
 
     fn get_stats(&self) -> RouterStats {
+        let c = &self.tracker.counters;
         let (pending, awaiting_ack) = self.tracker.pending();
         RouterStats {
-            messages_routed: self.metrics.routed.get(),
-            messages_delivered: self.metrics.delivered.get(),
-            messages_failed: self.metrics.failed.get(),
+            messages_routed: c.accepted.get(),
+            messages_delivered: c.delivered.get() + c.pushes.get(),
+            messages_failed: c.failed.get() + c.expired.get(),
             active_routes: self.table.len(),
-            retry_attempts: self.metrics.retries.get(),
+            retry_attempts: c.retries.get(),
+            circuit_trips: c.breaker_trips.get(),
             messages_pending: pending + awaiting_ack,
         }
     }

@@ -82,7 +82,7 @@ impl Group {
     }
 
     /// The balancing strategy.
-    #[allow(dead_code)] // part of the interface; not every caller needs it yet
+    #[cfg(test)]
     pub(crate) fn strategy(&self) -> LoadBalance {
         self.strategy
     }
@@ -118,7 +118,7 @@ impl Group {
     }
 
     /// Whether `member` is a member.
-    #[allow(dead_code)] // part of the interface; not every caller needs it yet
+    #[cfg(test)]
     pub(crate) fn contains(&self, member: &AgentPid) -> bool {
         read(&self.members).iter().any(|m| m.agent_id() == member)
     }

@@ -19,7 +19,6 @@ use crate::delivery::DeliveryConfig;
 use crate::error::{MessagingError, MessagingResult};
 use crate::mailbox::MailboxSender;
 use crate::message::{AgentMessage, AgentPid, MessageEnvelope, MessagePriority};
-use crate::stats::Counter;
 
 /// Router configuration: the seed's four fields.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,7 +32,8 @@ pub struct RouterConfig {
     /// Upper bound on messages in flight at once (waiting for a retry or an ack);
     /// past it, a message that would need tracking is dead-lettered with `Overloaded`.
     pub max_concurrent_deliveries: usize,
-    /// Whether the router keeps its counters (off saves a few atomics per send).
+    /// Whether the router keeps its counters (`RouterStats`, `DeliveryStats`); off, they
+    /// stay zero and a send touches no counter at all.
     pub enable_metrics: bool,
 }
 
@@ -67,6 +67,8 @@ pub struct RouterStats {
     pub retry_attempts: u64,
     /// Messages still waiting for a retry or an acknowledgement.
     pub messages_pending: u64,
+    /// Times a destination's circuit breaker opened.
+    pub circuit_trips: u64,
 }
 
 /// How messages find their destination.
@@ -103,13 +105,4 @@ pub trait MessageRouter: Send + Sync {
             "this router only routes envelopes".into(),
         ))
     }
-}
-
-/// Router counters, kept contention-free.
-#[derive(Default)]
-pub(crate) struct Metrics {
-    pub(crate) routed: Counter,
-    pub(crate) delivered: Counter,
-    pub(crate) failed: Counter,
-    pub(crate) retries: Counter,
 }
