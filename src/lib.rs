@@ -57,6 +57,11 @@
 
 mod sync;
 
+/// The README's examples run as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod delivery;
 mod driver;
 mod error;
