@@ -72,6 +72,8 @@ mod stats;
 mod system;
 mod table;
 pub mod timer;
+#[cfg(all(feature = "tokio", not(loom)))]
+pub mod tokio;
 
 /// Internals exposed for the loom models and white-box tests. Not a stable API.
 #[doc(hidden)]

@@ -61,6 +61,16 @@ pub enum DeadMessage {
     Message(AgentMessage),
 }
 
+impl DeadMessage {
+    /// The message's id.
+    pub fn id(&self) -> &MessageId {
+        match self {
+            DeadMessage::Envelope(e) => &e.id,
+            DeadMessage::Message(m) => m.id(),
+        }
+    }
+}
+
 /// One message given up on.
 #[derive(Debug)]
 pub struct DeadLetter {

@@ -6,12 +6,14 @@
 //!
 //! # Ground rules
 //!
-//! - Each tracked message has exactly one live timer (NATS #6085: no shared timer),
-//!   recorded in its entry; removing the entry cancels the timer, so a fired timer
-//!   whose entry is gone (acknowledged, already handled) is ignored.
+//! - A tracked message *is* its timer: the wheel holds the entry itself, so each has
+//!   exactly one live timer (NATS #6085: no shared timer), and cancelling the timer
+//!   (an ack) removes the entry. The same id may be tracked more than once (an id sent
+//!   twice is two messages, except under exactly-once); `by_id` finds them for acks.
 //! - The state lock is never held while pushing into a mailbox or dead-lettering.
 //! - `max_concurrent_deliveries` bounds the entries; past it, `track` refuses and the
-//!   caller dead-letters the message with `Overloaded`.
+//!   caller dead-letters the message with `Overloaded`. After `drain` (shutdown) it
+//!   refuses too, so nothing is left behind with no driver to fire it.
 
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::Ordering::Relaxed;
@@ -98,12 +100,19 @@ pub(crate) struct Tracked {
 /// What the wheel holds.
 #[derive(Debug)]
 pub(crate) enum TimerEvent {
-    /// Time for the next attempt of a tracked message.
-    Retry(MessageId),
-    /// The ack of a tracked message is overdue.
-    AckTimeout(MessageId),
+    /// A tracked message: its next attempt (`Stage::Retry`) or its overdue ack
+    /// (`Stage::AwaitAck`) is due.
+    Tracked(Box<Tracked>),
     /// A call's reply is overdue.
     Call(ReplyTimeout),
+}
+
+/// Why `track` refused.
+pub(crate) enum TrackError {
+    /// `max_concurrent_deliveries` messages are in flight.
+    Overloaded(Box<Tracked>),
+    /// The tracker was drained (shutdown).
+    Closed(Box<Tracked>),
 }
 
 /// A due event with what it needs.
@@ -112,14 +121,35 @@ pub(crate) enum Due {
     Call(ReplyTimeout),
 }
 
-struct Entry {
-    tracked: Box<Tracked>,
-    timer: TimerKey,
-}
-
 struct State {
     wheel: TimerWheel<TimerEvent>,
-    tracked: IdMap<Entry>,
+    /// The timers of the tracked messages, by id.
+    by_id: IdMap<Vec<TimerKey>>,
+    /// Tracked messages by stage.
+    retrying: usize,
+    awaiting_ack: usize,
+    /// Set by `drain`: nothing more is tracked.
+    closed: bool,
+}
+
+impl State {
+    fn count(&mut self, stage: Stage, up: bool) {
+        let n = match stage {
+            Stage::Retry => &mut self.retrying,
+            Stage::AwaitAck => &mut self.awaiting_ack,
+        };
+        *n = if up { *n + 1 } else { *n - 1 };
+    }
+
+    /// Forgets `key` as a timer of `id`.
+    fn unindex(&mut self, id: &MessageId, key: TimerKey) {
+        if let Some(keys) = self.by_id.get_mut(id) {
+            keys.retain(|k| *k != key);
+            if keys.is_empty() {
+                self.by_id.remove(id);
+            }
+        }
+    }
 }
 
 /// The router's counters (see `DeliveryStats` for how they add up). The fast path
@@ -170,7 +200,10 @@ impl Tracker {
         Tracker {
             state: Mutex::new(State {
                 wheel: TimerWheel::new(),
-                tracked: IdMap::default(),
+                by_id: IdMap::default(),
+                retrying: 0,
+                awaiting_ack: 0,
+                closed: false,
             }),
             dedupe: Mutex::new(Dedupe::new(window, dedupe_capacity)),
             clock,
@@ -214,31 +247,49 @@ impl Tracker {
 
     // ===== tracking =====
 
-    /// Tracks `tracked` with its timer at `deadline`. Hands it back at the limit.
-    /// Returns the earliest deadline if it moved earlier (the driver must wake).
+    /// Tracks `tracked` with its timer at `deadline`, or hands it back. On success,
+    /// returns its timer and the deadline if it is the earliest (the driver must wake).
     pub(crate) fn track(
         &self,
         tracked: Box<Tracked>,
         deadline: u64,
-    ) -> Result<Option<u64>, Box<Tracked>> {
-        let id = tracked.payload.id().clone();
-        let event = match tracked.stage {
-            Stage::Retry => TimerEvent::Retry(id.clone()),
-            Stage::AwaitAck => TimerEvent::AckTimeout(id.clone()),
-        };
+    ) -> Result<(TimerKey, Option<u64>), TrackError> {
         let mut state = lock(&self.state);
-        if state.tracked.len() >= self.limit && !state.tracked.contains_key(&id) {
-            return Err(tracked);
+        if state.closed {
+            return Err(TrackError::Closed(tracked));
         }
+        if state.retrying + state.awaiting_ack >= self.limit {
+            return Err(TrackError::Overloaded(tracked));
+        }
+        let id = tracked.payload.id().clone();
+        let stage = tracked.stage;
         let deadline = deadline.max(state.wheel.now() + 1);
-        let timer = match state.wheel.insert(deadline, event) {
+        let key = match state.wheel.insert(deadline, TimerEvent::Tracked(tracked)) {
             Ok(key) => key,
-            Err(_) => unreachable!("deadline is after the wheel's now"),
+            Err(_) => unreachable!("the deadline is after the wheel's now"),
         };
-        if let Some(old) = state.tracked.insert(id, Entry { tracked, timer }) {
-            state.wheel.cancel(old.timer);
+        state.by_id.entry(id).or_default().push(key);
+        state.count(stage, true);
+        drop(state);
+        Ok((key, self.note_deadline(deadline)))
+    }
+
+    /// Stops tracking the message of timer `key`; `None` if it is no longer tracked
+    /// (acknowledged, fired, or drained).
+    pub(crate) fn untrack(&self, key: TimerKey) -> Option<Box<Tracked>> {
+        let mut state = lock(&self.state);
+        match state.wheel.cancel(key)? {
+            TimerEvent::Tracked(tracked) => {
+                state.unindex(tracked.payload.id(), key);
+                state.count(tracked.stage, false);
+                Some(tracked)
+            }
+            other => {
+                // Not a tracked message's key: put nothing back (keys are never mixed).
+                drop(other);
+                None
+            }
         }
-        Ok(self.note_deadline(deadline))
     }
 
     /// Schedules a call timeout. Returns the earliest deadline if it moved earlier.
@@ -273,17 +324,23 @@ impl Tracker {
         (deadline < previous).then_some(deadline)
     }
 
-    /// Ends tracking of an acknowledged message. `false` if it was not awaiting an ack.
+    /// Ends tracking of an acknowledged message: the oldest copy of `id` that asked for
+    /// an ack, whether it waits for its ack or for a redelivery. `false` if none.
     pub(crate) fn acknowledge(&self, id: &MessageId) -> bool {
         let mut state = lock(&self.state);
-        match state.tracked.get(id) {
-            Some(entry) if entry.tracked.stage == Stage::AwaitAck => {
-                let entry = state.tracked.remove(id).expect("present");
-                state.wheel.cancel(entry.timer);
-                true
-            }
-            _ => false,
-        }
+        let Some(keys) = state.by_id.get(id) else {
+            return false;
+        };
+        let wants_ack = |key: &TimerKey| matches!(state.wheel.get(*key), Some(TimerEvent::Tracked(t)) if t.require_ack);
+        let Some(key) = keys.iter().copied().find(wants_ack) else {
+            return false;
+        };
+        let Some(TimerEvent::Tracked(tracked)) = state.wheel.cancel(key) else {
+            unreachable!("found above")
+        };
+        state.unindex(id, key);
+        state.count(tracked.stage, false);
+        true
     }
 
     /// Takes every event due now. Returns them and the next deadline.
@@ -295,12 +352,11 @@ impl Tracker {
         state.wheel.advance(now, &mut fired);
         for (key, event) in fired {
             match event {
-                TimerEvent::Retry(id) | TimerEvent::AckTimeout(id) => {
-                    // Only the entry's own timer may fire it.
-                    if state.tracked.get(&id).is_some_and(|e| e.timer == key) {
-                        let entry = state.tracked.remove(&id).expect("present");
-                        due.push(Due::Tracked(entry.tracked));
-                    }
+                TimerEvent::Tracked(tracked) => {
+                    let id = tracked.payload.id().clone();
+                    state.unindex(&id, key);
+                    state.count(tracked.stage, false);
+                    due.push(Due::Tracked(tracked));
                 }
                 TimerEvent::Call(timeout) => due.push(Due::Call(timeout)),
             }
@@ -321,22 +377,22 @@ impl Tracker {
     /// Messages waiting for a retry, and for an ack.
     pub(crate) fn pending(&self) -> (u64, u64) {
         let state = lock(&self.state);
-        let awaiting = state
-            .tracked
-            .values()
-            .filter(|e| e.tracked.stage == Stage::AwaitAck)
-            .count() as u64;
-        (state.tracked.len() as u64 - awaiting, awaiting)
+        (state.retrying as u64, state.awaiting_ack as u64)
     }
 
     /// Removes every tracked message (shutdown), handing them back.
     #[allow(clippy::vec_box)] // the boxes move on as they are (dead letters)
     pub(crate) fn drain(&self) -> Vec<Box<Tracked>> {
         let mut state = lock(&self.state);
-        let entries: Vec<Entry> = state.tracked.drain().map(|(_, e)| e).collect();
-        for e in &entries {
-            state.wheel.cancel(e.timer);
-        }
-        entries.into_iter().map(|e| e.tracked).collect()
+        state.closed = true;
+        let keys: Vec<TimerKey> = state.by_id.drain().flat_map(|(_, keys)| keys).collect();
+        state.retrying = 0;
+        state.awaiting_ack = 0;
+        keys.into_iter()
+            .filter_map(|key| match state.wheel.cancel(key) {
+                Some(TimerEvent::Tracked(tracked)) => Some(tracked),
+                _ => None,
+            })
+            .collect()
     }
 }

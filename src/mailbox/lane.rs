@@ -22,7 +22,11 @@
 //!   every later `push` fails and hands its value back: a send is never `Ok` and stranded.
 //! - **The first block** is allocated lazily, so an idle lane costs four words. The
 //!   producer that installs it also publishes it in `head.block`; until then the consumer
-//!   sees an empty lane.
+//!   sees the lane as busy if a position was already claimed, empty otherwise.
+//! - **Busy vs empty.** With no value ready at the head, `pop` reports `Empty` only if no
+//!   position past the head was claimed; otherwise `Busy`, and the receiver waits the few
+//!   instructions until it is written. So a send that returned is always visible to a
+//!   receiver that synchronises with it, even behind a slower concurrent send.
 //!
 //! Indices count in steps of `1 << SHIFT`; the low bit is the close mark. Within a lap of
 //! `LAP` positions, offsets `0..BLOCK_CAP` are slots and offset `BLOCK_CAP` means "the
@@ -86,10 +90,12 @@ impl<T> Block<T> {
 pub(crate) enum Pop<T> {
     /// The next message of this lane.
     Msg(T),
-    /// Nothing ready now (a producer may be mid-write: it will wake the receiver).
+    /// Nothing is queued: no producer has claimed a position past the head.
     Empty,
-    /// The lane is closed and a producer that claimed before the close is still writing;
-    /// the value will be ready within a few instructions.
+    /// A producer has claimed the head position (or a later one) and is still writing
+    /// it, or is still publishing the lane's first block: the value will be ready within
+    /// a few instructions. Returning `Empty` here would hide a later message whose send
+    /// already returned (tokio #2020), and let a lower priority overtake it.
     Busy,
     /// The lane is closed and every message in it has been taken.
     Closed,
@@ -269,13 +275,15 @@ impl<T> Lane<T> {
                 return Pop::Msg(value);
             }
         }
+        // Nothing ready at the head: tell an empty lane from one whose head is claimed
+        // but not yet written (or whose first block is not yet published).
         let tail = self.tail_index.load(Acquire);
-        if tail & CLOSED == 0 {
-            Pop::Empty
-        } else if tail & !CLOSED == head {
-            Pop::Closed
-        } else {
+        if tail & !CLOSED != head {
             Pop::Busy
+        } else if tail & CLOSED == 0 {
+            Pop::Empty
+        } else {
+            Pop::Closed
         }
     }
 

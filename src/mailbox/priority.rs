@@ -6,7 +6,8 @@
 //! # Drain order
 //!
 //! Strict (`budget == 0`): the receiver always takes the head of the highest non-empty
-//! lane. With a starvation budget `b > 0`, a lane whose head has been passed over `b`
+//! lane; a lane whose head is claimed but still being written counts as non-empty, and
+//! the receiver waits the few instructions for it rather than take a lower priority. With a starvation budget `b > 0`, a lane whose head has been passed over `b`
 //! times by higher priorities is served next (the highest such lane first), so every
 //! waiting message is reached after at most `b + 3` receives.
 //!
@@ -192,7 +193,7 @@ impl<T> Lanes<T> {
             }
         }
 
-        let (mut all_closed, mut busy) = (true, false);
+        let mut all_closed = true;
         for i in (0..4).rev() {
             // SAFETY: forwarded receiver-claim contract.
             match unsafe { lanes[i].pop() } {
@@ -209,17 +210,14 @@ impl<T> Lanes<T> {
                     return Pop::Msg(m);
                 }
                 Pop::Empty => all_closed = false,
-                Pop::Busy => {
-                    all_closed = false;
-                    busy = true;
-                }
+                // A higher lane's head is being written: wait for it rather than hand
+                // out a lower priority ahead of it.
+                Pop::Busy => return Pop::Busy,
                 Pop::Closed => {}
             }
         }
         if all_closed {
             Pop::Closed
-        } else if busy {
-            Pop::Busy
         } else {
             Pop::Empty
         }

@@ -383,6 +383,14 @@ impl Shared {
         }
     }
 
+    /// Whether a send would be accepted now (a snapshot): open, room left, breaker
+    /// closed. Groups use it to pass over members that would refuse.
+    pub(crate) fn accepts_now(&self) -> bool {
+        !self.lanes.is_closed()
+            && (self.capacity == 0 || self.reserved.load(Relaxed) < self.capacity)
+            && self.breaker.state() == crate::router::BreakerState::Closed
+    }
+
     // ===== stats =====
 
     pub(crate) fn len(&self) -> usize {
@@ -413,7 +421,7 @@ impl Shared {
 /// A dead-lettered call can never be answered by its callee. Drop its reply sender now,
 /// so that the caller fails at once (`DeliveryFailed`) instead of waiting out its
 /// timeout; a closed stand-in keeps the message whole (a reply to it is handed back).
-fn disarm_call(mut message: AgentMessage) -> AgentMessage {
+pub(crate) fn disarm_call(mut message: AgentMessage) -> AgentMessage {
     if let AgentMessage::Call { reply_to, .. } = &mut message {
         let (closed, _receiver_gone) = reply_channel();
         drop(std::mem::replace(reply_to, closed));

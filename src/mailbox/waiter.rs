@@ -103,8 +103,16 @@ impl WaitCell {
                     }
                 }
             }
-            // A wake is in progress: treat it as ours.
-            Err(_) => waiter.wake(),
+            // A wake is in progress: treat it as ours. The waking producer still holds
+            // `WAKING`; until it stores `IDLE`, every register lands here and the caller's
+            // park returns at once, so this is a spin loop: let the producer run (under
+            // loom this yields; without it loom sees an endless loop, model
+            // `l6_send_then_close_wakes_parked_receiver`). tokio's `AtomicWaker` does
+            // the same.
+            Err(_) => {
+                waiter.wake();
+                crate::sync::spin_hint();
+            }
         }
         fence(SeqCst);
     }

@@ -20,13 +20,14 @@ use std::time::Instant;
 
 use super::breaker::{Admission, BreakerState, CircuitBreakerConfig};
 use super::{MessageRouter, RouterConfig, RouterStats};
-use crate::delivery::dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
+use crate::delivery::dead_letter::{DeadLetter, DeadLetterReason, DeadLetters, DeadMessage};
 use crate::delivery::dedup::Reservation;
 use crate::delivery::retry::RetryPolicy;
-use crate::delivery::tracker::{Due, Outgoing, Refusal, Stage, Tracked, Tracker};
+use crate::delivery::tracker::{Due, Outgoing, Refusal, Stage, TrackError, Tracked, Tracker};
 use crate::delivery::{DeliveryGuarantee, DeliveryStats};
 use crate::driver::{Driver, Fire, TimerDriver};
 use crate::error::{MessagingError, MessagingResult, TrySendError};
+use crate::mailbox::shared::disarm_call;
 use crate::mailbox::shared::Shared;
 use crate::mailbox::MailboxSender;
 use crate::message::{
@@ -44,6 +45,27 @@ use crate::timer::{Clock, SystemClock};
 struct BreakerSettings {
     threshold: u32,
     reset_ticks: u64,
+}
+
+/// What a push of a message that asked for an ack did.
+enum AckedPush {
+    /// In the mailbox, tracked for its ack.
+    Delivered,
+    /// Acknowledged (through an earlier copy) before the refused push was taken back.
+    Acknowledged,
+    /// Could not be tracked; already dead-lettered.
+    NotTracked(TrackFailed),
+    /// Refused for now (the refusal is in `last_refusal`); back in the retry stage.
+    Refused(Box<Tracked>, u64),
+    /// The destination went away.
+    Gone(Box<Tracked>, DeadLetterReason),
+}
+
+/// Why a message could not be tracked (it has been dead-lettered).
+#[derive(Debug, Clone, Copy)]
+enum TrackFailed {
+    Overloaded,
+    Closed,
 }
 
 /// What one push attempt did.
@@ -238,39 +260,27 @@ impl DefaultMessageRouter {
         };
         // Acks need a copy to redeliver; only envelopes can ask for one.
         let require_ack = options.require_ack && self.guarantee != DeliveryGuarantee::AtMostOnce;
-        let (kept, message) = match out {
-            Outgoing::Envelope(e) if require_ack => {
-                let message = e.clone().into_message();
-                (Some(e), message)
+        if require_ack {
+            if let Outgoing::Envelope(envelope) = out {
+                let tracked =
+                    self.tracked(to, Outgoing::Envelope(envelope), options, Stage::AwaitAck);
+                return self.first_acked_attempt(tracked, reserved.as_ref());
             }
-            other => (None, other.into_message()),
-        };
-        match self.push(to, message, options.priority) {
+            unreachable!("require_ack is only read from envelopes");
+        }
+        match self.push(to, out.into_message(), options.priority) {
             Push::Done => {
                 if let Some(id) = &reserved {
                     self.tracker.commit(id);
                 }
-                match kept {
-                    None => self.count(&counters.delivered),
-                    Some(envelope) => {
-                        self.count(&counters.pushes);
-                        let tracked = self.tracked(
-                            to,
-                            Outgoing::Envelope(envelope),
-                            options,
-                            Stage::AwaitAck,
-                        );
-                        let ack = self.config.delivery_config.acknowledgment_timeout;
-                        self.track(tracked, self.tracker.after(ack));
-                    }
-                }
+                self.count(&counters.delivered);
                 Ok(())
             }
             failed => {
                 if let Some(id) = &reserved {
                     self.tracker.rollback(id);
                 }
-                self.first_attempt_failed(to, failed, kept, options)
+                self.first_attempt_failed(to, failed, options)
             }
         }
     }
@@ -281,42 +291,122 @@ impl DefaultMessageRouter {
         &self,
         to: &AgentPid,
         failed: Push,
-        kept: Option<MessageEnvelope>,
         options: &DeliveryOptions,
     ) -> MessagingResult<()> {
-        // The message to retry or dead-letter: the kept envelope if any.
-        let with = |message: AgentMessage| match kept {
-            Some(envelope) => Outgoing::Envelope(envelope),
-            None => Outgoing::Message(message),
-        };
         match failed {
             Push::Done => unreachable!("handled by dispatch"),
             Push::NotFound(message) => {
-                self.give_up(to, with(message), 1, DeadLetterReason::AgentNotFound);
+                let payload = Outgoing::Message(message);
+                self.give_up(to, payload, 1, DeadLetterReason::AgentNotFound);
                 Err(MessagingError::AgentNotFound(to.clone()))
             }
             Push::Closed(message) => {
-                self.give_up(to, with(message), 1, DeadLetterReason::MailboxClosed);
+                let payload = Outgoing::Message(message);
+                self.give_up(to, payload, 1, DeadLetterReason::MailboxClosed);
                 Err(MessagingError::ChannelClosed(to.clone()))
             }
             Push::Refused(message, refusal, retry_at) => {
+                let payload = Outgoing::Message(message);
                 if self.guarantee == DeliveryGuarantee::AtMostOnce {
                     let (reason, err) = refusal_error(to, refusal);
-                    self.give_up(to, with(message), 1, reason);
+                    self.give_up(to, payload, 1, reason);
                     return Err(err);
                 }
-                let mut tracked = self.tracked(to, with(message), options, Stage::Retry);
+                let mut tracked = self.tracked(to, payload, options, Stage::Retry);
                 tracked.last_refusal = Some(refusal);
-                let deadline = self.tracker.after(tracked.policy.delay(0)).max(retry_at);
-                if self.track(tracked, deadline) {
-                    Ok(())
-                } else {
-                    Err(MessagingError::Overloaded(format!(
-                        "{} messages already in flight (max_concurrent_deliveries)",
-                        self.config.max_concurrent_deliveries
-                    )))
+                self.retry_later(tracked, retry_at)
+                    .map_err(|e| self.overloaded(e))
+            }
+        }
+    }
+
+    /// The first attempt of a message that asked for an ack.
+    #[cold]
+    fn first_acked_attempt(
+        &self,
+        tracked: Box<Tracked>,
+        reserved: Option<&MessageId>,
+    ) -> MessagingResult<()> {
+        let to = tracked.to.clone();
+        match self.push_acked(tracked) {
+            AckedPush::Delivered | AckedPush::Acknowledged => {
+                if let Some(id) = reserved {
+                    self.tracker.commit(id);
+                }
+                Ok(())
+            }
+            failed => {
+                if let Some(id) = reserved {
+                    self.tracker.rollback(id);
+                }
+                match failed {
+                    AckedPush::Delivered | AckedPush::Acknowledged => unreachable!("above"),
+                    AckedPush::NotTracked(e) => Err(self.overloaded(e)),
+                    AckedPush::Refused(tracked, retry_at) => self
+                        .retry_later(tracked, retry_at)
+                        .map_err(|e| self.overloaded(e)),
+                    AckedPush::Gone(tracked, reason) => {
+                        let err = match reason {
+                            DeadLetterReason::AgentNotFound => {
+                                MessagingError::AgentNotFound(to.clone())
+                            }
+                            _ => MessagingError::ChannelClosed(to.clone()),
+                        };
+                        self.give_up(&to, tracked.payload, 1, reason);
+                        Err(err)
+                    }
                 }
             }
+        }
+    }
+
+    /// Pushes a copy of a message that asked for an ack, tracking it for its ack
+    /// *before* the push: a receiver may take the copy and acknowledge it before this
+    /// thread runs again, and that ack must find the message.
+    fn push_acked(&self, mut tracked: Box<Tracked>) -> AckedPush {
+        let Outgoing::Envelope(envelope) = &tracked.payload else {
+            unreachable!("only envelopes ask for acks")
+        };
+        let copy = envelope.clone().into_message();
+        let (to, priority) = (tracked.to.clone(), tracked.priority);
+        tracked.stage = Stage::AwaitAck;
+        let ack = self.config.delivery_config.acknowledgment_timeout;
+        let key = match self.track(tracked, self.tracker.after(ack)) {
+            Ok(key) => key,
+            Err(e) => return AckedPush::NotTracked(e),
+        };
+        let failed = match self.push(&to, copy, priority) {
+            Push::Done => {
+                self.count(&self.tracker.counters.pushes);
+                return AckedPush::Delivered;
+            }
+            failed => failed,
+        };
+        // Take it back to retry; gone means it was acknowledged meanwhile (through an
+        // earlier copy), which settles it.
+        let Some(mut tracked) = self.tracker.untrack(key) else {
+            return AckedPush::Acknowledged;
+        };
+        match failed {
+            Push::Done => unreachable!("handled above"),
+            Push::Refused(_, refusal, retry_at) => {
+                tracked.stage = Stage::Retry;
+                tracked.last_refusal = Some(refusal);
+                AckedPush::Refused(tracked, retry_at)
+            }
+            Push::Closed(_) => AckedPush::Gone(tracked, DeadLetterReason::MailboxClosed),
+            Push::NotFound(_) => AckedPush::Gone(tracked, DeadLetterReason::AgentNotFound),
+        }
+    }
+
+    /// The error for a message that could not be tracked.
+    fn overloaded(&self, error: TrackFailed) -> MessagingError {
+        match error {
+            TrackFailed::Overloaded => MessagingError::Overloaded(format!(
+                "{} messages already in flight (max_concurrent_deliveries)",
+                self.config.max_concurrent_deliveries
+            )),
+            TrackFailed::Closed => MessagingError::System("the router is shut down".into()),
         }
     }
 
@@ -366,29 +456,37 @@ impl DefaultMessageRouter {
         }
     }
 
-    /// Tracks `tracked` until `deadline`; at the in-flight limit, dead-letters it.
-    fn track(&self, tracked: Box<Tracked>, deadline: u64) -> bool {
+    /// Tracks `tracked` until `deadline`. At the in-flight limit (or after shutdown)
+    /// dead-letters it and says why.
+    fn track(&self, tracked: Box<Tracked>, deadline: u64) -> Result<TimerKey, TrackFailed> {
         match self.tracker.track(tracked, deadline) {
-            Ok(moved_earlier) => {
+            Ok((key, moved_earlier)) => {
                 if moved_earlier.is_some() {
                     self.wake_driver();
                 }
-                true
+                Ok(key)
             }
-            Err(tracked) => {
-                let why = format!(
-                    "{} messages already in flight",
-                    self.config.max_concurrent_deliveries
-                );
+            Err(refused) => {
+                let (tracked, reason, failed) = match refused {
+                    TrackError::Overloaded(tracked) => {
+                        let why = format!(
+                            "{} messages already in flight",
+                            self.config.max_concurrent_deliveries
+                        );
+                        (
+                            tracked,
+                            DeadLetterReason::Overloaded(why),
+                            TrackFailed::Overloaded,
+                        )
+                    }
+                    TrackError::Closed(tracked) => {
+                        (tracked, DeadLetterReason::Shutdown, TrackFailed::Closed)
+                    }
+                };
                 let to = tracked.to.clone();
                 let attempts = tracked.attempts;
-                self.give_up(
-                    &to,
-                    tracked.payload,
-                    attempts,
-                    DeadLetterReason::Overloaded(why),
-                );
-                false
+                self.give_up(&to, tracked.payload, attempts, reason);
+                Err(failed)
             }
         }
     }
@@ -431,7 +529,12 @@ impl DefaultMessageRouter {
                 let reset = settings.reset_ticks.saturating_mul(1 << escalation);
                 match mailbox.breaker.admit(now, reset) {
                     Admission::Rejected { retry_at } => {
-                        return Push::Refused(message, Refusal::CircuitOpen, retry_at)
+                        // Spread the retries waiting on one breaker over a quarter of
+                        // its reset time, so they do not all arrive with the probe.
+                        let spread = settings.reset_ticks / 4 + 1;
+                        let jitter = message.id().0.as_u64_pair().1 % spread;
+                        let retry_at = retry_at.saturating_add(jitter);
+                        return Push::Refused(message, Refusal::CircuitOpen, retry_at);
                     }
                     admission => (admission, Some(settings)),
                 }
@@ -468,130 +571,112 @@ impl DefaultMessageRouter {
     fn retry(&self, mut tracked: Box<Tracked>) {
         let to = tracked.to.clone();
         let counters = &self.tracker.counters;
-        match tracked.stage {
-            Stage::Retry => {
-                if self.tracker.now() >= tracked.expires_at {
-                    return self.give_up(
-                        &to,
-                        tracked.payload,
-                        tracked.attempts,
-                        DeadLetterReason::Expired,
-                    );
-                }
-                let reserved = match self.guarantee {
-                    DeliveryGuarantee::ExactlyOnce => {
-                        let id = tracked.payload.id().clone();
-                        if self.tracker.reserve(&id) == Reservation::Duplicate {
-                            self.count(&counters.duplicates);
-                            return;
-                        }
-                        Some(id)
-                    }
-                    _ => None,
-                };
-                tracked.attempts = tracked.attempts.saturating_add(1);
-                self.count(&counters.retries);
-                let (kept, message) = split_for_push(tracked.payload, tracked.require_ack);
-                match self.push(&to, message, tracked.priority) {
-                    Push::Done => {
-                        if let Some(id) = &reserved {
-                            self.tracker.commit(id);
-                        }
-                        match kept {
-                            None => self.count(&counters.delivered),
-                            Some(envelope) => {
-                                self.count(&counters.pushes);
-                                tracked.payload = Outgoing::Envelope(envelope);
-                                tracked.stage = Stage::AwaitAck;
-                                tracked.last_refusal = None;
-                                let ack = self.config.delivery_config.acknowledgment_timeout;
-                                self.track(tracked, self.tracker.after(ack));
-                            }
-                        }
-                    }
-                    failed => {
-                        if let Some(id) = &reserved {
-                            self.tracker.rollback(id);
-                        }
-                        let (message, refusal, retry_at) = match failed {
-                            Push::Refused(m, refusal, retry_at) => (m, refusal, retry_at),
-                            Push::Closed(m) => {
-                                let payload = rejoin(kept, m);
-                                return self.give_up(
-                                    &to,
-                                    payload,
-                                    tracked.attempts,
-                                    DeadLetterReason::MailboxClosed,
-                                );
-                            }
-                            Push::NotFound(m) => {
-                                let payload = rejoin(kept, m);
-                                return self.give_up(
-                                    &to,
-                                    payload,
-                                    tracked.attempts,
-                                    DeadLetterReason::AgentNotFound,
-                                );
-                            }
-                            Push::Done => unreachable!("matched above"),
-                        };
-                        tracked.payload = rejoin(kept, message);
-                        tracked.last_refusal = Some(refusal);
-                        self.retry_later(tracked, retry_at);
-                    }
-                }
+        if tracked.stage == Stage::AwaitAck {
+            if tracked.attempts > tracked.policy.max_retries() {
+                let attempts = tracked.attempts;
+                let reason = DeadLetterReason::NotAcknowledged;
+                return self.give_up(&to, tracked.payload, attempts, reason);
             }
-            Stage::AwaitAck => {
-                if tracked.attempts > tracked.policy.max_retries() {
-                    return self.give_up(
-                        &to,
-                        tracked.payload,
-                        tracked.attempts,
-                        DeadLetterReason::NotAcknowledged,
-                    );
-                }
-                tracked.attempts = tracked.attempts.saturating_add(1);
-                self.count(&counters.retries);
+            tracked.attempts = tracked.attempts.saturating_add(1);
+            self.count(&counters.retries);
+            // Exactly-once: the mailbox already accepted this id inside the window, so a
+            // second copy is suppressed; the attempt still counts.
+            if self.guarantee == DeliveryGuarantee::ExactlyOnce {
                 let ack = self.config.delivery_config.acknowledgment_timeout;
-                // Exactly-once: the mailbox already accepted this id inside the window,
-                // so a second copy is suppressed; the attempt still counts.
-                if self.guarantee == DeliveryGuarantee::ExactlyOnce {
-                    self.track(tracked, self.tracker.after(ack));
+                let _ = self.track(tracked, self.tracker.after(ack));
+                return;
+            }
+            return self.after_acked_push(self.push_acked(tracked), None);
+        }
+
+        // A retry of a refused push.
+        if self.tracker.now() >= tracked.expires_at {
+            let attempts = tracked.attempts;
+            return self.give_up(&to, tracked.payload, attempts, DeadLetterReason::Expired);
+        }
+        let reserved = match self.guarantee {
+            DeliveryGuarantee::ExactlyOnce => {
+                let id = tracked.payload.id().clone();
+                if self.tracker.reserve(&id) == Reservation::Duplicate {
+                    self.count(&counters.duplicates);
                     return;
                 }
-                let Outgoing::Envelope(envelope) = &tracked.payload else {
-                    unreachable!("only envelopes await acks")
-                };
-                let copy = envelope.clone().into_message();
-                match self.push(&to, copy, tracked.priority) {
-                    Push::Done => {
-                        self.count(&counters.pushes);
-                        self.track(tracked, self.tracker.after(ack));
-                    }
-                    Push::Refused(_, refusal, retry_at) => {
-                        tracked.stage = Stage::Retry;
+                Some(id)
+            }
+            _ => None,
+        };
+        tracked.attempts = tracked.attempts.saturating_add(1);
+        self.count(&counters.retries);
+        if tracked.require_ack {
+            return self.after_acked_push(self.push_acked(tracked), reserved.as_ref());
+        }
+        let attempts = tracked.attempts;
+        let message = tracked.payload.into_message();
+        match self.push(&to, message, tracked.priority) {
+            Push::Done => {
+                if let Some(id) = &reserved {
+                    self.tracker.commit(id);
+                }
+                self.count(&counters.delivered);
+            }
+            failed => {
+                if let Some(id) = &reserved {
+                    self.tracker.rollback(id);
+                }
+                match failed {
+                    Push::Done => unreachable!("matched above"),
+                    Push::Refused(message, refusal, retry_at) => {
+                        tracked.payload = Outgoing::Message(message);
                         tracked.last_refusal = Some(refusal);
-                        self.retry_later(tracked, retry_at);
+                        if refusal == Refusal::CircuitOpen {
+                            // The breaker turned it away before the mailbox saw it: that
+                            // costs no attempt (the message's timeout still bounds it).
+                            tracked.attempts -= 1;
+                        }
+                        let _ = self.retry_later(tracked, retry_at);
                     }
-                    Push::Closed(_) => self.give_up(
-                        &to,
-                        tracked.payload,
-                        tracked.attempts,
-                        DeadLetterReason::MailboxClosed,
-                    ),
-                    Push::NotFound(_) => self.give_up(
-                        &to,
-                        tracked.payload,
-                        tracked.attempts,
-                        DeadLetterReason::AgentNotFound,
-                    ),
+                    Push::Closed(message) => {
+                        let payload = Outgoing::Message(message);
+                        self.give_up(&to, payload, attempts, DeadLetterReason::MailboxClosed)
+                    }
+                    Push::NotFound(message) => {
+                        let payload = Outgoing::Message(message);
+                        self.give_up(&to, payload, attempts, DeadLetterReason::AgentNotFound)
+                    }
                 }
             }
         }
     }
 
-    /// Schedules the next attempt, or gives up once `max_retries` retries failed.
-    fn retry_later(&self, tracked: Box<Tracked>, retry_at: u64) {
+    /// Settles a retried push of a message that asked for an ack.
+    fn after_acked_push(&self, pushed: AckedPush, reserved: Option<&MessageId>) {
+        let delivered = matches!(pushed, AckedPush::Delivered | AckedPush::Acknowledged);
+        if let Some(id) = reserved {
+            if delivered {
+                self.tracker.commit(id);
+            } else {
+                self.tracker.rollback(id);
+            }
+        }
+        match pushed {
+            AckedPush::Delivered | AckedPush::Acknowledged | AckedPush::NotTracked(_) => {}
+            AckedPush::Refused(mut tracked, retry_at) => {
+                if tracked.last_refusal == Some(Refusal::CircuitOpen) {
+                    // As in `retry`: a breaker rejection costs no attempt.
+                    tracked.attempts -= 1;
+                }
+                let _ = self.retry_later(tracked, retry_at);
+            }
+            AckedPush::Gone(tracked, reason) => {
+                let to = tracked.to.clone();
+                self.give_up(&to, tracked.payload, tracked.attempts, reason);
+            }
+        }
+    }
+
+    /// Schedules the next attempt after `policy.delay`, or gives up once the attempts
+    /// made exceed `max_retries` (so `max_retries: 0` never retries).
+    fn retry_later(&self, tracked: Box<Tracked>, retry_at: u64) -> Result<(), TrackFailed> {
         if tracked.attempts > tracked.policy.max_retries() {
             let reason = match tracked.last_refusal {
                 Some(Refusal::CircuitOpen) => DeadLetterReason::CircuitOpen,
@@ -601,11 +686,12 @@ impl DefaultMessageRouter {
                 _ => DeadLetterReason::RetriesExhausted("mailbox full".into()),
             };
             let to = tracked.to.clone();
-            return self.give_up(&to, tracked.payload, tracked.attempts, reason);
+            self.give_up(&to, tracked.payload, tracked.attempts, reason);
+            return Ok(());
         }
         let delay = tracked.policy.delay(tracked.attempts - 1);
         let deadline = self.tracker.after(delay).max(retry_at);
-        self.track(tracked, deadline);
+        self.track(tracked, deadline).map(|_| ())
     }
 
     /// Dead-letters a message the system gives up on.
@@ -616,12 +702,17 @@ impl DefaultMessageRouter {
         } else {
             self.count(&counters.failed);
         }
+        // A call given up on can never be answered: fail its caller now.
+        let message = match payload {
+            Outgoing::Message(message) => DeadMessage::Message(disarm_call(message)),
+            envelope => envelope.into_dead(),
+        };
         self.dead_letters.push(DeadLetter {
-            id: payload.id().clone(),
+            id: message.id().clone(),
             to: to.clone(),
             reason,
             attempts,
-            message: payload.into_dead(),
+            message,
         });
     }
 
@@ -661,25 +752,6 @@ impl DefaultMessageRouter {
             let attempts = tracked.attempts;
             self.give_up(&to, tracked.payload, attempts, DeadLetterReason::Shutdown);
         }
-    }
-}
-
-/// Splits a payload into what to keep (an envelope awaiting acks) and what to push.
-fn split_for_push(payload: Outgoing, require_ack: bool) -> (Option<MessageEnvelope>, AgentMessage) {
-    match payload {
-        Outgoing::Envelope(e) if require_ack => {
-            let message = e.clone().into_message();
-            (Some(e), message)
-        }
-        other => (None, other.into_message()),
-    }
-}
-
-/// The payload to keep after a refused push.
-fn rejoin(kept: Option<MessageEnvelope>, message: AgentMessage) -> Outgoing {
-    match kept {
-        Some(envelope) => Outgoing::Envelope(envelope),
-        None => Outgoing::Message(message),
     }
 }
 

@@ -175,24 +175,30 @@ impl Group {
     }
 }
 
-/// `start`, or the first open member after it (wrapping), or `start` if all are closed.
+/// Whether `member` can take a message now: open, not full, and its circuit breaker
+/// closed. A member that cannot is passed over while another can.
+fn available(member: &MailboxSender) -> bool {
+    member.shared().accepts_now()
+}
+
+/// `start`, or the first available member after it (wrapping), or `start` if none is.
 fn skip_closed(members: &[MailboxSender], start: usize) -> usize {
     let n = members.len();
     (0..n)
         .map(|k| (start + k) % n)
-        .find(|&i| !members[i].is_closed())
+        .find(|&i| available(&members[i]))
         .unwrap_or(start)
 }
 
-/// The open member with the shortest queue, scanning from `start` (first wins ties);
-/// `start` if all are closed.
+/// The available member with the shortest queue, scanning from `start` (first wins
+/// ties); `start` if none is available.
 fn least_loaded(members: &[MailboxSender], start: usize) -> usize {
     let n = members.len();
     let mut best: Option<(usize, usize)> = None; // (queue size, index)
     for k in 0..n {
         let i = (start + k) % n;
         let member = &members[i];
-        if member.is_closed() {
+        if !available(member) {
             continue;
         }
         let load = member.queue_size();

@@ -1,0 +1,582 @@
+//! [`MessageSystem`]: the async twin of the core system, and its builder.
+//!
+//! With the built-in router every method forwards to the core (the core never waits
+//! except for replies and receives, which have async forms), and the timers run on a
+//! task of the current runtime (see `timers`). With a custom async router
+//! ([`MessageSystem::with_router`]) the core keeps the mailboxes and the system awaits
+//! the router for registration, routing, statistics and shutdown.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::tokio::runtime::Handle;
+
+use super::mailbox::{AgentMailbox, MailboxSender};
+use super::router::{AsyncRouted, MessageRouter};
+use super::timers::{TimerTask, Turn};
+use crate::driver::TimerDriver;
+use crate::error::{MessagingError, MessagingResult};
+use crate::mailbox::{MailboxConfig, MailboxStats};
+use crate::message::{
+    AgentMessage, AgentPid, MessageEnvelope, MessageId, MessagePriority, Payload, ReplyError,
+};
+use crate::router::{CircuitBreakerConfig, LoadBalance, RouterConfig, RouterStats};
+use crate::timer::{Clock, SystemClock};
+use crate::DeadLetter;
+
+/// The messaging system, async: register agents, send, call, receive, observe.
+///
+/// Cheap to clone; clones share everything. Built inside a tokio runtime, its timers
+/// (retries, ack timeouts, call timeouts) run on a task of that runtime; built outside
+/// one, on the core's timer thread.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use terraphim_agent_messaging::tokio::{AgentMessage, AgentPid, MessageSystem, RouterConfig};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let system = MessageSystem::new(RouterConfig::default());
+/// let (client, server) = (AgentPid::new(), AgentPid::new());
+/// system.register_agent(server.clone()).await?;
+///
+/// let mailbox = system.get_mailbox(&server).await.unwrap();
+/// let worker = tokio::spawn(async move {
+///     while let Ok(message) = mailbox.receive().await {
+///         if let AgentMessage::Call { payload, reply_to, .. } = message {
+///             let n = *payload.downcast::<u64>().unwrap();
+///             reply_to.send(Box::new(n * n)).ok();
+///         }
+///     }
+/// });
+///
+/// let answer: u64 = system.call_typed(client, &server, 12u64, Duration::from_secs(1)).await?;
+/// assert_eq!(answer, 144);
+/// system.shutdown().await?; // the worker's receive returns ChannelClosed
+/// worker.await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct MessageSystem {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The sync system: mailboxes, the built-in router, the timer wheel.
+    core: crate::MessageSystem,
+    /// The custom async router, if any (the core then routes nothing itself).
+    router: Option<Arc<dyn MessageRouter>>,
+    /// The timer task, when the timers run on the runtime.
+    timers: Option<TimerTask>,
+}
+
+impl Turn for Shared {
+    fn turn(&self) -> Option<std::time::Instant> {
+        self.core.run_due_timers()
+    }
+}
+
+/// Builds a tokio [`MessageSystem`] with options beyond `RouterConfig` (the twin of
+/// [`crate::MessageSystemBuilder`]).
+pub struct MessageSystemBuilder {
+    core: crate::MessageSystemBuilder,
+    heartbeat: Duration,
+    clock: Arc<dyn Clock>,
+    driver: Option<TimerDriver>,
+    router: Option<Arc<dyn MessageRouter>>,
+}
+
+impl MessageSystemBuilder {
+    /// The configuration of every mailbox the system creates.
+    pub fn mailbox_config(mut self, config: MailboxConfig) -> Self {
+        self.core = self.core.mailbox_config(config);
+        self
+    }
+
+    /// Anti-starvation budget of every mailbox (0 = strict priority order).
+    pub fn starvation_budget(mut self, budget: u32) -> Self {
+        self.core = self.core.starvation_budget(budget);
+        self
+    }
+
+    /// A circuit breaker per destination (see
+    /// [`crate::MessageSystemBuilder::circuit_breaker`]).
+    pub fn circuit_breaker(mut self, config: CircuitBreakerConfig) -> Self {
+        self.core = self.core.circuit_breaker(config);
+        self
+    }
+
+    /// The clock retries, timeouts and breakers read (default: the system clock). The
+    /// timer task measures its sleeps on it too.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.core = self.core.clock(clock.clone());
+        self.clock = clock;
+        self
+    }
+
+    /// Who turns the timer wheel. Default: a task on the current runtime (the core's
+    /// thread outside a runtime). Setting it explicitly (e.g. `TimerDriver::Manual`
+    /// with a `ManualClock`) starts no task.
+    pub fn timer_driver(mut self, driver: TimerDriver) -> Self {
+        self.driver = Some(driver);
+        self
+    }
+
+    /// Routes through a custom async router (see [`MessageSystem::with_router`]).
+    pub fn router(mut self, router: Arc<dyn MessageRouter>) -> Self {
+        self.router = Some(router);
+        self
+    }
+
+    /// Builds the system, refusing a bad configuration. Inside a tokio runtime it
+    /// spawns the timer task there.
+    pub fn build(self) -> MessagingResult<MessageSystem> {
+        if let Some(router) = self.router {
+            // The core keeps the mailboxes; the async router does all the routing, so
+            // the core has no timers to drive.
+            let core = self
+                .core
+                .router(Arc::new(AsyncRouted))
+                .timer_driver(TimerDriver::Manual)
+                .build()?;
+            return Ok(MessageSystem::from_shared(Shared {
+                core,
+                router: Some(router),
+                timers: None,
+            }));
+        }
+        let runtime = match self.driver {
+            Some(driver) => {
+                let core = self.core.timer_driver(driver).build()?;
+                return Ok(MessageSystem::from_core(core));
+            }
+            None => Handle::try_current().ok(),
+        };
+        let Some(runtime) = runtime else {
+            // Outside a runtime: the core's own timer thread.
+            return self.core.build().map(MessageSystem::from_core);
+        };
+        let (task, wake) = TimerTask::new();
+        let core = self
+            .core
+            .timer_driver(TimerDriver::External(wake))
+            .build()?;
+        let shared = Arc::new(Shared {
+            core,
+            router: None,
+            timers: Some(task),
+        });
+        let task = shared.timers.as_ref().expect("set above");
+        task.start(
+            &runtime,
+            Arc::downgrade(&shared),
+            self.clock,
+            self.heartbeat,
+        );
+        Ok(MessageSystem { shared })
+    }
+}
+
+impl MessageSystem {
+    /// A system with default mailboxes. Inside a tokio runtime its timers run on a task
+    /// of that runtime; outside one, on the core's timer thread.
+    ///
+    /// A refused configuration makes every operation return that `Configuration`
+    /// error; [`MessageSystem::builder`]`(..).build()` reports it up front.
+    pub fn new(config: RouterConfig) -> Self {
+        match Self::builder(config.clone()).build() {
+            Ok(system) => system,
+            // The core's lenient constructor keeps the error for every operation.
+            Err(_) => Self::from_core(crate::MessageSystem::new(config)),
+        }
+    }
+
+    /// A builder for options beyond `RouterConfig`.
+    pub fn builder(config: RouterConfig) -> MessageSystemBuilder {
+        MessageSystemBuilder {
+            heartbeat: config.retry_interval,
+            core: crate::MessageSystem::builder(config),
+            clock: Arc::new(SystemClock),
+            driver: None,
+            router: None,
+        }
+    }
+
+    /// A system that routes through `router`.
+    ///
+    /// The system owns the mailboxes: `register_agent` creates one and hands its
+    /// sender to `router.register_agent`; `send_message` calls `router.route_message`;
+    /// `send`, `send_with_priority` and `call` call `router.route`; `get_stats` reports
+    /// `router.get_stats()`; `unregister_agent` and `shutdown` call the router first.
+    /// Retries and acknowledgements are the router's business (`acknowledge` answers
+    /// `UnknownMessage`); call timeouts use `tokio::time`.
+    pub fn with_router(
+        config: RouterConfig,
+        router: Arc<dyn MessageRouter>,
+    ) -> MessagingResult<Self> {
+        Self::builder(config).router(router).build()
+    }
+
+    /// Wraps a sync system (its timers keep whatever driver it was built with).
+    pub fn from_core(core: crate::MessageSystem) -> Self {
+        Self::from_shared(Shared {
+            core,
+            router: None,
+            timers: None,
+        })
+    }
+
+    fn from_shared(shared: Shared) -> Self {
+        MessageSystem {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// The sync system underneath: the same agents and mailboxes. With a custom router,
+    /// routing through it directly is refused (it would bypass the router).
+    pub fn as_sync(&self) -> &crate::MessageSystem {
+        &self.shared.core
+    }
+
+    /// The router configuration.
+    pub fn config(&self) -> &RouterConfig {
+        self.shared.core.config()
+    }
+
+    /// Whether a timer task of this system is running on a tokio runtime.
+    pub fn has_timer_task(&self) -> bool {
+        self.shared
+            .timers
+            .as_ref()
+            .is_some_and(TimerTask::is_running)
+    }
+
+    // ===== agents =====
+
+    /// Registers `agent_id` and creates its mailbox.
+    ///
+    /// # Cancel safety
+    ///
+    /// With the built-in router it completes in its first poll. With a custom router,
+    /// dropping the future while `router.register_agent` runs leaves the mailbox
+    /// registered in the system but perhaps not in the router.
+    pub async fn register_agent(&self, agent_id: AgentPid) -> MessagingResult<()> {
+        let core = &self.shared.core;
+        core.register_agent(agent_id.clone())?;
+        if let Some(router) = &self.shared.router {
+            let sender = core
+                .sender(&agent_id)
+                .ok_or_else(|| MessagingError::AgentNotFound(agent_id.clone()))?;
+            if let Err(e) = router.register_agent(agent_id.clone(), sender.into()).await {
+                let _ = core.unregister_agent(&agent_id);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Unregisters `agent_id` and closes its mailbox: a receiver drains what is queued
+    /// and then gets `ChannelClosed`; with no receiver left, the queued messages go to
+    /// the dead letters.
+    ///
+    /// # Cancel safety
+    ///
+    /// With the built-in router it completes in its first poll. With a custom router,
+    /// the mailbox is closed only after `router.unregister_agent` returns.
+    pub async fn unregister_agent(&self, agent_id: &AgentPid) -> MessagingResult<()> {
+        if let Some(router) = &self.shared.router {
+            router.unregister_agent(agent_id).await?;
+        }
+        self.shared.core.unregister_agent(agent_id)
+    }
+
+    /// A pre-resolved sender to `agent_id`: no lookup per send.
+    pub fn sender(&self, agent_id: &AgentPid) -> Option<MailboxSender> {
+        self.shared.core.sender(agent_id).map(Into::into)
+    }
+
+    /// `agent_id`'s mailbox: the same queue the router delivers into.
+    ///
+    /// # Cancel safety
+    ///
+    /// Completes in its first poll and changes nothing.
+    pub async fn get_mailbox(&self, agent_id: &AgentPid) -> Option<AgentMailbox> {
+        self.shared.core.get_mailbox(agent_id).map(Into::into)
+    }
+
+    // ===== sending =====
+
+    /// Routes `envelope` to its destination; it arrives as a `Cast` with the envelope's
+    /// id, sender, type and payload.
+    ///
+    /// # Cancel safety
+    ///
+    /// With the built-in router it completes in its first poll (retries then happen
+    /// on the timer task). With a custom router it is as cancel safe as the router's
+    /// `route_message`.
+    pub async fn send_message(&self, envelope: MessageEnvelope) -> MessagingResult<()> {
+        match &self.shared.router {
+            Some(router) => {
+                self.check()?;
+                router.route_message(envelope).await
+            }
+            None => self.shared.core.send_message(envelope),
+        }
+    }
+
+    /// Sends a built message (`call`, `cast`, `info`, …) at `Normal` priority.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`send_message`](Self::send_message).
+    pub async fn send(&self, to: &AgentPid, message: AgentMessage) -> MessagingResult<()> {
+        self.send_with_priority(to, message, MessagePriority::Normal)
+            .await
+    }
+
+    /// Sends a built message at `priority`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`send_message`](Self::send_message).
+    pub async fn send_with_priority(
+        &self,
+        to: &AgentPid,
+        message: AgentMessage,
+        priority: MessagePriority,
+    ) -> MessagingResult<()> {
+        match &self.shared.router {
+            Some(router) => {
+                self.check()?;
+                router.route(to, message, priority).await
+            }
+            None => self.shared.core.send_with_priority(to, message, priority),
+        }
+    }
+
+    /// Calls `to` with `payload` and waits for the reply (gen_server:call), without
+    /// blocking the thread.
+    ///
+    /// No reply within `timeout` gives `MessageTimeout(to)` (the timeout sits on the
+    /// system's timer wheel: no task or timer per call); a zero timeout fails at once
+    /// without sending. A callee that drops the call gives `DeliveryFailed`.
+    ///
+    /// # Cancel safety
+    ///
+    /// The call is sent in the first poll. Dropping the future afterwards abandons the
+    /// call: its timer is cancelled and a late reply is handed back to the replier
+    /// (`reply_to.send` returns it as `Err`).
+    pub async fn call<T: Any + Send>(
+        &self,
+        from: AgentPid,
+        to: &AgentPid,
+        payload: T,
+        timeout: Duration,
+    ) -> MessagingResult<Payload> {
+        let Some(router) = &self.shared.router else {
+            return self
+                .shared
+                .core
+                .call_async(from, to, payload, timeout)
+                .await;
+        };
+        if timeout.is_zero() {
+            return Err(MessagingError::MessageTimeout(to.clone()));
+        }
+        self.check()?;
+        let (message, reply) = AgentMessage::call(from, payload, timeout);
+        router.route(to, message, MessagePriority::Normal).await?;
+        match ::tokio::time::timeout(timeout, reply).await {
+            Ok(Ok(payload)) => Ok(payload),
+            Ok(Err(ReplyError::Closed)) => Err(MessagingError::DeliveryFailed(
+                to.clone(),
+                ReplyError::Closed.to_string(),
+            )),
+            Ok(Err(ReplyError::Timeout)) | Err(_) => {
+                Err(MessagingError::MessageTimeout(to.clone()))
+            }
+        }
+    }
+
+    /// [`call`](Self::call), downcasting the reply to `R`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`call`](Self::call).
+    pub async fn call_typed<R: Any, T: Any + Send>(
+        &self,
+        from: AgentPid,
+        to: &AgentPid,
+        payload: T,
+        timeout: Duration,
+    ) -> MessagingResult<R> {
+        let reply = self.call(from, to, payload, timeout).await?;
+        reply.downcast::<R>().map(|r| *r).map_err(|_| {
+            MessagingError::InvalidMessage(format!(
+                "reply from {to} is not a {}",
+                std::any::type_name::<R>()
+            ))
+        })
+    }
+
+    /// Acknowledges a message sent with `require_ack: true`, ending its tracking.
+    /// `UnknownMessage` if it is not awaiting an ack.
+    ///
+    /// # Cancel safety
+    ///
+    /// Completes in its first poll.
+    pub async fn acknowledge(&self, id: &MessageId) -> MessagingResult<()> {
+        self.shared.core.acknowledge(id)
+    }
+
+    // ===== groups =====
+
+    /// Creates a load-balanced group, addressed like an agent.
+    ///
+    /// # Cancel safety
+    ///
+    /// Completes in its first poll.
+    pub async fn create_group(&self, strategy: LoadBalance) -> MessagingResult<AgentPid> {
+        self.shared.core.create_group(strategy)
+    }
+
+    /// Adds the registered agent `member` to `group`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Completes in its first poll.
+    pub async fn join_group(&self, group: &AgentPid, member: &AgentPid) -> MessagingResult<()> {
+        self.shared.core.join_group(group, member)
+    }
+
+    /// Removes `member` from `group`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Completes in its first poll.
+    pub async fn leave_group(&self, group: &AgentPid, member: &AgentPid) -> MessagingResult<()> {
+        self.shared.core.leave_group(group, member)
+    }
+
+    /// The members of `group`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Completes in its first poll and changes nothing.
+    pub async fn group_members(&self, group: &AgentPid) -> MessagingResult<Vec<AgentPid>> {
+        self.shared.core.group_members(group)
+    }
+
+    /// Removes `group`; its members stay registered.
+    ///
+    /// # Cancel safety
+    ///
+    /// Completes in its first poll.
+    pub async fn delete_group(&self, group: &AgentPid) -> MessagingResult<()> {
+        self.shared.core.delete_group(group)
+    }
+
+    // ===== observing =====
+
+    /// Router counters and every mailbox's statistics.
+    ///
+    /// # Cancel safety
+    ///
+    /// Changes nothing; with the built-in router it completes in its first poll.
+    pub async fn get_stats(&self) -> (RouterStats, Vec<MailboxStats>) {
+        match &self.shared.router {
+            Some(router) => (
+                router.get_stats().await,
+                self.shared.core.mailboxes().get_all_stats(),
+            ),
+            None => self.shared.core.get_stats(),
+        }
+    }
+
+    /// Takes every dead letter recorded so far.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.shared.core.dead_letters()
+    }
+
+    /// Dead letters ever recorded (drained or not).
+    pub fn dead_letter_count(&self) -> u64 {
+        self.shared.core.dead_letter_count()
+    }
+
+    /// Fires every retry and timeout due by the system's clock, and returns when the
+    /// next one is due. Needed only with `TimerDriver::Manual`.
+    pub fn run_due_timers(&self) -> Option<std::time::Instant> {
+        self.shared.core.run_due_timers()
+    }
+
+    // ===== shutdown =====
+
+    /// Stops the system: later operations fail, every mailbox closes (receivers drain
+    /// what is queued, then get `ChannelClosed`), messages still awaiting a retry or an
+    /// ack go to the dead letters, and the timer task ends. Idempotent.
+    ///
+    /// # Cancel safety
+    ///
+    /// With the built-in router the system is shut down in the first poll; dropping the
+    /// future afterwards only skips waiting for the timer task to end. With a custom
+    /// router, the mailboxes close after `router.shutdown()` returns.
+    pub async fn shutdown(&self) -> MessagingResult<()> {
+        let mut result = Ok(());
+        if !self.shared.core.is_shut_down() {
+            if let Some(router) = &self.shared.router {
+                result = router.shutdown().await;
+            }
+            let core = self.shared.core.shutdown();
+            result = result.and(core);
+        }
+        if let Some(timers) = &self.shared.timers {
+            timers.stop().await;
+        }
+        result
+    }
+
+    /// Whether `shutdown` has run.
+    pub fn is_shut_down(&self) -> bool {
+        self.shared.core.is_shut_down()
+    }
+
+    /// The core's refusals (bad configuration, shut down) for the custom-router paths,
+    /// which do not pass through the core's own checks.
+    fn check(&self) -> MessagingResult<()> {
+        if self.shared.core.is_shut_down() {
+            return Err(MessagingError::System(
+                "the message system is shut down".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl From<crate::MessageSystem> for MessageSystem {
+    fn from(core: crate::MessageSystem) -> Self {
+        Self::from_core(core)
+    }
+}
+
+impl fmt::Debug for MessageSystem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageSystem")
+            .field("core", &self.shared.core)
+            .field("custom_router", &self.shared.router.is_some())
+            .field("timer_task", &self.has_timer_task())
+            .finish()
+    }
+}
+
+impl fmt::Debug for MessageSystemBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageSystemBuilder")
+            .field("driver", &self.driver)
+            .field("custom_router", &self.router.is_some())
+            .finish_non_exhaustive()
+    }
+}
