@@ -35,6 +35,25 @@ pub(crate) fn spin_hint() {
     std::hint::spin_loop();
 }
 
+/// Waiting for another thread to finish a few instructions (a producer mid-write):
+/// spins, then yields the CPU, so a producer descheduled mid-send does not cost the
+/// waiter a whole time slice of spinning. Under loom every step is a yield.
+#[derive(Default)]
+pub(crate) struct SpinWait {
+    #[cfg(not(loom))]
+    backoff: crossbeam_utils::Backoff,
+}
+
+impl SpinWait {
+    #[inline]
+    pub(crate) fn wait(&self) {
+        #[cfg(not(loom))]
+        self.backoff.snooze();
+        #[cfg(loom)]
+        loom::thread::yield_now();
+    }
+}
+
 /// Locks a mutex, ignoring poisoning: every critical section in this crate leaves its
 /// data consistent before anything that could panic, so a poisoned lock still holds
 /// valid data and one panicking agent must not take the whole system down with it.

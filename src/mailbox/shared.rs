@@ -24,7 +24,7 @@ use crate::error::{MessagingError, TrySendError};
 use crate::message::{reply_channel, AgentMessage, AgentPid, MessagePriority};
 use crate::router::breaker::Breaker;
 use crate::stats::record_max;
-use crate::sync::{fence, spin_hint, Arc, AtomicBool, AtomicU64, AtomicUsize};
+use crate::sync::{fence, Arc, AtomicBool, AtomicU64, AtomicUsize, SpinWait};
 
 /// Timestamps and processing times are sampled once per this many messages, so the
 /// send and receive paths read no clock for the other 63.
@@ -271,8 +271,10 @@ impl Shared {
     }
 
     /// One attempt to take a message: `Some(Ok)`, `Some(Err(closed))`, or `None` if
-    /// nothing is ready. Spins through `Busy` (a producer mid-write after close).
+    /// nothing is queued. Waits through `Busy` (a producer has claimed the head but is
+    /// still writing it: a few instructions, unless it was descheduled mid-send).
     pub(crate) fn pop(&self, _claim: &Claim<'_>) -> Option<Result<AgentMessage, MessagingError>> {
+        let busy = SpinWait::default();
         loop {
             // SAFETY: `_claim` proves we are the only receiver.
             match unsafe { self.lanes.pop(self.settings.budget) } {
@@ -289,7 +291,7 @@ impl Shared {
                     return Some(Ok(message));
                 }
                 Pop::Empty => return None,
-                Pop::Busy => spin_hint(),
+                Pop::Busy => busy.wait(),
                 Pop::Closed => {
                     return Some(Err(self
                         .config_error()

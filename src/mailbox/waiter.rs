@@ -169,6 +169,7 @@ pub(crate) fn block_until<R>(
     mut ready: impl FnMut() -> Option<R>,
 ) -> Option<R> {
     // A short spin catches a producer that is about to publish, saving a park.
+    #[cfg_attr(loom, allow(clippy::reversed_empty_ranges))] // SPINS is 0 under loom
     for _ in 0..SPINS {
         if let Some(r) = ready() {
             return Some(r);
