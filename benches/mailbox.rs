@@ -32,7 +32,9 @@ use std::hint::black_box;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput,
+};
 use serde_json::json;
 use terraphim_agent_messaging::{
     AgentMailbox, AgentMessage, AgentPid, DeliveryOptions, MailboxConfig, MessageEnvelope,
@@ -177,6 +179,8 @@ fn envelope(from: &AgentPid, to: &AgentPid, i: usize) -> MessageEnvelope {
 fn send_message(c: &mut Criterion) {
     let mut group = c.benchmark_group("send_message");
     group.throughput(Throughput::Elements(N as u64));
+    // ~80 ms per iteration: flat sampling keeps the group within its 2 s budget.
+    group.sampling_mode(SamplingMode::Flat);
 
     let system = MessageSystem::new(RouterConfig::default());
     let (from, to) = (AgentPid::new(), AgentPid::new());
@@ -263,15 +267,20 @@ fn send_message(c: &mut Criterion) {
     system.shutdown().expect("shutdown");
 }
 
+/// A `priority_mix` case: name, `preserve_order`, priority of message `i`.
+type Case = (&'static str, bool, fn(usize) -> MessagePriority);
+
 fn priority_mix(c: &mut Criterion) {
     let mut group = c.benchmark_group("priority_mix");
     group.throughput(Throughput::Elements(N as u64));
     let from = AgentPid::new();
     let from = &from;
 
-    let cases: [(&str, bool, fn(usize) -> MessagePriority); 3] = [
+    let cases: [Case; 3] = [
         ("normal_only", true, |_| MessagePriority::Normal),
-        ("mixed4_strict", true, |i| MessagePriority::HIGHEST_FIRST[i % 4]),
+        ("mixed4_strict", true, |i| {
+            MessagePriority::HIGHEST_FIRST[i % 4]
+        }),
         ("mixed4_budget", false, |i| {
             MessagePriority::HIGHEST_FIRST[i % 4]
         }),
