@@ -7,7 +7,8 @@
 //! - Every insert takes a fresh `generation` from a wrapping counter; an [`AgentId`]
 //!   (slot index + generation) names one registration, so a stale id fails its lookup
 //!   after the slot is reused. Lookups by id also compare the pid, which keeps them
-//!   correct even after the generation counter wraps.
+//!   correct even after the generation counter wraps. Under `cfg(loom)` the generation
+//!   is a `u8`, so the loom models reach a wrap in a few registrations.
 //! - Handles given out ([`MailboxSender`](crate::MailboxSender),
 //!   [`AgentMailbox`](crate::AgentMailbox)) hold the mailbox itself, not a slot index:
 //!   after unregister they reach the closed mailbox (`ChannelClosed`), never the
@@ -28,11 +29,29 @@ use crate::sync::{read, write, Arc, RwLock};
 
 type PidMap<V> = std::collections::HashMap<AgentPid, V, BuildHasherDefault<AHasher>>;
 
+/// A registration's generation: `u8` under loom (the models force a wrap), `u32`
+/// otherwise.
+#[cfg(loom)]
+type Generation = u8;
+#[cfg(not(loom))]
+type Generation = u32;
+
+/// `generation` as a [`Generation`] (truncated under loom: only the low bits count).
+#[cfg(loom)]
+fn to_generation(generation: u32) -> Generation {
+    generation as Generation
+}
+
+#[cfg(not(loom))]
+fn to_generation(generation: u32) -> Generation {
+    generation
+}
+
 /// One registration: slot index plus the generation it was inserted with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AgentId {
     index: u32,
-    generation: u32,
+    generation: Generation,
 }
 
 /// A destination: an agent's mailbox or a group of agents.
@@ -44,7 +63,7 @@ pub(crate) enum Target {
 /// What a slot holds.
 struct Entry {
     pid: AgentPid,
-    generation: u32,
+    generation: Generation,
     target: Target,
 }
 
@@ -53,7 +72,7 @@ struct Inner {
     slots: Slab<Entry>,
     by_pid: PidMap<u32>,
     /// The next generation to hand out (wrapping).
-    next_generation: u32,
+    next_generation: Generation,
     /// Occupied slots holding agents (the rest hold groups).
     agents: usize,
 }
@@ -233,9 +252,9 @@ impl AgentTable {
             .collect()
     }
 
-    /// Forces the next generation (tests of generation wrap).
+    /// Forces the next generation (tests of generation wrap; truncated under loom).
     #[doc(hidden)]
     pub(crate) fn set_next_generation(&self, generation: u32) {
-        write(&self.inner).next_generation = generation;
+        write(&self.inner).next_generation = to_generation(generation);
     }
 }

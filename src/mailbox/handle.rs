@@ -208,7 +208,7 @@ impl AgentMailbox {
 
     /// Whether the mailbox is closed.
     pub fn is_closed(&self) -> bool {
-        self.shared.lanes.is_closed()
+        self.shared.lanes().is_closed()
     }
 
     /// Blocks until the mailbox is closed and drained (`receive` would return
@@ -223,7 +223,7 @@ impl AgentMailbox {
 pub(crate) fn stats_of(shared: &Shared) -> MailboxStats {
     MailboxStats {
         agent_id: shared.pid.clone(),
-        total_messages_received: shared.lanes.pushed() as u64,
+        total_messages_received: shared.lanes().pushed() as u64,
         total_messages_processed: shared.processed(),
         current_queue_size: shared.len(),
         max_queue_size_reached: shared.max_len(),
@@ -339,7 +339,7 @@ impl MailboxSender {
 
     /// Whether the mailbox is closed (sends will fail).
     pub fn is_closed(&self) -> bool {
-        self.shared.lanes.is_closed()
+        self.shared.lanes().is_closed()
     }
 
     /// Messages queued in the destination now (the `LeastLoaded` metric).

@@ -36,8 +36,10 @@
 use std::mem::MaybeUninit;
 use std::ptr;
 
+use crossbeam_utils::CachePadded;
+
 use crate::sync::{spin_hint, AtomicBool, AtomicPtr, AtomicUsize, UnsafeCell};
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
 /// Positions per lap: `BLOCK_CAP` slots plus one "installing the next block" marker.
 /// Tiny under loom so that models cross block boundaries with a handful of messages.
@@ -85,7 +87,7 @@ impl<T> Block<T> {
     }
 }
 
-/// What a consumer's [`Lane::pop`] found.
+/// What a consumer's [`LaneRef::pop`] found.
 #[derive(Debug)]
 pub(crate) enum Pop<T> {
     /// The next message of this lane.
@@ -101,24 +103,66 @@ pub(crate) enum Pop<T> {
     Closed,
 }
 
-/// An unbounded MPSC lane. See the module docs for the protocol.
-pub(crate) struct Lane<T> {
+/// The producers' half of a lane.
+pub(crate) struct Tail<T> {
     /// Producers' claim counter (position `<< SHIFT`, plus [`CLOSED`]).
-    tail_index: AtomicUsize,
+    index: AtomicUsize,
     /// The block producers currently claim in; null until the first push.
-    tail_block: AtomicPtr<Block<T>>,
-    /// The consumer's position. Written only by the consumer; read by anyone for `len`.
-    head_index: AtomicUsize,
-    /// The consumer's block. Stored once by the producer that installs the first block,
-    /// afterwards only by the consumer.
-    head_block: AtomicPtr<Block<T>>,
+    block: AtomicPtr<Block<T>>,
 }
 
-// SAFETY: the lane moves `T`s between threads (hence `T: Send`) and its shared state is
-// only reached through atomics and the slot protocol of the module docs.
-unsafe impl<T: Send> Send for Lane<T> {}
-// SAFETY: as above; `&Lane` lets many producers push and one consumer pop.
-unsafe impl<T: Send> Sync for Lane<T> {}
+/// The consumer's half of a lane. Kept apart from [`Tail`] (a different cache line)
+/// so that receiving does not steal the line producers claim on.
+pub(crate) struct Head<T> {
+    /// The consumer's position. Written only by the consumer; read by anyone for `len`.
+    index: AtomicUsize,
+    /// The consumer's block. Stored once by the producer that installs the first block,
+    /// afterwards only by the consumer.
+    block: AtomicPtr<Block<T>>,
+}
+
+/// One lane, seen through its two halves (which may live apart). See the module docs
+/// for the protocol.
+pub(crate) struct LaneRef<'a, T> {
+    tail: &'a Tail<T>,
+    head: &'a Head<T>,
+}
+
+impl<T> Clone for LaneRef<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for LaneRef<'_, T> {}
+
+/// A lane owning both halves, each on its own cache line.
+pub(crate) struct Lane<T> {
+    tail: CachePadded<Tail<T>>,
+    head: CachePadded<Head<T>>,
+}
+
+impl<T> Lane<T> {
+    pub(crate) fn new() -> Self {
+        Lane {
+            tail: CachePadded::new(Tail::new()),
+            head: CachePadded::new(Head::new()),
+        }
+    }
+
+    /// The lane's operations.
+    #[inline]
+    pub(crate) fn get(&self) -> LaneRef<'_, T> {
+        LaneRef::new(&self.tail, &self.head)
+    }
+}
+
+impl<T> Drop for Lane<T> {
+    fn drop(&mut self) {
+        // SAFETY: `&mut self` owns both halves of this one lane.
+        unsafe { drop_queued(&mut self.tail, &mut self.head) }
+    }
+}
 
 /// The number of messages that passed `index`, skipping the lap markers.
 #[inline]
@@ -127,32 +171,37 @@ fn count(index: usize) -> usize {
     (pos / LAP) * BLOCK_CAP + (pos % LAP).min(BLOCK_CAP)
 }
 
-impl<T> Lane<T> {
-    #[cfg(not(loom))]
-    pub(crate) const fn new() -> Self {
-        Lane {
-            tail_index: AtomicUsize::new(0),
-            tail_block: AtomicPtr::new(ptr::null_mut()),
-            head_index: AtomicUsize::new(0),
-            head_block: AtomicPtr::new(ptr::null_mut()),
+impl<T> Tail<T> {
+    pub(crate) fn new() -> Self {
+        Tail {
+            index: AtomicUsize::new(0),
+            block: AtomicPtr::new(ptr::null_mut()),
         }
     }
+}
 
-    #[cfg(loom)]
+impl<T> Head<T> {
     pub(crate) fn new() -> Self {
-        Lane {
-            tail_index: AtomicUsize::new(0),
-            tail_block: AtomicPtr::new(ptr::null_mut()),
-            head_index: AtomicUsize::new(0),
-            head_block: AtomicPtr::new(ptr::null_mut()),
+        Head {
+            index: AtomicUsize::new(0),
+            block: AtomicPtr::new(ptr::null_mut()),
         }
+    }
+}
+
+impl<'a, T> LaneRef<'a, T> {
+    /// The lane made of these two halves (which must belong together).
+    #[inline]
+    pub(crate) fn new(tail: &'a Tail<T>, head: &'a Head<T>) -> Self {
+        LaneRef { tail, head }
     }
 
     /// Appends `value`, or hands it back if the lane is closed. On success, returns
     /// how many messages were pushed before this one.
+    #[inline]
     pub(crate) fn push(&self, value: T) -> Result<usize, T> {
-        let mut tail = self.tail_index.load(Acquire);
-        let mut block = self.tail_block.load(Acquire);
+        let mut tail = self.tail.index.load(Acquire);
+        let mut block = self.tail.block.load(Acquire);
         // Allocated before claiming the last slot of a block so that other producers
         // wait for the install as briefly as possible.
         let mut next_block: Option<Box<Block<T>>> = None;
@@ -166,8 +215,8 @@ impl<T> Lane<T> {
             if offset == BLOCK_CAP {
                 // Another producer is installing the next block.
                 spin_hint();
-                tail = self.tail_index.load(Acquire);
-                block = self.tail_block.load(Acquire);
+                tail = self.tail.index.load(Acquire);
+                block = self.tail.block.load(Acquire);
                 continue;
             }
 
@@ -179,13 +228,14 @@ impl<T> Lane<T> {
                 // The very first push: install the first block.
                 let new = Box::into_raw(next_block.take().unwrap_or_else(Block::new));
                 match self
-                    .tail_block
+                    .tail
+                    .block
                     .compare_exchange(ptr::null_mut(), new, Release, Acquire)
                 {
                     Ok(_) => {
                         // Publish it to the consumer; only this producer ever stores here
                         // while `head_block` is null.
-                        self.head_block.store(new, Release);
+                        self.head.block.store(new, Release);
                         block = new;
                     }
                     Err(_) => {
@@ -197,8 +247,8 @@ impl<T> Lane<T> {
                         // CAS's `current` can be older than a fresh index. Pairing a
                         // fresh index with that stale block would claim a slot of the
                         // wrong block (found by loom model `l1_two_producers`).
-                        tail = self.tail_index.load(Acquire);
-                        block = self.tail_block.load(Acquire);
+                        tail = self.tail.index.load(Acquire);
+                        block = self.tail.block.load(Acquire);
                         continue;
                     }
                 }
@@ -206,7 +256,8 @@ impl<T> Lane<T> {
 
             let new_tail = tail + (1 << SHIFT);
             match self
-                .tail_index
+                .tail
+                .index
                 .compare_exchange_weak(tail, new_tail, SeqCst, Acquire)
             {
                 Ok(_) => {
@@ -214,8 +265,8 @@ impl<T> Lane<T> {
                         // We took the last slot: install the next block, then step the
                         // index over the marker position so others may claim again.
                         let next = Box::into_raw(next_block.take().unwrap_or_else(Block::new));
-                        self.tail_block.store(next, Release);
-                        self.tail_index.fetch_add(1 << SHIFT, Release);
+                        self.tail.block.store(next, Release);
+                        self.tail.index.fetch_add(1 << SHIFT, Release);
                         // SAFETY: `block` is the block our successful claim belongs to
                         // (the index we claimed was read with `Acquire` after the block
                         // that owns it was stored), and the consumer cannot free it
@@ -233,7 +284,7 @@ impl<T> Lane<T> {
                 }
                 Err(current) => {
                     tail = current;
-                    block = self.tail_block.load(Acquire);
+                    block = self.tail.block.load(Acquire);
                     spin_hint();
                 }
             }
@@ -244,11 +295,11 @@ impl<T> Lane<T> {
     ///
     /// # Safety
     ///
-    /// Only one thread may call `pop` (or [`Lane::peek`]) at a time: the caller must hold
+    /// Only one thread may call `pop` (or [`LaneRef::peek`]) at a time: the caller must hold
     /// the mailbox's receiver claim.
     pub(crate) unsafe fn pop(&self) -> Pop<T> {
-        let head = self.head_index.load(Relaxed);
-        let block = self.head_block.load(Acquire);
+        let head = self.head.index.load(Relaxed);
+        let block = self.head.block.load(Acquire);
         if !block.is_null() {
             let offset = (head >> SHIFT) % LAP;
             // SAFETY: `block` is the consumer's current block, which only the consumer
@@ -264,20 +315,23 @@ impl<T> Lane<T> {
                     // the value we just read (Release/Acquire through `ready`).
                     let next = unsafe { (*block).next.load(Acquire) };
                     debug_assert!(!next.is_null());
-                    self.head_block.store(next, Release);
+                    self.head.block.store(next, Release);
                     new_head += 1 << SHIFT;
                     // SAFETY: every slot of `block` has been read by this consumer, so no
                     // producer touches it any more (module docs), and nothing else points
                     // to it: `tail_block` and `head_block` have both moved on.
                     drop(unsafe { Box::from_raw(block) });
                 }
-                self.head_index.store(new_head, Release);
+                self.head.index.store(new_head, Release);
                 return Pop::Msg(value);
             }
         }
         // Nothing ready at the head: tell an empty lane from one whose head is claimed
         // but not yet written (or whose first block is not yet published).
-        let tail = self.tail_index.load(Acquire);
+        // SeqCst: this load pairs with the claim CAS (SeqCst) and the waiter's state
+        // accesses, so a receiver that registered and then finds nothing claimed here
+        // cannot miss a producer that then skips the wake (see `waiter`).
+        let tail = self.tail.index.load(SeqCst);
         if tail & !CLOSED != head {
             Pop::Busy
         } else if tail & CLOSED == 0 {
@@ -291,35 +345,35 @@ impl<T> Lane<T> {
     ///
     /// # Safety
     ///
-    /// As for [`Lane::pop`]: only the receiver-claim holder may call this.
+    /// As for [`LaneRef::pop`]: only the receiver-claim holder may call this.
     pub(crate) unsafe fn peek(&self) -> bool {
-        let block = self.head_block.load(Acquire);
+        let block = self.head.block.load(Acquire);
         if block.is_null() {
             return false;
         }
-        let offset = (self.head_index.load(Relaxed) >> SHIFT) % LAP;
+        let offset = (self.head.index.load(Relaxed) >> SHIFT) % LAP;
         // SAFETY: as in `pop`: the consumer's block is live while we hold the claim.
         unsafe { (*block).slots.get_unchecked(offset).ready.load(Acquire) }
     }
 
     /// Closes the lane. Returns `true` if this call closed it.
     pub(crate) fn close(&self) -> bool {
-        self.tail_index.fetch_or(CLOSED, AcqRel) & CLOSED == 0
+        self.tail.index.fetch_or(CLOSED, SeqCst) & CLOSED == 0
     }
 
     /// Whether the lane is closed.
     pub(crate) fn is_closed(&self) -> bool {
-        self.tail_index.load(Acquire) & CLOSED != 0
+        self.tail.index.load(Acquire) & CLOSED != 0
     }
 
     /// Messages ever pushed into this lane.
     pub(crate) fn pushed(&self) -> usize {
-        count(self.tail_index.load(Acquire))
+        count(self.tail.index.load(Acquire))
     }
 
     /// Messages ever taken out of this lane.
     pub(crate) fn popped(&self) -> usize {
-        count(self.head_index.load(Acquire))
+        count(self.head.index.load(Acquire))
     }
 
     /// Messages in the lane: exact at rest, a snapshot under concurrency.
@@ -330,36 +384,41 @@ impl<T> Lane<T> {
     }
 }
 
-impl<T> Drop for Lane<T> {
-    fn drop(&mut self) {
-        let tail = self.tail_index.with_mut_value() & !CLOSED;
-        let mut head = self.head_index.with_mut_value();
-        let mut block = self.head_block.with_mut_value();
-        // Drop every message still queued, freeing each block once passed.
-        while head != tail {
-            let offset = (head >> SHIFT) % LAP;
-            if offset < BLOCK_CAP {
-                // SAFETY: `&mut self` means no producer or consumer is active, so every
-                // claimed position below `tail` was written, and `block` is its block.
-                unsafe {
-                    let slot = (*block).slots.get_unchecked(offset);
-                    slot.value.with_mut(|p| (*p).assume_init_drop());
-                }
-            } else {
-                // SAFETY: all slots of `block` are done; `next` was set by the producer
-                // that claimed its last slot.
-                unsafe {
-                    let next = (*block).next.with_mut_value();
-                    drop(Box::from_raw(block));
-                    block = next;
-                }
+/// Drops every message still queued in the lane made of `tail` and `head`, and frees
+/// its blocks.
+///
+/// # Safety
+///
+/// `tail` and `head` are the two halves of one lane, and nothing else uses the lane any
+/// more (exclusive access, as in a `Drop`).
+pub(crate) unsafe fn drop_queued<T>(tail: &mut Tail<T>, head: &mut Head<T>) {
+    let tail = tail.index.with_mut_value() & !CLOSED;
+    let mut position = head.index.with_mut_value();
+    let mut block = head.block.with_mut_value();
+    // Drop every message still queued, freeing each block once passed.
+    while position != tail {
+        let offset = (position >> SHIFT) % LAP;
+        if offset < BLOCK_CAP {
+            // SAFETY: no producer or consumer is active (the contract), so every claimed
+            // position below `tail` was written, and `block` is its block.
+            unsafe {
+                let slot = (*block).slots.get_unchecked(offset);
+                slot.value.with_mut(|p| (*p).assume_init_drop());
             }
-            head += 1 << SHIFT;
+        } else {
+            // SAFETY: all slots of `block` are done; `next` was set by the producer that
+            // claimed its last slot.
+            unsafe {
+                let next = (*block).next.with_mut_value();
+                drop(Box::from_raw(block));
+                block = next;
+            }
         }
-        if !block.is_null() {
-            // SAFETY: the consumer's current block, owned by the lane and now unreachable.
-            drop(unsafe { Box::from_raw(block) });
-        }
+        position += 1 << SHIFT;
+    }
+    if !block.is_null() {
+        // SAFETY: the consumer's current block, owned by the lane and now unreachable.
+        drop(unsafe { Box::from_raw(block) });
     }
 }
 
@@ -393,7 +452,7 @@ mod tests {
     fn drain(lane: &Lane<u64>) -> Vec<u64> {
         let mut out = Vec::new();
         // SAFETY: the test thread is the only consumer.
-        while let Pop::Msg(v) = unsafe { lane.pop() } {
+        while let Pop::Msg(v) = unsafe { lane.get().pop() } {
             out.push(v);
         }
         out
@@ -403,12 +462,12 @@ mod tests {
     fn fifo_across_blocks() {
         let lane = Lane::new();
         for i in 0..(BLOCK_CAP as u64 * 3 + 5) {
-            lane.push(i).unwrap();
+            lane.get().push(i).unwrap();
         }
-        assert_eq!(lane.len(), BLOCK_CAP * 3 + 5);
+        assert_eq!(lane.get().len(), BLOCK_CAP * 3 + 5);
         let got = drain(&lane);
         assert_eq!(got, (0..(BLOCK_CAP as u64 * 3 + 5)).collect::<Vec<_>>());
-        assert_eq!(lane.len(), 0);
+        assert_eq!(lane.get().len(), 0);
     }
 
     #[test]
@@ -416,26 +475,26 @@ mod tests {
         for n in 0..200usize {
             let lane = Lane::new();
             for i in 0..n {
-                lane.push(i).unwrap();
+                lane.get().push(i).unwrap();
             }
-            assert_eq!(lane.pushed(), n);
-            assert_eq!(lane.len(), n, "len at {n}");
+            assert_eq!(lane.get().pushed(), n);
+            assert_eq!(lane.get().len(), n, "len at {n}");
             // SAFETY: single consumer.
-            assert_eq!(unsafe { lane.peek() }, n > 0);
+            assert_eq!(unsafe { lane.get().peek() }, n > 0);
         }
     }
 
     #[test]
     fn close_then_drain() {
         let lane = Lane::new();
-        lane.push(1u64).unwrap();
-        assert!(lane.close());
-        assert!(!lane.close());
-        assert_eq!(lane.push(2), Err(2));
+        lane.get().push(1u64).unwrap();
+        assert!(lane.get().close());
+        assert!(!lane.get().close());
+        assert_eq!(lane.get().push(2), Err(2));
         // SAFETY: single consumer.
         unsafe {
-            assert!(matches!(lane.pop(), Pop::Msg(1)));
-            assert!(matches!(lane.pop(), Pop::Closed));
+            assert!(matches!(lane.get().pop(), Pop::Msg(1)));
+            assert!(matches!(lane.get().pop(), Pop::Closed));
         }
     }
 
@@ -445,10 +504,10 @@ mod tests {
         {
             let lane = Lane::new();
             for _ in 0..(BLOCK_CAP * 2 + 3) {
-                lane.push(token.clone()).unwrap();
+                lane.get().push(token.clone()).unwrap();
             }
             // SAFETY: single consumer.
-            unsafe { lane.pop() };
+            unsafe { lane.get().pop() };
         }
         assert_eq!(std::sync::Arc::strong_count(&token), 1);
     }

@@ -20,9 +20,9 @@
 #![allow(unsafe_code)]
 
 use std::ptr::{self, NonNull};
-use std::sync::atomic::Ordering::{AcqRel, Acquire};
+use std::sync::atomic::Ordering::{Acquire, SeqCst};
 
-use super::lane::{Lane, Pop};
+use super::lane::{drop_queued, Head, Lane, LaneRef, Pop, Tail};
 use crate::message::MessagePriority;
 use crate::sync::{AtomicPtr, UnsafeCell};
 
@@ -36,17 +36,38 @@ struct Extra<T> {
     bypassed: UnsafeCell<[u32; 4]>,
 }
 
-/// All lanes of one mailbox.
-pub(crate) struct Lanes<T> {
-    normal: Lane<T>,
+/// The producers' side of a mailbox's lanes: the `Normal` tail and the extra lanes.
+/// A mailbox keeps it away from [`LanesRx`] (another cache line).
+pub(crate) struct LanesTx<T> {
+    normal: Tail<T>,
     /// Null until first needed; [`closed_sentinel`] if closed before that.
     extra: AtomicPtr<Extra<T>>,
 }
 
-// SAFETY: lanes are `Send + Sync` for `T: Send`; `bypassed` is receiver-only.
-unsafe impl<T: Send> Send for Lanes<T> {}
+/// The receiver's side of a mailbox's lanes: the `Normal` head.
+pub(crate) struct LanesRx<T> {
+    normal: Head<T>,
+}
+
+/// All lanes of one mailbox, seen through both sides.
+pub(crate) struct Lanes<'a, T> {
+    tx: &'a LanesTx<T>,
+    rx: &'a LanesRx<T>,
+}
+
+impl<T> Clone for Lanes<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Lanes<'_, T> {}
+
+// SAFETY: `Extra` is shared by producers (lanes: atomics only) and the receiver-claim
+// holder (`bypassed`); lanes carry `T: Send` values between threads.
+unsafe impl<T: Send> Send for Extra<T> {}
 // SAFETY: as above.
-unsafe impl<T: Send> Sync for Lanes<T> {}
+unsafe impl<T: Send> Sync for Extra<T> {}
 
 /// Marks "closed before the extra lanes existed". Never dereferenced; no allocation
 /// can live at this address (it is in the first page).
@@ -54,17 +75,52 @@ fn closed_sentinel<T>() -> *mut Extra<T> {
     NonNull::dangling().as_ptr()
 }
 
-impl<T> Lanes<T> {
+impl<T> LanesTx<T> {
     pub(crate) fn new() -> Self {
-        Lanes {
-            normal: Lane::new(),
+        LanesTx {
+            normal: Tail::new(),
             extra: AtomicPtr::new(ptr::null_mut()),
         }
     }
+}
+
+impl<T> LanesRx<T> {
+    pub(crate) fn new() -> Self {
+        LanesRx {
+            normal: Head::new(),
+        }
+    }
+}
+
+/// Drops every queued message and frees the extra lanes.
+///
+/// # Safety
+///
+/// `tx` and `rx` belong to the same mailbox, and nothing uses it any more.
+pub(crate) unsafe fn drop_lanes<T>(tx: &mut LanesTx<T>, rx: &mut LanesRx<T>) {
+    // SAFETY: the two halves of the normal lane, exclusively ours (the contract).
+    unsafe { drop_queued(&mut tx.normal, &mut rx.normal) };
+    let p = tx.extra.load(Acquire);
+    if !p.is_null() && p != closed_sentinel() {
+        // SAFETY: installed from a `Box` and reachable only through `tx`.
+        drop(unsafe { Box::from_raw(p) });
+    }
+}
+
+impl<'a, T> Lanes<'a, T> {
+    pub(crate) fn new(tx: &'a LanesTx<T>, rx: &'a LanesRx<T>) -> Self {
+        Lanes { tx, rx }
+    }
+
+    #[inline]
+    fn normal(self) -> LaneRef<'a, T> {
+        LaneRef::new(&self.tx.normal, &self.rx.normal)
+    }
 
     /// The allocated extra lanes, if any.
-    fn extra(&self) -> Option<&Extra<T>> {
-        let p = self.extra.load(Acquire);
+    fn extra(self) -> Option<&'a Extra<T>> {
+        // SeqCst: pairs with the install CAS, as the lanes' claim loads do (`waiter`).
+        let p = self.tx.extra.load(SeqCst);
         if p.is_null() || p == closed_sentinel() {
             None
         } else {
@@ -76,23 +132,24 @@ impl<T> Lanes<T> {
 
     /// The lane for `priority`, allocating the extra lanes if needed. `None` if the
     /// mailbox closed before they existed.
-    fn lane_for_push(&self, priority: MessagePriority) -> Option<&Lane<T>> {
+    #[inline]
+    fn lane_for_push(self, priority: MessagePriority) -> Option<LaneRef<'a, T>> {
         let extra = match priority {
-            MessagePriority::Normal => return Some(&self.normal),
+            MessagePriority::Normal => return Some(self.normal()),
             _ => match self.extra() {
                 Some(extra) => extra,
                 None => self.install_extra()?,
             },
         };
         Some(match priority {
-            MessagePriority::Low => &extra.low,
-            MessagePriority::High => &extra.high,
-            _ => &extra.critical,
+            MessagePriority::Low => extra.low.get(),
+            MessagePriority::High => extra.high.get(),
+            _ => extra.critical.get(),
         })
     }
 
     #[cold]
-    fn install_extra(&self) -> Option<&Extra<T>> {
+    fn install_extra(self) -> Option<&'a Extra<T>> {
         let new = Box::into_raw(Box::new(Extra {
             low: Lane::new(),
             high: Lane::new(),
@@ -100,8 +157,9 @@ impl<T> Lanes<T> {
             bypassed: UnsafeCell::new([0; 4]),
         }));
         match self
+            .tx
             .extra
-            .compare_exchange(ptr::null_mut(), new, AcqRel, Acquire)
+            .compare_exchange(ptr::null_mut(), new, SeqCst, Acquire)
         {
             // SAFETY: just installed; freed only in `Drop`.
             Ok(_) => Some(unsafe { &*new }),
@@ -120,7 +178,8 @@ impl<T> Lanes<T> {
 
     /// Appends `value` to its priority's lane; hands it back if closed. On success,
     /// returns how many messages that lane had taken in before this one.
-    pub(crate) fn push(&self, priority: MessagePriority, value: T) -> Result<usize, T> {
+    #[inline]
+    pub(crate) fn push(self, priority: MessagePriority, value: T) -> Result<usize, T> {
         match self.lane_for_push(priority) {
             Some(lane) => lane.push(value),
             None => Err(value),
@@ -128,24 +187,25 @@ impl<T> Lanes<T> {
     }
 
     /// Closes every lane. Returns `true` if this call closed the mailbox.
-    pub(crate) fn close(&self) -> bool {
+    pub(crate) fn close(self) -> bool {
         if self
+            .tx
             .extra
-            .compare_exchange(ptr::null_mut(), closed_sentinel(), AcqRel, Acquire)
+            .compare_exchange(ptr::null_mut(), closed_sentinel(), SeqCst, Acquire)
             .is_err()
         {
             if let Some(extra) = self.extra() {
-                extra.critical.close();
-                extra.high.close();
-                extra.low.close();
+                extra.critical.get().close();
+                extra.high.get().close();
+                extra.low.get().close();
             }
         }
-        self.normal.close()
+        self.normal().close()
     }
 
     /// Whether `close` has run (the normal lane is marked last).
-    pub(crate) fn is_closed(&self) -> bool {
-        self.normal.is_closed()
+    pub(crate) fn is_closed(self) -> bool {
+        self.normal().is_closed()
     }
 
     /// Takes the next message in drain order.
@@ -153,13 +213,14 @@ impl<T> Lanes<T> {
     /// # Safety
     ///
     /// Only the receiver-claim holder may call this.
-    pub(crate) unsafe fn pop(&self, budget: u32) -> Pop<T> {
+    #[inline]
+    pub(crate) unsafe fn pop(self, budget: u32) -> Pop<T> {
         match self.extra() {
             // SAFETY: forwarded receiver-claim contract.
             Some(extra) => unsafe { self.pop_all(extra, budget) },
             None => {
                 // SAFETY: forwarded receiver-claim contract.
-                let popped = unsafe { self.normal.pop() };
+                let popped = unsafe { self.normal().pop() };
                 if let (Pop::Closed, Some(extra)) = (&popped, self.extra()) {
                     // The extra lanes appeared (and were closed) after our first look.
                     // SAFETY: forwarded receiver-claim contract.
@@ -173,9 +234,14 @@ impl<T> Lanes<T> {
     /// # Safety
     ///
     /// Only the receiver-claim holder may call this.
-    unsafe fn pop_all(&self, extra: &Extra<T>, budget: u32) -> Pop<T> {
+    unsafe fn pop_all(self, extra: &Extra<T>, budget: u32) -> Pop<T> {
         // By priority index: Low, Normal, High, Critical.
-        let lanes = [&extra.low, &self.normal, &extra.high, &extra.critical];
+        let lanes = [
+            extra.low.get(),
+            self.normal(),
+            extra.high.get(),
+            extra.critical.get(),
+        ];
         // SAFETY: the receiver-claim holder is the only one touching `bypassed`.
         let bypassed = extra.bypassed.with_mut(|p| unsafe { &mut *p });
 
@@ -224,28 +290,18 @@ impl<T> Lanes<T> {
     }
 
     /// Messages ever pushed, over all lanes.
-    pub(crate) fn pushed(&self) -> usize {
-        self.normal.pushed()
+    pub(crate) fn pushed(self) -> usize {
+        self.normal().pushed()
             + self.extra().map_or(0, |e| {
-                e.low.pushed() + e.high.pushed() + e.critical.pushed()
+                e.low.get().pushed() + e.high.get().pushed() + e.critical.get().pushed()
             })
     }
 
     /// Messages queued now, over all lanes (exact at rest).
-    pub(crate) fn len(&self) -> usize {
-        self.normal.len()
-            + self
-                .extra()
-                .map_or(0, |e| e.low.len() + e.high.len() + e.critical.len())
-    }
-}
-
-impl<T> Drop for Lanes<T> {
-    fn drop(&mut self) {
-        let p = self.extra.load(Acquire);
-        if !p.is_null() && p != closed_sentinel() {
-            // SAFETY: installed from a `Box` and reachable only through `self`.
-            drop(unsafe { Box::from_raw(p) });
-        }
+    pub(crate) fn len(self) -> usize {
+        self.normal().len()
+            + self.extra().map_or(0, |e| {
+                e.low.get().len() + e.high.get().len() + e.critical.get().len()
+            })
     }
 }

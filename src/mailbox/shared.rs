@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use std::time::{Duration, Instant};
 
 use super::lane::Pop;
-use super::priority::Lanes;
+use super::priority::{drop_lanes, Lanes, LanesRx, LanesTx};
 use super::waiter::WaitCell;
 use super::MailboxConfig;
 use crate::delivery::dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
@@ -24,7 +24,7 @@ use crate::error::{MessagingError, TrySendError};
 use crate::message::{reply_channel, AgentMessage, AgentPid, MessagePriority};
 use crate::router::breaker::Breaker;
 use crate::stats::record_max;
-use crate::sync::{fence, Arc, AtomicBool, AtomicU64, AtomicUsize, SpinWait};
+use crate::sync::{fence, Arc, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, SpinWait};
 
 /// Timestamps and processing times are sampled once per this many messages, so the
 /// send and receive paths read no clock for the other 63.
@@ -87,39 +87,64 @@ impl Settings {
 /// The budget used when `preserve_order` is false and none is given.
 pub(crate) const DEFAULT_BUDGET: u32 = 64;
 
+/// Statistics sampled once per [`SAMPLE_EVERY`] messages, allocated with the first
+/// message so that an idle mailbox does not carry them.
+#[derive(Default)]
+struct Sampled {
+    /// Messages drained into the dead letters after close.
+    dead_lettered: AtomicU64,
+    /// When a message was last received / processed (nanos since epoch + 1; 0 = never).
+    last_received: AtomicU64,
+    last_processed: AtomicU64,
+    /// Start of a sampled processing interval (receiver only), 0 = none.
+    sample_start: AtomicU64,
+    /// Moving average of sampled processing times, in nanoseconds.
+    avg_processing: AtomicU64,
+    /// High-water mark of the queue length.
+    max_len: AtomicUsize,
+}
+
 /// One mailbox.
+///
+/// # Layout
+///
+/// `repr(C)` keeps the fields in three groups: what producers write on every send
+/// first, what the receiver writes on every receive last, and at least 64 bytes of
+/// read-mostly fields between them, so the two hot groups never share a cache line
+/// (the receiver's writes would otherwise keep stealing the producers' line).
+#[repr(C)]
 pub(crate) struct Shared {
-    pub(crate) pid: AgentPid,
-    pub(crate) lanes: Lanes<AgentMessage>,
-    /// The receiver's wait cell.
-    pub(crate) waiter: WaitCell,
-    /// Bounded capacity; 0 = unbounded.
-    capacity: usize,
+    // ----- written by producers -----
+    /// The lanes' tails (claims) and the extra lanes.
+    tx: LanesTx<AgentMessage>,
     /// Bounded mode: messages queued or being queued. Unused when unbounded.
     reserved: AtomicUsize,
+
+    // ----- read-mostly -----
+    /// Bounded capacity; 0 = unbounded.
+    capacity: usize,
+    /// The receiver's wait cell (read by producers on every send, written when the
+    /// receiver goes to sleep).
+    pub(crate) waiter: WaitCell,
+    pub(crate) pid: AgentPid,
+    pub(crate) settings: Arc<Settings>,
+    /// This destination's circuit breaker (used only when the system has one).
+    pub(crate) breaker: Breaker,
+    /// `AgentMailbox` handles alive (receivers that could still drain).
+    pub(crate) rx_handles: AtomicUsize,
+    /// Sampled statistics; null until the first sample.
+    sampled: AtomicPtr<Sampled>,
+
+    // ----- written by the receiver -----
+    /// The lanes' heads.
+    rx: LanesRx<AgentMessage>,
+    /// Messages popped by receivers (written only by the claim holder).
+    pops: AtomicUsize,
     /// The receiver claim: true while some receiver pops.
     receiving: AtomicBool,
     /// A standalone mailbox (`AgentMailbox::new`): nothing can make a new receiver
     /// handle, so the last one to go closes it (its senders then get `ChannelClosed`).
     detached: bool,
-    /// `AgentMailbox` handles alive (receivers that could still drain).
-    pub(crate) rx_handles: AtomicUsize,
-    /// Messages popped by receivers (written only by the claim holder).
-    pops: AtomicUsize,
-    /// Messages drained into the dead letters after close.
-    dead_lettered: AtomicU64,
-    /// Sampled: when a message was last received / processed (nanos since epoch + 1).
-    last_received: AtomicU64,
-    last_processed: AtomicU64,
-    /// Sampled start of a processing interval (receiver only), 0 = none.
-    sample_start: AtomicU64,
-    /// Moving average of sampled processing times, in nanoseconds.
-    avg_processing: AtomicU64,
-    /// High-water mark of the queue length (sampled).
-    max_len: AtomicUsize,
-    pub(crate) settings: Arc<Settings>,
-    /// This destination's circuit breaker (used only when the system has one).
-    pub(crate) breaker: Breaker,
 }
 
 /// The receiver claim; released on drop.
@@ -135,7 +160,7 @@ impl Shared {
     pub(crate) fn new(pid: AgentPid, settings: Arc<Settings>, detached: bool) -> Self {
         let shared = Shared {
             pid,
-            lanes: Lanes::new(),
+            tx: LanesTx::new(),
             waiter: WaitCell::new(),
             capacity: settings.config.max_messages,
             reserved: AtomicUsize::new(0),
@@ -143,19 +168,49 @@ impl Shared {
             detached,
             rx_handles: AtomicUsize::new(0),
             pops: AtomicUsize::new(0),
-            dead_lettered: AtomicU64::new(0),
-            last_received: AtomicU64::new(0),
-            last_processed: AtomicU64::new(0),
-            sample_start: AtomicU64::new(0),
-            avg_processing: AtomicU64::new(0),
-            max_len: AtomicUsize::new(0),
+            sampled: AtomicPtr::new(std::ptr::null_mut()),
+            rx: LanesRx::new(),
             settings,
             breaker: Breaker::new(),
         };
         if shared.settings.config_error.is_some() {
-            shared.lanes.close();
+            shared.lanes().close();
         }
         shared
+    }
+
+    /// The lanes, through both sides.
+    #[inline]
+    pub(crate) fn lanes(&self) -> Lanes<'_, AgentMessage> {
+        Lanes::new(&self.tx, &self.rx)
+    }
+
+    /// The sampled statistics, allocating them on first use.
+    fn sampled(&self) -> &Sampled {
+        if let Some(sampled) = self.sampled_if_any() {
+            return sampled;
+        }
+        let new = Box::into_raw(Box::<Sampled>::default());
+        match self
+            .sampled
+            .compare_exchange(std::ptr::null_mut(), new, AcqRel, Acquire)
+        {
+            // SAFETY: installed from a `Box` just now; freed only in `Drop`.
+            Ok(_) => unsafe { &*new },
+            Err(current) => {
+                // SAFETY: `new` was never published.
+                drop(unsafe { Box::from_raw(new) });
+                // SAFETY: installed by another thread from a `Box`; freed only in `Drop`.
+                unsafe { &*current }
+            }
+        }
+    }
+
+    fn sampled_if_any(&self) -> Option<&Sampled> {
+        let p = self.sampled.load(Acquire);
+        // SAFETY: a non-null pointer was installed from a `Box` and is freed only in
+        // `Drop`.
+        (!p.is_null()).then(|| unsafe { &*p })
     }
 
     /// The error every operation reports on a refused configuration, if any.
@@ -176,13 +231,13 @@ impl Shared {
         priority: MessagePriority,
     ) -> Result<(), TrySendError> {
         if self.capacity > 0 && !self.reserve() {
-            return Err(if self.lanes.is_closed() {
+            return Err(if self.lanes().is_closed() {
                 TrySendError::Closed(message)
             } else {
                 TrySendError::Full(message)
             });
         }
-        match self.lanes.push(priority, message) {
+        match self.lanes().push(priority, message) {
             Ok(before) => {
                 self.waiter.wake();
                 if before % SAMPLE_EVERY == 0 {
@@ -218,9 +273,11 @@ impl Shared {
 
     #[cold]
     fn sample_received(&self) {
-        self.last_received
+        let sampled = self.sampled();
+        sampled
+            .last_received
             .store(self.settings.nanos_since_epoch(), Relaxed);
-        record_max(&self.max_len, self.sampled_len(0));
+        record_max(&sampled.max_len, self.sampled_len(0));
     }
 
     /// The queue length for `max_len`, plus `extra` messages just taken. A snapshot
@@ -228,7 +285,7 @@ impl Shared {
     /// released from `reserved`), so it can exceed what the queue ever held; a bounded
     /// queue never holds more than `capacity`, so clamp to it.
     fn sampled_len(&self, extra: usize) -> usize {
-        let len = self.lanes.len() + extra;
+        let len = self.lanes().len() + extra;
         if self.capacity > 0 {
             len.min(self.capacity)
         } else {
@@ -277,7 +334,7 @@ impl Shared {
         let busy = SpinWait::default();
         loop {
             // SAFETY: `_claim` proves we are the only receiver.
-            match unsafe { self.lanes.pop(self.settings.budget) } {
+            match unsafe { self.lanes().pop(self.settings.budget) } {
                 Pop::Msg(message) => {
                     if self.capacity > 0 {
                         self.reserved.fetch_sub(1, AcqRel);
@@ -305,7 +362,9 @@ impl Shared {
     /// interval.
     #[inline]
     pub(crate) fn on_receive_call(&self) {
-        let start = self.sample_start.load(Relaxed);
+        let start = self
+            .sampled_if_any()
+            .map_or(0, |s| s.sample_start.load(Relaxed));
         if start != 0 {
             self.finish_processing_sample(start);
         }
@@ -314,31 +373,33 @@ impl Shared {
     #[cold]
     fn sample_processed(&self) {
         let now = self.settings.nanos_since_epoch();
-        self.last_processed.store(now, Relaxed);
-        self.sample_start.store(now, Relaxed);
-        record_max(&self.max_len, self.sampled_len(1));
+        let sampled = self.sampled();
+        sampled.last_processed.store(now, Relaxed);
+        sampled.sample_start.store(now, Relaxed);
+        record_max(&sampled.max_len, self.sampled_len(1));
     }
 
     #[cold]
     fn finish_processing_sample(&self, start: u64) {
-        self.sample_start.store(0, Relaxed);
+        let sampled = self.sampled();
+        sampled.sample_start.store(0, Relaxed);
         let took = self.settings.nanos_since_epoch().saturating_sub(start);
         // Exponential moving average whose weight follows `stats_interval`: a sample
         // counts for took / stats_interval of the average (at least 1/64).
         let interval = self.settings.config.stats_interval.as_nanos().max(1) as f64;
         let weight = (took as f64 / interval).clamp(1.0 / 64.0, 1.0);
-        let old = self.avg_processing.load(Relaxed);
+        let old = sampled.avg_processing.load(Relaxed);
         let new = if old == 0 {
             took
         } else {
             (old as f64 + (took as f64 - old as f64) * weight) as u64
         };
-        self.avg_processing.store(new, Relaxed);
+        sampled.avg_processing.store(new, Relaxed);
     }
 
     /// Messages handed to a receiver so far (drained dead letters excluded).
     pub(crate) fn processed(&self) -> u64 {
-        (self.pops.load(Relaxed) as u64).saturating_sub(self.dead_lettered.load(Relaxed))
+        (self.pops.load(Relaxed) as u64).saturating_sub(self.dead_lettered())
     }
 
     // ===== close =====
@@ -346,7 +407,7 @@ impl Shared {
     /// Closes the mailbox: later sends fail, the receiver drains what is queued, then
     /// gets `ChannelClosed`. If no receiver handle is left, drains into dead letters.
     pub(crate) fn close(&self) -> bool {
-        let closed_now = self.lanes.close();
+        let closed_now = self.lanes().close();
         self.waiter.wake();
         // Pairs with the fence in `release_rx_handle`: one of the two sees the other.
         fence(SeqCst);
@@ -365,7 +426,7 @@ impl Shared {
                 return;
             }
             fence(SeqCst);
-            if self.lanes.is_closed() {
+            if self.lanes().is_closed() {
                 self.drain_to_dead_letters();
             }
         }
@@ -376,7 +437,7 @@ impl Shared {
         // If someone holds the claim, that receiver drains instead.
         let Ok(claim) = self.claim() else { return };
         while let Some(Ok(message)) = self.pop(&claim) {
-            self.dead_lettered.fetch_add(1, Relaxed);
+            self.sampled().dead_lettered.fetch_add(1, Relaxed);
             self.settings.dead_letters.push(DeadLetter::message(
                 self.pid.clone(),
                 disarm_call(message),
@@ -388,7 +449,7 @@ impl Shared {
     /// Whether a send would be accepted now (a snapshot): open, room left, breaker
     /// closed. Groups use it to pass over members that would refuse.
     pub(crate) fn accepts_now(&self) -> bool {
-        !self.lanes.is_closed()
+        !self.lanes().is_closed()
             && (self.capacity == 0 || self.reserved.load(Relaxed) < self.capacity)
             && self.breaker.state() == crate::router::BreakerState::Closed
     }
@@ -396,27 +457,39 @@ impl Shared {
     // ===== stats =====
 
     pub(crate) fn len(&self) -> usize {
-        self.lanes.len()
+        self.lanes().len()
     }
 
     pub(crate) fn dead_lettered(&self) -> u64 {
-        self.dead_lettered.load(Relaxed)
+        self.sampled_if_any()
+            .map_or(0, |s| s.dead_lettered.load(Relaxed))
     }
 
     pub(crate) fn max_len(&self) -> usize {
-        self.max_len.load(Relaxed).max(self.sampled_len(0))
+        self.sampled_if_any()
+            .map_or(0, |s| s.max_len.load(Relaxed))
+            .max(self.sampled_len(0))
     }
 
     pub(crate) fn last_received(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-        self.settings.to_utc(self.last_received.load(Relaxed))
+        let stamp = self
+            .sampled_if_any()
+            .map_or(0, |s| s.last_received.load(Relaxed));
+        self.settings.to_utc(stamp)
     }
 
     pub(crate) fn last_processed(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-        self.settings.to_utc(self.last_processed.load(Relaxed))
+        let stamp = self
+            .sampled_if_any()
+            .map_or(0, |s| s.last_processed.load(Relaxed));
+        self.settings.to_utc(stamp)
     }
 
     pub(crate) fn average_processing(&self) -> Duration {
-        Duration::from_nanos(self.avg_processing.load(Relaxed))
+        Duration::from_nanos(
+            self.sampled_if_any()
+                .map_or(0, |s| s.avg_processing.load(Relaxed)),
+        )
     }
 }
 
@@ -429,6 +502,18 @@ pub(crate) fn disarm_call(mut message: AgentMessage) -> AgentMessage {
         drop(std::mem::replace(reply_to, closed));
     }
     message
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // SAFETY: `&mut self`: no producer or receiver is left.
+        unsafe { drop_lanes(&mut self.tx, &mut self.rx) };
+        let p = self.sampled.load(Acquire);
+        if !p.is_null() {
+            // SAFETY: installed from a `Box`, reachable only through `self`.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
 }
 
 impl TrySendError {

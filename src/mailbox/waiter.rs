@@ -4,22 +4,32 @@
 //! `AtomicWaker`, plus a fast path so that a producer pays no read-modify-write when no
 //! one waits:
 //!
-//! - The receiver registers (`IDLE → REGISTERING → WAITING`), then issues
-//!   `fence(SeqCst)` and checks the queue once more before it sleeps.
-//! - A producer publishes its message, issues `fence(SeqCst)`, then loads the state.
-//!   Seeing `IDLE` it stops: the two fences guarantee the receiver's re-check sees the
-//!   message. Otherwise it sets `WAKING`; if the state was exactly `WAITING` it takes
-//!   the waiter and wakes it. A wake that lands during `REGISTERING` is noticed by the
-//!   registering receiver, which then wakes itself.
+//! - The receiver registers (`IDLE → REGISTERING → WAITING`, `SeqCst`), then checks
+//!   the queue once more before it sleeps, with a `SeqCst` load of what producers
+//!   publish with (a lane's claim counter, a reply's state).
+//! - A producer publishes with a `SeqCst` read-modify-write (the claim CAS), then loads
+//!   the state with `SeqCst`. Seeing `IDLE` it stops: in the single total order of
+//!   `SeqCst` operations either its load came after the receiver's registration (and
+//!   saw it), or its publish came before the receiver's re-check (which sees it). So
+//!   the send path pays no fence and no extra read-modify-write (on x86 a `SeqCst` load
+//!   is a plain load, and the claim CAS is a locked instruction anyway).
+//!   Otherwise it sets `WAKING`; if the state was exactly `WAITING` it takes the waiter
+//!   and wakes it. A wake that lands during `REGISTERING` is noticed by the registering
+//!   receiver, which then wakes itself.
+//! - Loom treats `SeqCst` accesses as `AcqRel` (loom README), which would report this
+//!   handshake as a lost wake-up. Under `cfg(loom)` both sides add `fence(SeqCst)`,
+//!   which loom does model: the same handshake, in the form loom can check.
 //!
 //! Only the holder of `REGISTERING` (the receiver) or of `WAKING` (the producer that
 //! moved the state from `WAITING`) touches `waiter`.
 #![allow(unsafe_code)]
 
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, SeqCst};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, SeqCst};
 use std::task::Waker;
 
-use crate::sync::{fence, thread, AtomicUsize, UnsafeCell};
+#[cfg(loom)]
+use crate::sync::fence;
+use crate::sync::{thread, AtomicUsize, UnsafeCell};
 
 /// Nobody waits (a stale waiter may be stored; it is never woken from this state).
 const IDLE: usize = 0;
@@ -72,12 +82,12 @@ impl WaitCell {
     pub(crate) fn register(&self, waiter: Waiter) {
         match self
             .state
-            .compare_exchange(IDLE, REGISTERING, Acquire, Acquire)
+            .compare_exchange(IDLE, REGISTERING, SeqCst, Acquire)
             .or_else(|s| {
                 // A stored waiter that nobody woke yet: replace it.
                 if s == WAITING {
                     self.state
-                        .compare_exchange(WAITING, REGISTERING, Acquire, Acquire)
+                        .compare_exchange(WAITING, REGISTERING, SeqCst, Acquire)
                 } else {
                     Err(s)
                 }
@@ -89,7 +99,7 @@ impl WaitCell {
                 drop(old);
                 if let Err(actual) =
                     self.state
-                        .compare_exchange(REGISTERING, WAITING, AcqRel, Acquire)
+                        .compare_exchange(REGISTERING, WAITING, SeqCst, Acquire)
                 {
                     // A producer set `WAKING` while we registered; it left the waiter
                     // to us. Take it back and wake ourselves.
@@ -114,14 +124,16 @@ impl WaitCell {
                 crate::sync::spin_hint();
             }
         }
+        #[cfg(loom)]
         fence(SeqCst);
     }
 
     /// Wakes the registered waiter, if any. Called by producers after publishing.
     #[inline]
     pub(crate) fn wake(&self) {
+        #[cfg(loom)]
         fence(SeqCst);
-        if self.state.load(Relaxed) == IDLE {
+        if self.state.load(SeqCst) == IDLE {
             return;
         }
         self.wake_slow();

@@ -14,7 +14,7 @@ use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::{AcqRel, Acquire};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, SeqCst};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -109,7 +109,7 @@ impl ReplySender {
         match self
             .slot
             .state
-            .compare_exchange(EMPTY, SENT, AcqRel, Acquire)
+            .compare_exchange(EMPTY, SENT, SeqCst, Acquire)
         {
             Ok(_) => {
                 self.slot.waiter.wake();
@@ -136,7 +136,7 @@ impl Drop for ReplySender {
             && self
                 .slot
                 .state
-                .compare_exchange(EMPTY, SENDER_GONE, AcqRel, Acquire)
+                .compare_exchange(EMPTY, SENDER_GONE, SeqCst, Acquire)
                 .is_ok()
         {
             self.slot.waiter.wake();
@@ -155,8 +155,9 @@ impl fmt::Debug for ReplySender {
 impl ReplyReceiver {
     /// The reply if it has arrived; `Ok(None)` if it may still come.
     pub fn try_recv(&mut self) -> Result<Option<Payload>, ReplyError> {
-        match self.slot.state.load(Acquire) {
-            // SAFETY: `SENT` (Acquire) shows the sender's write, and the sender no longer
+        // SeqCst: the receiver's re-check after registering (see `waiter`).
+        match self.slot.state.load(SeqCst) {
+            // SAFETY: `SENT` (SeqCst, so Acquire) shows the sender's write, and the sender no longer
             // touches `value`; `&mut self` makes this the only reader. A second take
             // finds `None`: the reply was already received.
             SENT => match self.slot.value.with_mut(|p| unsafe { (*p).take() }) {
@@ -206,7 +207,7 @@ impl ReplyTimeout {
         if self
             .slot
             .state
-            .compare_exchange(EMPTY, TIMED_OUT, AcqRel, Acquire)
+            .compare_exchange(EMPTY, TIMED_OUT, SeqCst, Acquire)
             .is_ok()
         {
             self.slot.waiter.wake();
