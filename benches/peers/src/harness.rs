@@ -1,0 +1,284 @@
+//! The small harness: run sizes, medians, percentiles, RSS, and the result rows.
+
+use std::time::{Duration, Instant};
+
+/// Run sizes. `PEERS_HEAVY=1` multiplies them (and adds the 1,000,000-actor cases).
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    pub heavy: bool,
+    /// Repetitions of each throughput case (the median is reported).
+    pub runs: usize,
+    /// Messages per run through plain channels and our mailbox.
+    pub n_channel: usize,
+    /// Messages per run into an actor (actix, ractor, kameo, ours as an agent).
+    pub n_actor: usize,
+    /// Envelopes per run through the 1.x reference router.
+    pub n_reference: usize,
+    /// Timed calls per latency case (after a warm-up of a tenth of that).
+    pub calls: usize,
+    /// Idle actors per memory case of the actor peers.
+    pub idle_actors: usize,
+    /// Registered agents of the 1.x reference in its larger memory case.
+    pub reference_agents_large: usize,
+}
+
+impl Sizes {
+    pub fn from_env() -> Self {
+        let heavy = std::env::var("PEERS_HEAVY").is_ok_and(|v| !v.is_empty() && v != "0");
+        if heavy {
+            Sizes {
+                heavy,
+                runs: 7,
+                n_channel: 2_000_000,
+                n_actor: 1_000_000,
+                n_reference: 300_000,
+                calls: 300_000,
+                idle_actors: 1_000_000,
+                reference_agents_large: 1_000_000,
+            }
+        } else {
+            Sizes {
+                heavy,
+                runs: 5,
+                n_channel: 500_000,
+                n_actor: 200_000,
+                n_reference: 100_000,
+                calls: 100_000,
+                idle_actors: 100_000,
+                reference_agents_large: 100_000,
+            }
+        }
+    }
+}
+
+/// Median of `runs` repetitions of `one` (each returns msg/s, ns/op, …).
+pub fn median_of(runs: usize, mut one: impl FnMut() -> f64) -> f64 {
+    let mut v: Vec<f64> = (0..runs).map(|_| one()).collect();
+    median(&mut v)
+}
+
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Messages per second for `n` messages in `elapsed`.
+pub fn rate(n: usize, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64()
+}
+
+/// p50, p99, p99.9 (ns) of per-call latencies.
+#[derive(Clone, Copy, Debug)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+}
+
+pub fn percentiles(mut ns: Vec<u64>) -> Percentiles {
+    ns.sort_unstable();
+    let at = |q: f64| ns[((ns.len() as f64 - 1.0) * q).round() as usize] as f64;
+    Percentiles {
+        p50: at(0.50),
+        p99: at(0.99),
+        p999: at(0.999),
+    }
+}
+
+/// Times `calls` calls of `one` one by one (after `calls / 10` untimed warm-up calls).
+pub fn sample_sync(calls: usize, mut one: impl FnMut(u64)) -> Percentiles {
+    for i in 0..calls / 10 {
+        one(i as u64);
+    }
+    let mut ns = Vec::with_capacity(calls);
+    for i in 0..calls {
+        let t = Instant::now();
+        one(i as u64);
+        ns.push(t.elapsed().as_nanos() as u64);
+    }
+    percentiles(ns)
+}
+
+/// Resident set size of this process in bytes (`/proc/self/statm`, field 2).
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("statm resident field");
+    pages * page_size()
+}
+
+fn page_size() -> u64 {
+    // Every Linux target this suite runs on uses 4 KiB base pages; statm counts those.
+    4096
+}
+
+/// Whether a larger or a smaller value is better.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Better {
+    Higher,
+    Lower,
+}
+
+/// One measured value.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub section: &'static str,
+    pub name: String,
+    pub value: f64,
+    pub unit: &'static str,
+    pub better: Better,
+    pub note: String,
+}
+
+/// One issue-5 target: ours against a peer (or an absolute bound).
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub name: String,
+    /// "ours ÷ peer" (or "peer ÷ ours" for costs), as printed; for absolute bounds the value.
+    pub ratio: f64,
+    /// Human-readable bound, e.g. "≥ 1.0×".
+    pub bound: String,
+    pub met: bool,
+    /// For the chart: whether this is a ratio (log axis) or an absolute value.
+    pub is_ratio: bool,
+    /// The bound as a number on the same axis.
+    pub bound_value: f64,
+}
+
+#[derive(Default)]
+pub struct Results {
+    pub rows: Vec<Row>,
+    pub targets: Vec<Target>,
+}
+
+impl Results {
+    pub fn push(
+        &mut self,
+        section: &'static str,
+        name: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+        better: Better,
+    ) -> f64 {
+        self.push_note(section, name, value, unit, better, "")
+    }
+
+    pub fn push_note(
+        &mut self,
+        section: &'static str,
+        name: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+        better: Better,
+        note: impl Into<String>,
+    ) -> f64 {
+        let row = Row {
+            section,
+            name: name.into(),
+            value,
+            unit,
+            better,
+            note: note.into(),
+        };
+        println!(
+            "  {:<58} {:>14} {}{}",
+            row.name,
+            fmt_value(value),
+            unit,
+            if row.note.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", row.note)
+            }
+        );
+        self.rows.push(row);
+        value
+    }
+
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.rows.iter().find(|r| r.name == name).map(|r| r.value)
+    }
+
+    /// A ratio target: `ratio` must be `>= min` (pass `min` for "at least") or
+    /// `<= max` (pass `at_most = true`).
+    pub fn ratio_target(&mut self, name: impl Into<String>, ratio: f64, bound: f64, at_most: bool) {
+        let met = if at_most {
+            ratio <= bound
+        } else {
+            ratio >= bound
+        };
+        let t = Target {
+            name: name.into(),
+            ratio,
+            bound: format!("{} {}×", if at_most { "≤" } else { "≥" }, bound),
+            met,
+            is_ratio: true,
+            bound_value: bound,
+        };
+        println!(
+            "  TARGET {:<56} {:>8.2}×  (bound {})  {}",
+            t.name,
+            t.ratio,
+            t.bound,
+            if met { "MET" } else { "MISSED" }
+        );
+        self.targets.push(t);
+    }
+
+    /// An absolute target: `value <= bound`.
+    pub fn abs_target(&mut self, name: impl Into<String>, value: f64, bound: f64, unit: &str) {
+        let met = value <= bound;
+        let t = Target {
+            name: name.into(),
+            ratio: value,
+            bound: format!("≤ {} {unit}", fmt_value(bound)),
+            met,
+            is_ratio: false,
+            bound_value: bound,
+        };
+        println!(
+            "  TARGET {:<56} {:>8} {unit}  (bound {})  {}",
+            t.name,
+            fmt_value(value),
+            t.bound,
+            if met { "MET" } else { "MISSED" }
+        );
+        self.targets.push(t);
+    }
+}
+
+/// Three significant figures, thousands grouped.
+pub fn fmt_value(v: f64) -> String {
+    if v.abs() >= 1e6 {
+        format!("{:.2} M", v / 1e6)
+    } else if v.abs() >= 1000.0 {
+        let r = v.round() as i64;
+        let s = r.abs().to_string();
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        if r < 0 {
+            format!("-{out}")
+        } else {
+            out
+        }
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}

@@ -1,0 +1,222 @@
+//! Call round-trip latency, p50/p99/p99.9, one call at a time (each timed with
+//! `Instant`, ~20–30 ns of clock overhead included equally for everyone).
+//!
+//! - sync: `MessageSystem::call` to an agent whose thread loops on `receive` and replies,
+//!   vs crossbeam ping-pong on 2 threads (a request channel and a reply channel, u64),
+//!   and crossbeam with a fresh `bounded(1)` reply channel per call (a call's shape).
+//! - async, current-thread runtime: `tokio::MessageSystem::call` to an agent task looping
+//!   on `receive().await`, vs tokio mpsc + a oneshot per call; the actor peers (actix
+//!   `send().await`, ractor `call`, kameo `ask`) are in `actors.rs`.
+
+use std::future::Future;
+use std::hint::black_box;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use terraphim_agent_messaging::{AgentMessage, AgentPid, MessageSystem, RouterConfig};
+
+use crate::harness::{percentiles, sample_sync, Better, Percentiles, Results, Sizes};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Times `calls` awaits of `one(i)` (after `calls / 10` warm-up calls).
+pub async fn sample_async<F: Future<Output = ()>>(
+    calls: usize,
+    mut one: impl FnMut(u64) -> F,
+) -> Percentiles {
+    for i in 0..calls / 10 {
+        one(i as u64).await;
+    }
+    let mut ns = Vec::with_capacity(calls);
+    for i in 0..calls {
+        let t = Instant::now();
+        one(i as u64).await;
+        ns.push(t.elapsed().as_nanos() as u64);
+    }
+    percentiles(ns)
+}
+
+pub fn push(results: &mut Results, name: &str, p: Percentiles) {
+    results.push("latency", format!("{name} p50"), p.p50, "ns", Better::Lower);
+    results.push("latency", format!("{name} p99"), p.p99, "ns", Better::Lower);
+    results.push(
+        "latency",
+        format!("{name} p99.9"),
+        p.p999,
+        "ns",
+        Better::Lower,
+    );
+}
+
+fn ours_sync(calls: usize) -> Percentiles {
+    let system = MessageSystem::new(RouterConfig::default());
+    let (client, server) = (AgentPid::new(), AgentPid::new());
+    system.register_agent(server.clone()).expect("register");
+    let mailbox = system.get_mailbox(&server).expect("registered");
+    let agent = thread::spawn(move || {
+        while let Ok(message) = mailbox.receive() {
+            if let AgentMessage::Call {
+                payload, reply_to, ..
+            } = message
+            {
+                reply_to.send(payload).ok();
+            }
+        }
+    });
+    let p = sample_sync(calls, |i| {
+        black_box(
+            system
+                .call(client.clone(), &server, i, TIMEOUT)
+                .expect("reply"),
+        );
+    });
+    system.shutdown().expect("shutdown");
+    agent.join().expect("agent");
+    p
+}
+
+fn crossbeam_ping_pong(calls: usize) -> Percentiles {
+    let (req_tx, req_rx) = crossbeam_channel::unbounded::<u64>();
+    let (rep_tx, rep_rx) = crossbeam_channel::unbounded::<u64>();
+    let server = thread::spawn(move || {
+        while let Ok(n) = req_rx.recv() {
+            rep_tx.send(n).ok();
+        }
+    });
+    let p = sample_sync(calls, |i| {
+        req_tx.send(i).expect("server alive");
+        black_box(rep_rx.recv().expect("reply"));
+    });
+    drop(req_tx);
+    server.join().expect("server");
+    p
+}
+
+fn crossbeam_reply_channel(calls: usize) -> Percentiles {
+    type Request = (u64, crossbeam_channel::Sender<u64>);
+    let (req_tx, req_rx) = crossbeam_channel::unbounded::<Request>();
+    let server = thread::spawn(move || {
+        while let Ok((n, reply)) = req_rx.recv() {
+            reply.send(n).ok();
+        }
+    });
+    let p = sample_sync(calls, |i| {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        req_tx.send((i, tx)).expect("server alive");
+        black_box(rx.recv().expect("reply"));
+    });
+    drop(req_tx);
+    server.join().expect("server");
+    p
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn ours_async(calls: usize) -> Percentiles {
+    use terraphim_agent_messaging::tokio::MessageSystem;
+    current_thread().block_on(async move {
+        let system = MessageSystem::new(RouterConfig::default());
+        let (client, server) = (AgentPid::new(), AgentPid::new());
+        system
+            .register_agent(server.clone())
+            .await
+            .expect("register");
+        let mailbox = system.get_mailbox(&server).await.expect("registered");
+        let agent = tokio::spawn(async move {
+            while let Ok(message) = mailbox.receive().await {
+                if let AgentMessage::Call {
+                    payload, reply_to, ..
+                } = message
+                {
+                    reply_to.send(payload).ok();
+                }
+            }
+        });
+        let p = sample_async(calls, |i| {
+            let (system, client, server) = (&system, &client, &server);
+            async move {
+                black_box(
+                    system
+                        .call(client.clone(), server, i, TIMEOUT)
+                        .await
+                        .expect("reply"),
+                );
+            }
+        })
+        .await;
+        system.shutdown().await.expect("shutdown");
+        agent.await.expect("agent");
+        p
+    })
+}
+
+fn tokio_mpsc_oneshot(calls: usize) -> Percentiles {
+    current_thread().block_on(async move {
+        type Request = (u64, tokio::sync::oneshot::Sender<u64>);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Request>();
+        let server = tokio::spawn(async move {
+            while let Some((n, reply)) = rx.recv().await {
+                reply.send(n).ok();
+            }
+        });
+        let p = sample_async(calls, |i| {
+            let tx = &tx;
+            async move {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                tx.send((i, reply)).expect("server alive");
+                black_box(answer.await.expect("reply"));
+            }
+        })
+        .await;
+        drop(tx);
+        server.await.expect("server");
+        p
+    })
+}
+
+pub fn bench(sizes: &Sizes, results: &mut Results) {
+    let calls = sizes.calls;
+    println!("\n== call round trip ({calls} calls each) ==");
+    push(
+        results,
+        "call sync: ours MessageSystem::call",
+        ours_sync(calls),
+    );
+    push(
+        results,
+        "call sync: crossbeam ping-pong (2 threads)",
+        crossbeam_ping_pong(calls),
+    );
+    push(
+        results,
+        "call sync: crossbeam + bounded(1) reply per call",
+        crossbeam_reply_channel(calls),
+    );
+    push(
+        results,
+        "call async: ours tokio::MessageSystem::call (current-thread)",
+        ours_async(calls),
+    );
+    push(
+        results,
+        "call async: tokio mpsc + oneshot (current-thread)",
+        tokio_mpsc_oneshot(calls),
+    );
+    crate::actors::bench_calls(sizes, results);
+}
+
+/// One latency case (for `--one`).
+pub fn one(case: &str, calls: usize) -> Percentiles {
+    match case {
+        "call-sync-ours" => ours_sync(calls),
+        "call-sync-crossbeam" => crossbeam_ping_pong(calls),
+        "call-async-ours" => ours_async(calls),
+        "call-async-tokio" => tokio_mpsc_oneshot(calls),
+        _ => unreachable!(),
+    }
+}

@@ -1,0 +1,209 @@
+//! Routed `send_message` + receive with the same JSON envelopes: ours vs the 1.x
+//! reference (`terraphim_agent_messaging` 1.19.2 from crates.io).
+//!
+//! Every contender builds `MessageEnvelope::new(to, "bench", json!({"n": i}), default
+//! options).with_from(from)` per message in the producer and receives it in a consumer.
+//!
+//! - ours, routed: producer thread `MessageSystem::send_message(envelope)`, consumer
+//!   thread `AgentMailbox::receive` on the agent's mailbox (`get_mailbox`).
+//! - ours, pre-resolved: `MessageSystem::sender(&to)` once, then per message
+//!   `try_send(envelope.into_message(), envelope.delivery_options.priority)`.
+//! - 1.x: its `MessageSystem::get_mailbox` returns an unconnected clone (a new channel),
+//!   so its Quick Start never receives. As its own `router::tests::test_message_routing`
+//!   does, we build `DefaultMessageRouter::new(RouterConfig::default())`, make an
+//!   `AgentMailbox` by hand and `register_agent(pid, mailbox.sender())`; the producer task
+//!   calls `route_message(envelope).await` (exactly what its `MessageSystem::send_message`
+//!   does) and a consumer task `mailbox.receive().await`. Both a 2-worker multi-thread
+//!   runtime and a current-thread runtime are run; the faster is reported.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::json;
+use terraphim_agent_messaging::{
+    AgentPid, DeliveryOptions, MessageEnvelope, MessageSystem, RouterConfig,
+};
+
+use crate::harness::{median_of, rate, Better, Results, Sizes};
+use crate::throughput::run;
+
+pub fn envelope(from: &AgentPid, to: &AgentPid, i: usize) -> MessageEnvelope {
+    MessageEnvelope::new(
+        to.clone(),
+        "bench".to_string(),
+        json!({ "n": i }),
+        DeliveryOptions::default(),
+    )
+    .with_from(from.clone())
+}
+
+pub fn ref_envelope(
+    from: &reference::AgentPid,
+    to: &reference::AgentPid,
+    i: usize,
+) -> reference::MessageEnvelope {
+    reference::MessageEnvelope::new(
+        to.clone(),
+        "bench".to_string(),
+        json!({ "n": i }),
+        reference::DeliveryOptions::default(),
+    )
+    .with_from(from.clone())
+}
+
+fn ours(n: usize, pre_resolved: bool) -> f64 {
+    let system = MessageSystem::new(RouterConfig::default());
+    let (from, to) = (AgentPid::new(), AgentPid::new());
+    system.register_agent(to.clone()).expect("register");
+    let mailbox = system.get_mailbox(&to).expect("registered");
+    let recv = |rx: &mut terraphim_agent_messaging::AgentMailbox| {
+        drop(black_box(rx.receive().expect("a message")))
+    };
+    let elapsed = if pre_resolved {
+        let sender = system.sender(&to).expect("registered");
+        run(
+            1,
+            n,
+            sender,
+            mailbox,
+            |tx, i| {
+                let envelope = envelope(&from, &to, i);
+                let priority = envelope.delivery_options.priority;
+                tx.try_send(envelope.into_message(), priority)
+                    .expect("open mailbox");
+            },
+            recv,
+        )
+    } else {
+        run(
+            1,
+            n,
+            system.clone(),
+            mailbox,
+            |system, i| {
+                system
+                    .send_message(envelope(&from, &to, i))
+                    .expect("registered agent");
+            },
+            recv,
+        )
+    };
+    system.shutdown().expect("shutdown");
+    rate(n, elapsed)
+}
+
+/// One run of the 1.x reference on `rt`.
+pub fn reference_run(rt: &tokio::runtime::Runtime, n: usize) -> f64 {
+    use reference::MessageRouter as _;
+    rt.block_on(async move {
+        let router = Arc::new(reference::DefaultMessageRouter::new(
+            reference::RouterConfig::default(),
+        ));
+        let (from, to) = (reference::AgentPid::new(), reference::AgentPid::new());
+        let mailbox = reference::AgentMailbox::new(to.clone(), reference::MailboxConfig::default());
+        router
+            .register_agent(to.clone(), mailbox.sender())
+            .await
+            .expect("register");
+        let start = Instant::now();
+        let producer = {
+            let router = router.clone();
+            tokio::spawn(async move {
+                for i in 0..n {
+                    router
+                        .route_message(ref_envelope(&from, &to, i))
+                        .await
+                        .expect("routed");
+                }
+            })
+        };
+        let consumer = tokio::spawn(async move {
+            for _ in 0..n {
+                drop(black_box(mailbox.receive().await.expect("a message")));
+            }
+        });
+        producer.await.expect("producer");
+        consumer.await.expect("consumer");
+        let r = rate(n, start.elapsed());
+        router.shutdown().await.expect("shutdown");
+        r
+    })
+}
+
+/// One run of ours (for `--one`).
+pub fn one(n: usize, pre_resolved: bool) -> f64 {
+    ours(n, pre_resolved)
+}
+
+/// crossbeam carrying the same envelopes (no routing, no conversion): the ceiling any
+/// `send_message` can reach when the producer builds one JSON envelope per message.
+fn crossbeam_envelope(n: usize) -> f64 {
+    let (from, to) = (AgentPid::new(), AgentPid::new());
+    let (tx, rx) = crossbeam_channel::unbounded::<MessageEnvelope>();
+    rate(
+        n,
+        run(
+            1,
+            n,
+            tx,
+            rx,
+            |tx, i| tx.send(envelope(&from, &to, i)).expect("rx alive"),
+            |rx| drop(black_box(rx.recv().expect("a message"))),
+        ),
+    )
+}
+
+pub fn bench(sizes: &Sizes, results: &mut Results) {
+    let runs = sizes.runs;
+    let s = "routed";
+    println!(
+        "\n== routed send_message + receive, JSON envelopes (ours {} / 1.x {} per run, median of {runs}) ==",
+        sizes.n_channel, sizes.n_reference
+    );
+    results.push(
+        s,
+        "send_message: ours MessageSystem::send_message",
+        median_of(runs, || ours(sizes.n_channel, false)),
+        "msg/s",
+        Better::Higher,
+    );
+    results.push(
+        s,
+        "send_message: ours pre-resolved MailboxSender",
+        median_of(runs, || ours(sizes.n_channel, true)),
+        "msg/s",
+        Better::Higher,
+    );
+    results.push(
+        s,
+        "send_message: crossbeam carrying the envelope (ceiling)",
+        median_of(runs, || crossbeam_envelope(sizes.n_channel)),
+        "msg/s",
+        Better::Higher,
+    );
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let m = median_of(runs, || reference_run(&multi, sizes.n_reference));
+    drop(multi);
+    let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let c = median_of(runs, || reference_run(&single, sizes.n_reference));
+    results.push_note(
+        s,
+        "send_message: 1.x reference route_message + receive",
+        m.max(c),
+        "msg/s",
+        Better::Higher,
+        format!(
+            "best of multi-thread {} / current-thread {}",
+            crate::harness::fmt_value(m),
+            crate::harness::fmt_value(c)
+        ),
+    );
+}

@@ -1,0 +1,276 @@
+//! SPSC and 2-producer throughput: our mailbox beside crossbeam-channel, flume and tokio
+//! mpsc, each carrying `u64` the idiomatic way and (ours, crossbeam, flume) the same
+//! `AgentMessage::cast(pid, n)` values.
+//!
+//! One run moves `n` messages through a fresh channel: `producers` threads each send
+//! `n / producers`, one consumer thread receives exactly `n` with the blocking receive;
+//! the clock runs from before the spawns to after the joins (as benches/mailbox.rs).
+//! tokio mpsc runs producers and consumer as tasks on one current-thread runtime (the
+//! producers never yield, so the queue fills and then drains: tokio's best case).
+
+use std::hint::black_box;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use terraphim_agent_messaging::{
+    AgentMailbox, AgentMessage, AgentPid, MailboxConfig, MessagePriority,
+};
+
+use crate::harness::{median_of, rate, Better, Results, Sizes};
+
+/// `producers` threads call `send(&tx, i)` for their share of `0..n`; one consumer calls
+/// `recv(&mut rx)` `n` times. Returns spawn → join.
+pub fn run<T, R>(
+    producers: usize,
+    n: usize,
+    tx: T,
+    mut rx: R,
+    send: impl Fn(&T, usize) + Sync,
+    mut recv: impl FnMut(&mut R) + Send,
+) -> Duration
+where
+    T: Clone + Send,
+    R: Send,
+{
+    let per = n / producers;
+    let start = Instant::now();
+    thread::scope(|s| {
+        for p in 0..producers {
+            let tx = tx.clone();
+            let send = &send;
+            s.spawn(move || {
+                for i in p * per..(p + 1) * per {
+                    send(&tx, i);
+                }
+            });
+        }
+        drop(tx);
+        s.spawn(move || {
+            for _ in 0..per * producers {
+                recv(&mut rx);
+            }
+        });
+    });
+    start.elapsed()
+}
+
+fn ours(producers: usize, n: usize, from: &AgentPid) -> f64 {
+    let mailbox = AgentMailbox::new(AgentPid::new(), MailboxConfig::default());
+    rate(
+        n,
+        run(
+            producers,
+            n,
+            mailbox.sender(),
+            mailbox,
+            |tx, i| {
+                tx.try_send(
+                    AgentMessage::cast(from.clone(), i as u64),
+                    MessagePriority::Normal,
+                )
+                .expect("open, unbounded mailbox");
+            },
+            |rx| drop(black_box(rx.receive().expect("a message"))),
+        ),
+    )
+}
+
+fn crossbeam_msg(producers: usize, n: usize, from: &AgentPid) -> f64 {
+    let (tx, rx) = crossbeam_channel::unbounded::<AgentMessage>();
+    rate(
+        n,
+        run(
+            producers,
+            n,
+            tx,
+            rx,
+            |tx, i| {
+                tx.send(AgentMessage::cast(from.clone(), i as u64))
+                    .expect("rx alive")
+            },
+            |rx| drop(black_box(rx.recv().expect("a message"))),
+        ),
+    )
+}
+
+fn crossbeam_u64(producers: usize, n: usize) -> f64 {
+    let (tx, rx) = crossbeam_channel::unbounded::<u64>();
+    rate(
+        n,
+        run(
+            producers,
+            n,
+            tx,
+            rx,
+            |tx, i| tx.send(i as u64).expect("rx alive"),
+            |rx| {
+                black_box(rx.recv().expect("a message"));
+            },
+        ),
+    )
+}
+
+fn flume_msg(producers: usize, n: usize, from: &AgentPid) -> f64 {
+    let (tx, rx) = flume::unbounded::<AgentMessage>();
+    rate(
+        n,
+        run(
+            producers,
+            n,
+            tx,
+            rx,
+            |tx, i| {
+                tx.send(AgentMessage::cast(from.clone(), i as u64))
+                    .expect("rx alive")
+            },
+            |rx| drop(black_box(rx.recv().expect("a message"))),
+        ),
+    )
+}
+
+fn flume_u64(producers: usize, n: usize) -> f64 {
+    let (tx, rx) = flume::unbounded::<u64>();
+    rate(
+        n,
+        run(
+            producers,
+            n,
+            tx,
+            rx,
+            |tx, i| tx.send(i as u64).expect("rx alive"),
+            |rx| {
+                black_box(rx.recv().expect("a message"));
+            },
+        ),
+    )
+}
+
+/// tokio mpsc (unbounded) on a current-thread runtime: producer tasks + consumer task.
+fn tokio_u64(producers: usize, n: usize) -> f64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        let per = n / producers;
+        let start = Instant::now();
+        for p in 0..producers {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                for i in p * per..(p + 1) * per {
+                    tx.send(i as u64).expect("rx alive");
+                }
+            });
+        }
+        drop(tx);
+        let consumer = tokio::spawn(async move {
+            for _ in 0..per * producers {
+                black_box(rx.recv().await.expect("a message"));
+            }
+        });
+        consumer.await.expect("consumer");
+        rate(n, start.elapsed())
+    })
+}
+
+/// tokio mpsc carrying the same `AgentMessage`, current-thread.
+fn tokio_msg(producers: usize, n: usize, from: &AgentPid) -> f64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<AgentMessage>();
+        let per = n / producers;
+        let start = Instant::now();
+        for p in 0..producers {
+            let tx = tx.clone();
+            let from = from.clone();
+            tokio::spawn(async move {
+                for i in p * per..(p + 1) * per {
+                    tx.send(AgentMessage::cast(from.clone(), i as u64))
+                        .expect("rx alive");
+                }
+            });
+        }
+        drop(tx);
+        let consumer = tokio::spawn(async move {
+            for _ in 0..per * producers {
+                drop(black_box(rx.recv().await.expect("a message")));
+            }
+        });
+        consumer.await.expect("consumer");
+        rate(n, start.elapsed())
+    })
+}
+
+pub fn bench(sizes: &Sizes, results: &mut Results) {
+    let from = AgentPid::new();
+    let n = sizes.n_channel;
+    for (producers, label) in [(1usize, "spsc"), (2, "2p")] {
+        println!(
+            "\n== throughput {label} ({n} messages, median of {}) ==",
+            sizes.runs
+        );
+        let runs = sizes.runs;
+        let s = "throughput";
+        results.push(
+            s,
+            format!("{label}: ours mailbox, AgentMessage"),
+            median_of(runs, || ours(producers, n, &from)),
+            "msg/s",
+            Better::Higher,
+        );
+        results.push(
+            s,
+            format!("{label}: crossbeam, AgentMessage"),
+            median_of(runs, || crossbeam_msg(producers, n, &from)),
+            "msg/s",
+            Better::Higher,
+        );
+        results.push(
+            s,
+            format!("{label}: flume, AgentMessage"),
+            median_of(runs, || flume_msg(producers, n, &from)),
+            "msg/s",
+            Better::Higher,
+        );
+        results.push(
+            s,
+            format!("{label}: tokio mpsc current-thread, AgentMessage"),
+            median_of(runs, || tokio_msg(producers, n, &from)),
+            "msg/s",
+            Better::Higher,
+        );
+        results.push(
+            s,
+            format!("{label}: crossbeam, u64"),
+            median_of(runs, || crossbeam_u64(producers, n)),
+            "msg/s",
+            Better::Higher,
+        );
+        results.push(
+            s,
+            format!("{label}: flume, u64"),
+            median_of(runs, || flume_u64(producers, n)),
+            "msg/s",
+            Better::Higher,
+        );
+        results.push(
+            s,
+            format!("{label}: tokio mpsc current-thread, u64"),
+            median_of(runs, || tokio_u64(producers, n)),
+            "msg/s",
+            Better::Higher,
+        );
+    }
+}
+
+/// One run of one contender (for `--one`).
+pub fn one(which: &str, producers: usize, n: usize) -> f64 {
+    let from = AgentPid::new();
+    match which {
+        "ours" => ours(producers, n, &from),
+        "crossbeam" => crossbeam_msg(producers, n, &from),
+        _ => unreachable!(),
+    }
+}
