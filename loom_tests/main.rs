@@ -10,6 +10,8 @@
 //! token count is back to 1 at the end.
 #![cfg(loom)]
 
+mod breaker;
+mod delivery;
 mod mailbox;
 mod reply;
 mod table;
@@ -21,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
-use loom::sync::Arc;
+use loom::sync::{Arc, Condvar, Mutex};
 use terraphim_agent_messaging::{AgentMessage, AgentPid};
 
 /// Preemption bound used when `LOOM_MAX_PREEMPTIONS` is not set.
@@ -82,23 +84,42 @@ where
         .expect("spawn a model thread")
 }
 
-/// Runs `future` to completion on this loom thread: its waker unparks the thread.
-/// (`loom::future` needs loom's `futures` feature, which the crate does not enable.)
+/// Runs `future` to completion on this loom thread. Its waker sets a flag and
+/// notifies a condvar the thread waits on, so a lost wake-up deadlocks the model.
+///
+/// It never unparks the thread: a wake that comes after the
+/// future resolved (the timer thread's `expire` racing the reply) would unpark this
+/// thread while it is blocked in `join` or on a mutex, which trips loom's own
+/// assertions (`state.notified` in `Notify::wait`, "expected to be able to acquire
+/// lock") from preemption bound 3 on. std's park token tolerates such a stale unpark;
+/// loom's model of it does not. A condvar notify reaches only its waiters.
 pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
-    struct Unpark(loom::thread::Thread);
-    impl Wake for Unpark {
+    struct Notify {
+        woken: Mutex<bool>,
+        condvar: Condvar,
+    }
+    impl Wake for Notify {
         fn wake(self: std::sync::Arc<Self>) {
-            self.0.unpark();
+            *self.woken.lock().unwrap() = true;
+            self.condvar.notify_one();
         }
     }
-    let waker = Waker::from(std::sync::Arc::new(Unpark(loom::thread::current())));
+    let notify = std::sync::Arc::new(Notify {
+        woken: Mutex::new(false),
+        condvar: Condvar::new(),
+    });
+    let waker = Waker::from(notify.clone());
     let mut cx = Context::from_waker(&waker);
     let mut future = pin!(future);
     loop {
         if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
             return output;
         }
-        loom::thread::park();
+        let mut woken = notify.woken.lock().unwrap();
+        while !*woken {
+            woken = notify.condvar.wait(woken).unwrap();
+        }
+        *woken = false;
     }
 }
 

@@ -109,6 +109,8 @@ pub(crate) enum TimerEvent {
 
 /// Why `track` refused.
 pub(crate) enum TrackError {
+    /// It was acknowledged while its timer fired (it is settled; do not push it).
+    Acknowledged,
     /// `max_concurrent_deliveries` messages are in flight.
     Overloaded(Box<Tracked>),
     /// The tracker was drained (shutdown).
@@ -128,6 +130,11 @@ struct State {
     /// Tracked messages by stage.
     retrying: usize,
     awaiting_ack: usize,
+    /// Ids of messages that asked for an ack and are out of the wheel for a moment (a
+    /// timer fired, or a refused push is being rescheduled), with whether an ack came
+    /// meanwhile. `track` and `finish_firing` settle them under this lock, so an ack
+    /// that lands in that moment is never lost.
+    firing: IdMap<bool>,
     /// Set by `drain`: nothing more is tracked.
     closed: bool,
 }
@@ -201,6 +208,7 @@ impl Tracker {
             state: Mutex::new(State {
                 wheel: TimerWheel::new(),
                 by_id: IdMap::default(),
+                firing: IdMap::default(),
                 retrying: 0,
                 awaiting_ack: 0,
                 closed: false,
@@ -255,6 +263,9 @@ impl Tracker {
         deadline: u64,
     ) -> Result<(TimerKey, Option<u64>), TrackError> {
         let mut state = lock(&self.state);
+        if tracked.require_ack && state.firing.remove(tracked.payload.id()) == Some(true) {
+            return Err(TrackError::Acknowledged);
+        }
         if state.closed {
             return Err(TrackError::Closed(tracked));
         }
@@ -282,6 +293,9 @@ impl Tracker {
             TimerEvent::Tracked(tracked) => {
                 state.unindex(tracked.payload.id(), key);
                 state.count(tracked.stage, false);
+                if tracked.require_ack {
+                    state.firing.insert(tracked.payload.id().clone(), false);
+                }
                 Some(tracked)
             }
             other => {
@@ -329,7 +343,14 @@ impl Tracker {
     pub(crate) fn acknowledge(&self, id: &MessageId) -> bool {
         let mut state = lock(&self.state);
         let Some(keys) = state.by_id.get(id) else {
-            return false;
+            // Out of the wheel for a moment: settle it when it comes back.
+            return match state.firing.get_mut(id) {
+                Some(acked @ false) => {
+                    *acked = true;
+                    true
+                }
+                _ => false,
+            };
         };
         let wants_ack = |key: &TimerKey| matches!(state.wheel.get(*key), Some(TimerEvent::Tracked(t)) if t.require_ack);
         let Some(key) = keys.iter().copied().find(wants_ack) else {
@@ -356,6 +377,9 @@ impl Tracker {
                     let id = tracked.payload.id().clone();
                     state.unindex(&id, key);
                     state.count(tracked.stage, false);
+                    if tracked.require_ack {
+                        state.firing.insert(id, false);
+                    }
                     due.push(Due::Tracked(tracked));
                 }
                 TimerEvent::Call(timeout) => due.push(Due::Call(timeout)),
@@ -372,6 +396,12 @@ impl Tracker {
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let next = lock(&self.state).wheel.next_deadline()?;
         Some(self.instant_of(next))
+    }
+
+    /// Ends the "firing" moment of a message that will not be tracked again (it is
+    /// being given up on). Returns whether it was acknowledged meanwhile.
+    pub(crate) fn finish_firing(&self, id: &MessageId) -> bool {
+        lock(&self.state).firing.remove(id) == Some(true)
     }
 
     /// Messages waiting for a retry, and for an ack.

@@ -66,6 +66,8 @@ enum AckedPush {
 enum TrackFailed {
     Overloaded,
     Closed,
+    /// Acknowledged while out of the wheel: settled, nothing to do.
+    Acknowledged,
 }
 
 /// What one push attempt did.
@@ -407,6 +409,7 @@ impl DefaultMessageRouter {
                 self.config.max_concurrent_deliveries
             )),
             TrackFailed::Closed => MessagingError::System("the router is shut down".into()),
+            TrackFailed::Acknowledged => unreachable!("a first attempt cannot be acknowledged yet"),
         }
     }
 
@@ -482,6 +485,8 @@ impl DefaultMessageRouter {
                     TrackError::Closed(tracked) => {
                         (tracked, DeadLetterReason::Shutdown, TrackFailed::Closed)
                     }
+                    // Counted as acknowledged by `acknowledge` already.
+                    TrackError::Acknowledged => return Err(TrackFailed::Acknowledged),
                 };
                 let to = tracked.to.clone();
                 let attempts = tracked.attempts;
@@ -697,6 +702,11 @@ impl DefaultMessageRouter {
     /// Dead-letters a message the system gives up on.
     fn give_up(&self, to: &AgentPid, payload: Outgoing, attempts: u32, reason: DeadLetterReason) {
         let counters = &self.tracker.counters;
+        // An ack that arrived while the message was out of the wheel settles it (and
+        // `acknowledge` counted it).
+        if matches!(payload, Outgoing::Envelope(_)) && self.tracker.finish_firing(payload.id()) {
+            return;
+        }
         if reason == DeadLetterReason::Expired {
             self.count(&counters.expired);
         } else {
