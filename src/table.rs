@@ -3,7 +3,9 @@
 //!
 //! # Invariants
 //!
-//! - `by_pid[pid] == index` iff `slots[index]` is occupied by `pid`'s entry.
+//! - `by_pid` holds `index` iff `slots[index]` is occupied; it is a hash table of bare
+//!   slot indices hashed by the slot's pid (the pid lives once, in the mailbox or
+//!   group), which keeps an idle agent's table cost to a slab slot plus 4 bytes.
 //! - Every insert takes a fresh `generation` from a wrapping counter; an [`AgentId`]
 //!   (slot index + generation) names one registration, so a stale id fails its lookup
 //!   after the slot is reused. Lookups by id also compare the pid, which keeps them
@@ -17,9 +19,10 @@
 //! Reads (routing by pid) take the read lock for one hash lookup and one push; only
 //! register and unregister write.
 
-use std::hash::BuildHasherDefault;
+use std::hash::{BuildHasher, BuildHasherDefault};
 
 use ahash::AHasher;
+use hashbrown::HashTable;
 use slab::Slab;
 
 use crate::mailbox::shared::Shared;
@@ -27,7 +30,10 @@ use crate::message::AgentPid;
 use crate::router::group::Group;
 use crate::sync::{read, write, Arc, RwLock};
 
-type PidMap<V> = std::collections::HashMap<AgentPid, V, BuildHasherDefault<AHasher>>;
+/// How pids are hashed.
+fn hash(pid: &AgentPid) -> u64 {
+    BuildHasherDefault::<AHasher>::default().hash_one(pid)
+}
 
 /// A registration's generation: `u8` under loom (the models force a wrap), `u32`
 /// otherwise.
@@ -62,19 +68,48 @@ pub(crate) enum Target {
 
 /// What a slot holds.
 struct Entry {
-    pid: AgentPid,
     generation: Generation,
     target: Target,
+}
+
+impl Entry {
+    fn pid(&self) -> &AgentPid {
+        match &self.target {
+            Target::Agent(mailbox) => &mailbox.pid,
+            Target::Group(group) => group.pid(),
+        }
+    }
 }
 
 #[derive(Default)]
 struct Inner {
     slots: Slab<Entry>,
-    by_pid: PidMap<u32>,
+    by_pid: HashTable<u32>,
     /// The next generation to hand out (wrapping).
     next_generation: Generation,
     /// Occupied slots holding agents (the rest hold groups).
     agents: usize,
+}
+
+impl Inner {
+    /// The slot of `pid`.
+    #[inline]
+    fn find(&self, pid: &AgentPid) -> Option<u32> {
+        let slots = &self.slots;
+        self.by_pid
+            .find(hash(pid), |&i| slots[i as usize].pid() == pid)
+            .copied()
+    }
+
+    /// Forgets `pid`'s index; returns it.
+    fn unindex(&mut self, pid: &AgentPid) -> Option<u32> {
+        let slots = &self.slots;
+        let entry = self
+            .by_pid
+            .find_entry(hash(pid), |&i| slots[i as usize].pid() == pid)
+            .ok()?;
+        Some(entry.remove().0)
+    }
 }
 
 /// Registered agents.
@@ -112,27 +147,26 @@ impl AgentTable {
     fn insert_target(&self, pid: AgentPid, target: Target) -> Result<AgentId, InsertError> {
         let mut inner = write(&self.inner);
         let inner = &mut *inner;
-        if inner.by_pid.contains_key(&pid) {
+        if inner.find(&pid).is_some() {
             return Err(InsertError::Duplicate);
         }
         let entry = inner.slots.vacant_entry();
         let index = u32::try_from(entry.key()).map_err(|_| InsertError::Full)?;
         let generation = inner.next_generation;
         inner.next_generation = generation.wrapping_add(1);
-        inner.by_pid.insert(pid.clone(), index);
         inner.agents += usize::from(matches!(target, Target::Agent(_)));
-        entry.insert(Entry {
-            pid,
-            generation,
-            target,
-        });
+        entry.insert(Entry { generation, target });
+        let slots = &inner.slots;
+        inner
+            .by_pid
+            .insert_unique(hash(&pid), index, |&i| hash(slots[i as usize].pid()));
         Ok(AgentId { index, generation })
     }
 
     /// Removes `pid`'s entry (agent or group) and returns it.
     pub(crate) fn remove(&self, pid: &AgentPid) -> Option<Target> {
         let mut inner = write(&self.inner);
-        let index = inner.by_pid.remove(pid)?;
+        let index = inner.unindex(pid)?;
         let target = inner.slots.remove(index as usize).target;
         inner.agents -= usize::from(matches!(target, Target::Agent(_)));
         Some(target)
@@ -141,11 +175,11 @@ impl AgentTable {
     /// Removes `pid` only if it is an agent; returns its mailbox.
     pub(crate) fn remove_agent(&self, pid: &AgentPid) -> Option<Arc<Shared>> {
         let mut inner = write(&self.inner);
-        let index = *inner.by_pid.get(pid)?;
+        let index = inner.find(pid)?;
         if !matches!(inner.slots.get(index as usize)?.target, Target::Agent(_)) {
             return None;
         }
-        inner.by_pid.remove(pid);
+        inner.unindex(pid);
         inner.agents -= 1;
         match inner.slots.remove(index as usize).target {
             Target::Agent(mailbox) => Some(mailbox),
@@ -165,7 +199,7 @@ impl AgentTable {
     #[inline]
     pub(crate) fn with_target<R>(&self, pid: &AgentPid, f: impl FnOnce(&Target) -> R) -> Option<R> {
         let inner = read(&self.inner);
-        let index = *inner.by_pid.get(pid)?;
+        let index = inner.find(pid)?;
         inner.slots.get(index as usize).map(|e| f(&e.target))
     }
 
@@ -190,7 +224,7 @@ impl AgentTable {
     /// The id of `pid`'s current registration.
     pub(crate) fn id_of(&self, pid: &AgentPid) -> Option<AgentId> {
         let inner = read(&self.inner);
-        let index = *inner.by_pid.get(pid)?;
+        let index = inner.find(pid)?;
         let entry = inner.slots.get(index as usize)?;
         Some(AgentId {
             index,
@@ -204,7 +238,7 @@ impl AgentTable {
         inner
             .slots
             .get(id.index as usize)
-            .filter(|e| e.generation == id.generation && e.pid == *pid)
+            .filter(|e| e.generation == id.generation && e.pid() == pid)
             .and_then(|e| match &e.target {
                 Target::Agent(mailbox) => Some(mailbox.clone()),
                 Target::Group(_) => None,
@@ -248,7 +282,7 @@ impl AgentTable {
             .slots
             .iter()
             .filter(|(_, e)| matches!(e.target, Target::Agent(_)))
-            .map(|(_, e)| e.pid.clone())
+            .map(|(_, e)| e.pid().clone())
             .collect()
     }
 
