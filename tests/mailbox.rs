@@ -459,7 +459,7 @@ fn capacity_concurrent_senders() {
                 Some(m) => {
                     let (s, p, n) = tag(&m);
                     let slot = &mut last[s as usize][p.index()];
-                    assert!(slot.map_or(true, |l| l < n), "FIFO per (sender, priority)");
+                    assert!(slot.is_none_or(|l| l < n), "FIFO per (sender, priority)");
                     *slot = Some(n);
                     received += 1;
                 }

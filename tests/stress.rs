@@ -76,7 +76,7 @@ fn stress_two_producers_exactly_once_fifo() {
         let &(p, i, pr) = m.payload::<(u64, u64, MessagePriority)>().unwrap();
         let slot = &mut last[p as usize][pr.index()];
         assert!(
-            slot.map_or(true, |l| l < i),
+            slot.is_none_or(|l| l < i),
             "FIFO violated for producer {p} at {pr:?}: {i} after {slot:?}"
         );
         *slot = Some(i);
@@ -220,7 +220,7 @@ fn stress_unregister_mid_stream() {
         let mut last = vec![[None::<u64>; 4]; PRODUCERS as usize];
         for (p, seq, prio) in got {
             let slot = &mut last[p as usize][prio as usize];
-            assert!(slot.map_or(true, |l| l < seq), "FIFO violated");
+            assert!(slot.is_none_or(|l| l < seq), "FIFO violated");
             *slot = Some(seq);
             assert!(received.insert((p, seq)), "({p}, {seq}) received twice");
         }

@@ -202,7 +202,7 @@ fn least_loaded(members: &[MailboxSender], start: usize) -> usize {
             continue;
         }
         let load = member.queue_size();
-        if best.map_or(true, |(least, _)| load < least) {
+        if best.is_none_or(|(least, _)| load < least) {
             best = Some((load, i));
             if load == 0 {
                 break; // nothing beats an empty mailbox
