@@ -76,6 +76,7 @@ fn call_sync(c: &mut Criterion) {
     group.finish();
 }
 
+#[cfg(feature = "tokio")]
 fn call_async(c: &mut Criterion) {
     use terraphim_agent_messaging::tokio as agents;
 
@@ -140,6 +141,7 @@ fn call_async(c: &mut Criterion) {
     group.finish();
 }
 
+#[cfg(feature = "tokio")]
 fn cast_async(c: &mut Criterion) {
     use terraphim_agent_messaging::tokio as agents;
     const N: u64 = 10_000;
@@ -212,9 +214,17 @@ fn config() -> Criterion {
         .warm_up_time(Duration::from_millis(500))
 }
 
+#[cfg(feature = "tokio")]
 criterion_group! {
     name = benches;
     config = config();
     targets = call_sync, call_async, cast_async
+}
+
+#[cfg(not(feature = "tokio"))]
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = call_sync
 }
 criterion_main!(benches);

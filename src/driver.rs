@@ -132,10 +132,12 @@ fn run(target: Weak<dyn Fire>, stop: Arc<AtomicBool>, heartbeat: Duration) {
         let Some(fire) = target.upgrade() else { return };
         let next = fire.fire_due();
         drop(fire);
-        let now = Instant::now();
-        let until = next.map_or(now + heartbeat, |n| n.min(now + heartbeat));
-        if until > now {
-            thread::park_timeout(until - now);
+        // A duration, not an instant: `now + heartbeat` overflows for a huge heartbeat.
+        let wait = next.map_or(heartbeat, |n| {
+            n.saturating_duration_since(Instant::now()).min(heartbeat)
+        });
+        if !wait.is_zero() {
+            thread::park_timeout(wait);
         }
     }
 }

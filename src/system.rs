@@ -203,6 +203,9 @@ fn validate_router_config(config: &RouterConfig) -> Result<(), String> {
     if config.max_concurrent_deliveries == 0 {
         return Err("max_concurrent_deliveries must be at least 1".into());
     }
+    if config.delivery_config.max_delivery_records == 0 {
+        return Err("delivery_config.max_delivery_records must be at least 1 (it bounds the exactly-once window)".into());
+    }
     Ok(())
 }
 

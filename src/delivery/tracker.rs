@@ -115,6 +115,8 @@ pub(crate) enum TrackError {
     Overloaded(Box<Tracked>),
     /// The tracker was drained (shutdown).
     Closed(Box<Tracked>),
+    /// Time has reached the end of the clock's range: nothing can be scheduled.
+    EndOfTime(Box<Tracked>),
 }
 
 /// A due event with what it needs.
@@ -135,6 +137,9 @@ struct State {
     /// meanwhile. `track` and `finish_firing` settle them under this lock, so an ack
     /// that lands in that moment is never lost.
     firing: IdMap<bool>,
+    /// Messages handed to the router by `take_due` and not yet settled (re-tracked,
+    /// delivered or given up): still pending, so the ledger adds up meanwhile.
+    in_hand: usize,
     /// Set by `drain`: nothing more is tracked.
     closed: bool,
 }
@@ -209,6 +214,7 @@ impl Tracker {
                 wheel: TimerWheel::new(),
                 by_id: IdMap::default(),
                 firing: IdMap::default(),
+                in_hand: 0,
                 retrying: 0,
                 awaiting_ack: 0,
                 closed: false,
@@ -274,10 +280,14 @@ impl Tracker {
         }
         let id = tracked.payload.id().clone();
         let stage = tracked.stage;
-        let deadline = deadline.max(state.wheel.now() + 1);
+        let deadline = deadline.max(state.wheel.now().saturating_add(1));
         let key = match state.wheel.insert(deadline, TimerEvent::Tracked(tracked)) {
             Ok(key) => key,
-            Err(_) => unreachable!("the deadline is after the wheel's now"),
+            // Only at the last tick of time can a deadline not be after `now`.
+            Err(elapsed) => match elapsed.into_inner() {
+                TimerEvent::Tracked(tracked) => return Err(TrackError::EndOfTime(tracked)),
+                TimerEvent::Call(_) => unreachable!("inserted a tracked message"),
+            },
         };
         state.by_id.entry(id).or_default().push(key);
         state.count(stage, true);
@@ -380,6 +390,7 @@ impl Tracker {
                     if tracked.require_ack {
                         state.firing.insert(id, false);
                     }
+                    state.in_hand += 1;
                     due.push(Due::Tracked(tracked));
                 }
                 TimerEvent::Call(timeout) => due.push(Due::Call(timeout)),
@@ -398,6 +409,13 @@ impl Tracker {
         Some(self.instant_of(next))
     }
 
+    /// One message from `take_due` has been settled (re-tracked, delivered or given
+    /// up).
+    pub(crate) fn settled(&self) {
+        let mut state = lock(&self.state);
+        state.in_hand = state.in_hand.saturating_sub(1);
+    }
+
     /// Ends the "firing" moment of a message that will not be tracked again (it is
     /// being given up on). Returns whether it was acknowledged meanwhile.
     pub(crate) fn finish_firing(&self, id: &MessageId) -> bool {
@@ -407,7 +425,10 @@ impl Tracker {
     /// Messages waiting for a retry, and for an ack.
     pub(crate) fn pending(&self) -> (u64, u64) {
         let state = lock(&self.state);
-        (state.retrying as u64, state.awaiting_ack as u64)
+        (
+            (state.retrying + state.in_hand) as u64,
+            state.awaiting_ack as u64,
+        )
     }
 
     /// Removes every tracked message (shutdown), handing them back.

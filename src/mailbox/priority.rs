@@ -9,7 +9,8 @@
 //! lane; a lane whose head is claimed but still being written counts as non-empty, and
 //! the receiver waits the few instructions for it rather than take a lower priority. With a starvation budget `b > 0`, a lane whose head has been passed over `b`
 //! times by higher priorities is served next (the highest such lane first), so every
-//! waiting message is reached after at most `b + 3` receives.
+//! waiting message is reached after at most `b + 4` receives (`b` passes, then up to three
+//! other overdue lanes served first, highest first).
 //!
 //! # Closing
 //!

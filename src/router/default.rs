@@ -68,6 +68,8 @@ enum TrackFailed {
     Closed,
     /// Acknowledged while out of the wheel: settled, nothing to do.
     Acknowledged,
+    /// The clock is at its last tick: dead-lettered as expired.
+    Expired,
 }
 
 /// What one push attempt did.
@@ -191,7 +193,10 @@ impl DefaultMessageRouter {
         for event in due {
             match event {
                 Due::Call(timeout) => timeout.expire(),
-                Due::Tracked(tracked) => self.retry(tracked),
+                Due::Tracked(tracked) => {
+                    self.retry(tracked);
+                    self.tracker.settled();
+                }
             }
         }
         self.tracker.next_deadline()
@@ -317,7 +322,7 @@ impl DefaultMessageRouter {
                 let mut tracked = self.tracked(to, payload, options, Stage::Retry);
                 tracked.last_refusal = Some(refusal);
                 self.retry_later(tracked, retry_at)
-                    .map_err(|e| self.overloaded(e))
+                    .or_else(|e| self.settle_untracked(e))
             }
         }
     }
@@ -343,10 +348,10 @@ impl DefaultMessageRouter {
                 }
                 match failed {
                     AckedPush::Delivered | AckedPush::Acknowledged => unreachable!("above"),
-                    AckedPush::NotTracked(e) => Err(self.overloaded(e)),
+                    AckedPush::NotTracked(e) => self.settle_untracked(e),
                     AckedPush::Refused(tracked, retry_at) => self
                         .retry_later(tracked, retry_at)
-                        .map_err(|e| self.overloaded(e)),
+                        .or_else(|e| self.settle_untracked(e)),
                     AckedPush::Gone(tracked, reason) => {
                         let err = match reason {
                             DeadLetterReason::AgentNotFound => {
@@ -401,15 +406,17 @@ impl DefaultMessageRouter {
         }
     }
 
-    /// The error for a message that could not be tracked.
-    fn overloaded(&self, error: TrackFailed) -> MessagingError {
+    /// What a first attempt reports when its message could not be tracked (it has
+    /// been settled already: dead-lettered, or acknowledged).
+    fn settle_untracked(&self, error: TrackFailed) -> MessagingResult<()> {
         match error {
-            TrackFailed::Overloaded => MessagingError::Overloaded(format!(
+            TrackFailed::Overloaded => Err(MessagingError::Overloaded(format!(
                 "{} messages already in flight (max_concurrent_deliveries)",
                 self.config.max_concurrent_deliveries
-            )),
-            TrackFailed::Closed => MessagingError::System("the router is shut down".into()),
-            TrackFailed::Acknowledged => unreachable!("a first attempt cannot be acknowledged yet"),
+            ))),
+            TrackFailed::Closed => Err(MessagingError::System("the router is shut down".into())),
+            // Accepted, then expired (the clock is at its end) or already acknowledged.
+            TrackFailed::Expired | TrackFailed::Acknowledged => Ok(()),
         }
     }
 
@@ -484,6 +491,9 @@ impl DefaultMessageRouter {
                     }
                     TrackError::Closed(tracked) => {
                         (tracked, DeadLetterReason::Shutdown, TrackFailed::Closed)
+                    }
+                    TrackError::EndOfTime(tracked) => {
+                        (tracked, DeadLetterReason::Expired, TrackFailed::Expired)
                     }
                     // Counted as acknowledged by `acknowledge` already.
                     TrackError::Acknowledged => return Err(TrackFailed::Acknowledged),
