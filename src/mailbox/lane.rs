@@ -38,7 +38,7 @@ use std::ptr;
 
 use crossbeam_utils::CachePadded;
 
-use crate::sync::{spin_hint, AtomicBool, AtomicPtr, AtomicUsize, UnsafeCell};
+use crate::sync::{spin_hint, AtomicBool, AtomicPtr, AtomicUsize, SpinWait, UnsafeCell};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
 /// Positions per lap: `BLOCK_CAP` slots plus one "installing the next block" marker.
@@ -205,6 +205,9 @@ impl<'a, T> LaneRef<'a, T> {
         // Allocated before claiming the last slot of a block so that other producers
         // wait for the install as briefly as possible.
         let mut next_block: Option<Box<Block<T>>> = None;
+        // Waiting for another producer's block install: spin, then yield, so that a
+        // descheduled installer gets the CPU back (one core, or valgrind).
+        let install = SpinWait::default();
 
         loop {
             if tail & CLOSED != 0 {
@@ -214,7 +217,7 @@ impl<'a, T> LaneRef<'a, T> {
 
             if offset == BLOCK_CAP {
                 // Another producer is installing the next block.
-                spin_hint();
+                install.wait();
                 tail = self.tail.index.load(Acquire);
                 block = self.tail.block.load(Acquire);
                 continue;
