@@ -1,5 +1,6 @@
 //! Hierarchical timing wheel (Varghese & Lauck, "Hashed and Hierarchical
-//! Timing Wheels", SOSP 1987), in safe Rust, over a `slab`.
+//! Timing Wheels", SOSP 1987), in safe Rust, over an index arena with a
+//! dense free stack.
 //!
 //! The wheel knows nothing about clocks or locks: it takes `&mut self` and
 //! `u64` ticks. See the parent module for the level table.
@@ -37,8 +38,7 @@
 use std::error::Error;
 use std::fmt;
 use std::mem;
-
-use slab::Slab;
+use std::num::NonZeroU16;
 
 /// Bits of a tick consumed by one level: 64 slots per level.
 const SLOT_BITS: u32 = 6;
@@ -52,11 +52,25 @@ const LEVELS: usize = 6;
 const EPOCH_SHIFT: u32 = SLOT_BITS * LEVELS as u32;
 /// Ticks covered by the wheel proper, one epoch: 64^6 = 2^36.
 const WHEEL_RANGE: u64 = 1 << EPOCH_SHIFT;
-/// Link sentinel: "no node". Slab indices are kept below it (see `insert`).
+/// Link sentinel: "no node". Arena indices are kept below it (see `grow`).
 const NIL: u32 = u32::MAX;
-/// `Node::bucket` value for the overflow list; wheel buckets are
+/// Bucket number of the overflow list; wheel buckets are
 /// `level * SLOTS + slot`, all smaller.
 const OVERFLOW: u16 = (LEVELS * SLOTS) as u16;
+
+/// Encodes bucket number `bucket` for `Node::bucket` as `bucket + 1`: the
+/// zero niche makes `Option<Node<T>>` as small as `Node<T>` (32 bytes for an
+/// 8-byte `T`, so an arena slot never straddles a cache line).
+#[inline]
+fn tag(bucket: u16) -> NonZeroU16 {
+    NonZeroU16::MIN.saturating_add(bucket)
+}
+
+/// Decodes a `Node::bucket` tag back to its bucket number.
+#[inline]
+fn untag(tag: NonZeroU16) -> u16 {
+    tag.get() - 1
+}
 
 /// A handle to a timer in a [`TimerWheel`].
 ///
@@ -81,9 +95,9 @@ const OVERFLOW: u16 = (LEVELS * SLOTS) as u16;
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct TimerKey {
-    /// Index of the node in the wheel's slab.
+    /// Index of the node in the wheel's arena.
     index: u32,
-    /// Generation of that slab slot when the key was issued.
+    /// Generation of that arena slot when the key was issued.
     generation: u32,
 }
 
@@ -183,9 +197,10 @@ struct Node<T> {
     prev: u32,
     /// Next node in the bucket list, or `NIL` if this is the tail.
     next: u32,
-    /// Bucket holding the node (`level * SLOTS + slot`, or `OVERFLOW`), so
-    /// that an O(1) unlink can fix the head and the occupancy bit.
-    bucket: u16,
+    /// Bucket holding the node (`level * SLOTS + slot`, or `OVERFLOW`),
+    /// encoded by [`tag`], so that an O(1) unlink can fix the head and the
+    /// occupancy bit.
+    bucket: NonZeroU16,
 }
 
 /// One level of the wheel: 64 bucket lists and their bookkeeping.
@@ -241,11 +256,23 @@ impl Level {
 pub struct TimerWheel<T> {
     /// Current tick `e`: every live timer has `deadline > now`.
     now: u64,
-    /// Storage for every live timer; indices are the `TimerKey::index`.
-    nodes: Slab<Node<T>>,
-    /// Generation of each slab slot ever used, bumped (wrapping) whenever the
-    /// slot is freed, so stale keys never match a reused slot.
+    /// Arena of timer slots, `None` when vacant; indices are the
+    /// `TimerKey::index`. It never shrinks, so its size is bounded by the
+    /// peak number of pending timers.
+    nodes: Vec<Option<Node<T>>>,
+    /// Generation of each arena slot (same length as `nodes`), bumped
+    /// (wrapping) whenever the slot is freed, so stale keys never match a
+    /// reused slot. The authority for key validity.
     generations: Vec<u32>,
+    /// Vacant arena slots with their current generation, used LIFO.
+    ///
+    /// A dense stack instead of a free list threaded through the vacant
+    /// slots: `insert` learns its slot and the key's generation without
+    /// reading the (at scale, cold) slot, so it only *writes* that slot, and
+    /// consecutive inserts do not wait on each other's cache misses.
+    free: Vec<(u32, u32)>,
+    /// Number of pending timers (occupied arena slots).
+    len: usize,
     /// The six levels, boxed to keep the handle small (they are ~4.6 KiB).
     ///
     /// With 1 tick = 1 ms (see `TickSource`):
@@ -298,8 +325,10 @@ impl<T> TimerWheel<T> {
     pub fn with_now(now: u64) -> Self {
         Self {
             now,
-            nodes: Slab::new(),
+            nodes: Vec::new(),
             generations: Vec::new(),
+            free: Vec::new(),
+            len: 0,
             levels: Box::new([Level::EMPTY; LEVELS]),
             overflow_head: NIL,
             overflow_min: 0,
@@ -333,7 +362,7 @@ impl<T> TimerWheel<T> {
     /// assert_eq!(wheel.len(), 1);
     /// ```
     pub fn len(&self) -> usize {
-        self.nodes.len()
+        self.len
     }
 
     /// Returns `true` if no timer is pending.
@@ -346,7 +375,7 @@ impl<T> TimerWheel<T> {
     /// assert!(wheel.is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+        self.len == 0
     }
 
     /// Schedules `value` to fire at tick `deadline`.
@@ -374,32 +403,26 @@ impl<T> TimerWheel<T> {
     /// assert_eq!(wheel.deadline(key), Some(u64::MAX));
     /// assert!(wheel.insert(0, "now").is_err());
     /// ```
+    #[inline]
     pub fn insert(&mut self, deadline: u64, value: T) -> Result<TimerKey, Elapsed<T>> {
         if deadline <= self.now {
             return Err(Elapsed(value));
         }
-        let entry = self.nodes.vacant_entry();
-        let index = entry.key();
-        // Index `NIL` is the list sentinel, so it can never name a node.
-        let index32 = u32::try_from(index)
-            .ok()
-            .filter(|&i| i != NIL)
-            .expect("TimerWheel: too many pending timers (limit is u32::MAX - 1)");
-        entry.insert(Node {
+        let (index, generation) = match self.free.pop() {
+            Some(vacant) => vacant,
+            None => self.grow(),
+        };
+        let (bucket, next) = self.push_head(index, deadline);
+        // Only written, never read: the slot is vacant (`free` said so).
+        self.nodes[index as usize] = Some(Node {
             value,
             deadline,
             prev: NIL,
-            next: NIL,
-            bucket: 0,
+            next,
+            bucket,
         });
-        if index >= self.generations.len() {
-            self.generations.resize(index + 1, 0);
-        }
-        self.link(index32);
-        Ok(TimerKey {
-            index: index32,
-            generation: self.generations[index],
-        })
+        self.len += 1;
+        Ok(TimerKey { index, generation })
     }
 
     /// Cancels the timer, returning its value, or `None` if the key is stale
@@ -414,6 +437,7 @@ impl<T> TimerWheel<T> {
     /// assert_eq!(wheel.cancel(key), Some('a'));
     /// assert!(wheel.is_empty());
     /// ```
+    #[inline]
     pub fn cancel(&mut self, key: TimerKey) -> Option<T> {
         let index = self.resolve(key)?;
         self.unlink(index);
@@ -433,7 +457,7 @@ impl<T> TimerWheel<T> {
     /// ```
     pub fn get(&self, key: TimerKey) -> Option<&T> {
         let index = self.resolve(key)?;
-        Some(&self.nodes[index as usize].value)
+        Some(&self.node(index).value)
     }
 
     /// Returns the timer's exact deadline, or `None` if the key is stale.
@@ -448,7 +472,7 @@ impl<T> TimerWheel<T> {
     /// ```
     pub fn deadline(&self, key: TimerKey) -> Option<u64> {
         let index = self.resolve(key)?;
-        Some(self.nodes[index as usize].deadline)
+        Some(self.node(index).deadline)
     }
 
     /// Moves a pending timer to a new deadline, keeping its key. O(1).
@@ -475,7 +499,7 @@ impl<T> TimerWheel<T> {
         if deadline <= self.now {
             return Err(RescheduleError::Elapsed(self.free(index)));
         }
-        self.nodes[index as usize].deadline = deadline;
+        self.node_mut(index).deadline = deadline;
         self.link(index);
         Ok(())
     }
@@ -570,18 +594,58 @@ impl<T> TimerWheel<T> {
 
     // ----- internals -----
 
-    /// Maps a key to its slab index if the key is live.
+    /// Appends a vacant slot to the arena (the free stack is empty) and
+    /// returns its index and generation.
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self) -> (u32, u32) {
+        // Index `NIL` is the list sentinel, so it can never name a node.
+        let index = u32::try_from(self.nodes.len())
+            .ok()
+            .filter(|&i| i != NIL)
+            .expect("TimerWheel: too many pending timers (limit is u32::MAX - 1)");
+        self.nodes.push(None);
+        self.generations.push(0);
+        (index, 0)
+    }
+
+    /// The occupied node at `index`.
+    #[inline]
+    fn node(&self, index: u32) -> &Node<T> {
+        match &self.nodes[index as usize] {
+            Some(node) => node,
+            None => unreachable!("TimerWheel: vacant slot linked"),
+        }
+    }
+
+    /// The occupied node at `index`, mutably.
+    #[inline]
+    fn node_mut(&mut self, index: u32) -> &mut Node<T> {
+        match &mut self.nodes[index as usize] {
+            Some(node) => node,
+            None => unreachable!("TimerWheel: vacant slot linked"),
+        }
+    }
+
+    /// Maps a key to its arena index if the key is live.
+    #[inline]
     fn resolve(&self, key: TimerKey) -> Option<u32> {
         let generation = *self.generations.get(key.index as usize)?;
-        (generation == key.generation && self.nodes.contains(key.index as usize))
+        (generation == key.generation && self.nodes[key.index as usize].is_some())
             .then_some(key.index)
     }
 
-    /// Removes an unlinked node from the slab and invalidates its keys.
+    /// Vacates an unlinked node's slot, invalidates its keys and pushes the
+    /// slot, with its new generation, onto the free stack.
+    #[inline]
     fn free(&mut self, index: u32) -> T {
-        let node = self.nodes.remove(index as usize);
+        let Some(node) = self.nodes[index as usize].take() else {
+            unreachable!("TimerWheel: freeing a vacant slot");
+        };
         let generation = &mut self.generations[index as usize];
         *generation = generation.wrapping_add(1);
+        self.free.push((index, *generation));
+        self.len -= 1;
         node.value
     }
 
@@ -601,7 +665,7 @@ impl<T> TimerWheel<T> {
     fn scan_min(&self, mut cur: u32) -> u64 {
         let mut min = u64::MAX;
         while cur != NIL {
-            let node = &self.nodes[cur as usize];
+            let node = self.node(cur);
             min = min.min(node.deadline);
             cur = node.next;
         }
@@ -611,7 +675,21 @@ impl<T> TimerWheel<T> {
     /// Pushes node `index` onto the front of the bucket its deadline belongs
     /// to relative to `self.now` (which must be before the deadline).
     fn link(&mut self, index: u32) {
-        let deadline = self.nodes[index as usize].deadline;
+        let deadline = self.node(index).deadline;
+        let (bucket, next) = self.push_head(index, deadline);
+        let node = self.node_mut(index);
+        node.prev = NIL;
+        node.next = next;
+        node.bucket = bucket;
+    }
+
+    /// Makes `index` the head of the bucket for `deadline` (relative to
+    /// `self.now`, which must be before it), updating the bucket's occupancy
+    /// and minimum and the old head's `prev`; returns the bucket's tag and
+    /// the old head, which the caller stores in the node (with `prev: NIL`).
+    /// Node `index` itself is not touched, so `insert` can write it whole.
+    #[inline]
+    fn push_head(&mut self, index: u32, deadline: u64) -> (NonZeroU16, u32) {
         debug_assert!(deadline > self.now, "linking a due timer");
         let (bucket, head) = match level_for(self.now, deadline) {
             Some(level) => {
@@ -636,24 +714,23 @@ impl<T> TimerWheel<T> {
         };
         let old_head = mem::replace(head, index);
         if old_head != NIL {
-            self.nodes[old_head as usize].prev = index;
+            self.node_mut(old_head).prev = index;
         }
-        let node = &mut self.nodes[index as usize];
-        node.prev = NIL;
-        node.next = old_head;
-        node.bucket = bucket;
+        (tag(bucket), old_head)
     }
 
     /// Detaches node `index` from its bucket list in O(1), keeping the
     /// occupancy bit and the cached minimum's staleness flag correct.
+    #[inline]
     fn unlink(&mut self, index: u32) {
-        let node = &self.nodes[index as usize];
-        let (prev, next, bucket, deadline) = (node.prev, node.next, node.bucket, node.deadline);
+        let node = self.node(index);
+        let (prev, next, deadline) = (node.prev, node.next, node.deadline);
+        let bucket = untag(node.bucket);
         if next != NIL {
-            self.nodes[next as usize].prev = prev;
+            self.node_mut(next).prev = prev;
         }
         if prev != NIL {
-            self.nodes[prev as usize].next = next;
+            self.node_mut(prev).next = next;
         }
         if bucket == OVERFLOW {
             if prev == NIL {
@@ -699,7 +776,7 @@ impl<T> TimerWheel<T> {
             mem::replace(&mut lvl.heads[slot], NIL)
         };
         while cur != NIL {
-            let node = &self.nodes[cur as usize];
+            let node = self.node(cur);
             let next = node.next;
             if node.deadline <= self.now {
                 let generation = self.generations[cur as usize];
@@ -823,6 +900,42 @@ mod tests {
             generation: 0,
         };
         assert_eq!(wheel.cancel(bogus), None);
+    }
+
+    #[test]
+    fn slot_is_compact() {
+        // The `bucket` niche keeps a slot at 32 bytes for an 8-byte value,
+        // so slots never straddle a 64-byte cache line.
+        assert_eq!(mem::size_of::<Option<Node<u64>>>(), 32);
+        assert_eq!(untag(tag(0)), 0);
+        assert_eq!(untag(tag(OVERFLOW)), OVERFLOW);
+    }
+
+    #[test]
+    fn arena_is_bounded_by_peak() {
+        // Freed slots are reused (LIFO), so churn never grows the arena past
+        // the peak pending count, and every reuse issues a fresh key.
+        let mut wheel = TimerWheel::new();
+        let mut keys: Vec<TimerKey> = (0..100u32)
+            .map(|i| wheel.insert(1000 + u64::from(i), i).unwrap())
+            .collect();
+        let mut seen: std::collections::HashSet<TimerKey> = keys.iter().copied().collect();
+        for round in 0..50u32 {
+            for (i, key) in keys.iter_mut().enumerate().filter(|(i, _)| i % 3 == 0) {
+                assert_eq!(wheel.cancel(*key), Some(i as u32));
+                *key = wheel.insert(2000 + u64::from(round), i as u32).unwrap();
+                assert!(seen.insert(*key), "key reissued");
+            }
+            assert_eq!(wheel.len(), 100);
+            assert_eq!(wheel.nodes.len(), 100);
+            assert!(wheel.free.is_empty());
+        }
+        for key in &keys[..40] {
+            wheel.cancel(*key).unwrap();
+        }
+        assert_eq!((wheel.len(), wheel.free.len()), (60, 40));
+        assert_eq!(fire(&mut wheel, u64::MAX).len(), 60);
+        assert_eq!((wheel.nodes.len(), wheel.free.len()), (100, 100));
     }
 
     #[test]
