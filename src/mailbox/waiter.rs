@@ -178,16 +178,33 @@ impl Default for WaitCell {
 pub(crate) fn block_until<R>(
     cell: &WaitCell,
     deadline: Option<std::time::Instant>,
+    spin: Spin,
     mut ready: impl FnMut() -> Option<R>,
 ) -> Option<R> {
-    // A short spin catches a producer that is about to publish, saving a park.
-    #[cfg_attr(loom, allow(clippy::reversed_empty_ranges))] // SPINS is 0 under loom
-    for _ in 0..SPINS {
-        if let Some(r) = ready() {
-            return Some(r);
+    // Spin before parking: a value that arrives within the window costs no futex wait
+    // and wake. None under loom, where spinning only multiplies branches.
+    #[cfg(not(loom))]
+    match spin {
+        Spin::Short => {
+            for _ in 0..64 {
+                if let Some(r) = ready() {
+                    return Some(r);
+                }
+                crate::sync::spin_hint();
+            }
         }
-        crate::sync::spin_hint();
+        Spin::Backoff => {
+            let backoff = crossbeam_utils::Backoff::new();
+            while !backoff.is_completed() {
+                if let Some(r) = ready() {
+                    return Some(r);
+                }
+                backoff.snooze();
+            }
+        }
     }
+    #[cfg(loom)]
+    let _ = spin;
     loop {
         cell.register(Waiter::Thread(thread::current()));
         if let Some(r) = ready() {
@@ -203,8 +220,17 @@ pub(crate) fn block_until<R>(
     }
 }
 
-/// Spins before parking (none under loom, where spinning only multiplies branches).
-const SPINS: usize = if cfg!(loom) { 0 } else { 64 };
+/// How long [`block_until`] spins before parking.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Spin {
+    /// A few dozen pauses: for mailbox receivers, which may be many per core and
+    /// should leave the CPU to the producers that would wake them.
+    Short,
+    /// Spin, then yield, for a few microseconds (crossbeam's `Backoff`): for a caller
+    /// waiting on its reply, where a park and a futex wake cost far more (tens of
+    /// microseconds on a busy virtual machine) than the callee's round trip.
+    Backoff,
+}
 
 /// Parks until `deadline`; `None` once it has passed.
 #[cfg(not(loom))]

@@ -643,11 +643,6 @@ impl DefaultMessageRouter {
                     Push::Refused(message, refusal, retry_at) => {
                         tracked.payload = Outgoing::Message(message);
                         tracked.last_refusal = Some(refusal);
-                        if refusal == Refusal::CircuitOpen {
-                            // The breaker turned it away before the mailbox saw it: that
-                            // costs no attempt (the message's timeout still bounds it).
-                            tracked.attempts -= 1;
-                        }
                         let _ = self.retry_later(tracked, retry_at);
                     }
                     Push::Closed(message) => {
@@ -675,11 +670,7 @@ impl DefaultMessageRouter {
         }
         match pushed {
             AckedPush::Delivered | AckedPush::Acknowledged | AckedPush::NotTracked(_) => {}
-            AckedPush::Refused(mut tracked, retry_at) => {
-                if tracked.last_refusal == Some(Refusal::CircuitOpen) {
-                    // As in `retry`: a breaker rejection costs no attempt.
-                    tracked.attempts -= 1;
-                }
+            AckedPush::Refused(tracked, retry_at) => {
                 let _ = self.retry_later(tracked, retry_at);
             }
             AckedPush::Gone(tracked, reason) => {
