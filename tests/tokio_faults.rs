@@ -445,7 +445,13 @@ async fn breaker_trips_and_recovers() {
     let dead = check_tally(&system, &seen, producers, per);
     assert_eq!(dead, 0);
 
-    // Closed again: a send goes straight into the mailbox, not to a retry.
+    // Closed again: a send goes straight into the mailbox, not to a retry. (Wait for
+    // the slow consumer to empty the mailbox first, or a full mailbox would refuse it.)
+    let deadline = Instant::now() + DEADLINE;
+    while mailbox.queue_size().await > 0 {
+        assert!(Instant::now() < deadline, "the consumer stopped");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let before = tally.lock().unwrap().delivered.len();
     system
         .send(&pid, AgentMessage::cast(AgentPid::new(), (99u64, 0u64)))

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use super::shared::{Claim, Settings, Shared};
-use super::waiter::{block_until, Spin, Waiter};
+use super::waiter::{block_until, Waiter};
 use super::{MailboxConfig, MailboxStats};
 use crate::delivery::dead_letter::DeadLetters;
 use crate::error::{MessagingError, MessagingResult, TrySendError};
@@ -129,9 +129,7 @@ impl AgentMailbox {
     fn receive_until(&self, deadline: Option<Instant>) -> MessagingResult<AgentMessage> {
         let claim = self.shared.claim()?;
         self.shared.on_receive_call();
-        let outcome = block_until(&self.shared.waiter, deadline, Spin::Short, || {
-            self.shared.pop(&claim)
-        });
+        let outcome = block_until(&self.shared.waiter, deadline, || self.shared.pop(&claim));
         match outcome {
             Some(result) => result,
             None => Err(MessagingError::MessageTimeout(self.shared.pid.clone())),

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, SeqCst};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::mailbox::waiter::{block_until, Spin, WaitCell, Waiter};
+use crate::mailbox::waiter::{block_until, WaitCell, Waiter};
 use crate::sync::{Arc, AtomicUsize, UnsafeCell};
 
 /// A reply payload, as the seed's `reply_to.send(Box::new(response))` writes it.
@@ -183,9 +183,7 @@ impl ReplyReceiver {
 
     fn wait(&mut self, deadline: Option<Instant>) -> Option<Result<Payload, ReplyError>> {
         let slot = self.slot.clone();
-        block_until(&slot.waiter, deadline, Spin::Backoff, || {
-            self.try_recv().transpose()
-        })
+        block_until(&slot.waiter, deadline, || self.try_recv().transpose())
     }
 }
 
