@@ -414,9 +414,9 @@ impl DefaultMessageRouter {
                 "{} messages already in flight (max_concurrent_deliveries)",
                 self.config.max_concurrent_deliveries
             ))),
-            TrackFailed::Closed => Err(MessagingError::System("the router is shut down".into())),
-            // Accepted, then expired (the clock is at its end) or already acknowledged.
-            TrackFailed::Expired | TrackFailed::Acknowledged => Ok(()),
+            // Accepted, then given up on at shutdown (dead letter `Shutdown`), expired (the
+            // clock is at its end) or already acknowledged: settled, so `Ok`.
+            TrackFailed::Closed | TrackFailed::Expired | TrackFailed::Acknowledged => Ok(()),
         }
     }
 
