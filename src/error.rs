@@ -179,6 +179,11 @@ impl TrySendError {
 
     /// The error as a [`MessagingError`] for `pid` (dropping the message).
     pub fn into_error(self, pid: &AgentPid) -> MessagingError {
+        self.to_error(pid)
+    }
+
+    /// The matching [`MessagingError`], keeping the message.
+    pub(crate) fn to_error(&self, pid: &AgentPid) -> MessagingError {
         match self {
             TrySendError::Full(_) => MessagingError::MailboxFull(pid.clone()),
             TrySendError::Closed(_) => MessagingError::ChannelClosed(pid.clone()),

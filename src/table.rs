@@ -195,6 +195,15 @@ impl AgentTable {
         inner.slots.drain().map(|e| e.target).collect()
     }
 
+    /// Removes every entry and closes every agent's mailbox (groups just go).
+    pub(crate) fn close_all(&self) {
+        for target in self.clear() {
+            if let Target::Agent(mailbox) = target {
+                mailbox.close();
+            }
+        }
+    }
+
     /// Runs `f` on `pid`'s destination under the read lock.
     #[inline]
     pub(crate) fn with_target<R>(&self, pid: &AgentPid, f: impl FnOnce(&Target) -> R) -> Option<R> {

@@ -9,7 +9,7 @@ use crate::delivery::dead_letter::DeadLetters;
 use crate::error::{MessagingError, MessagingResult};
 use crate::message::AgentPid;
 use crate::sync::Arc;
-use crate::table::{AgentTable, InsertError, Target};
+use crate::table::{AgentTable, InsertError};
 
 /// Creates, finds and removes agents' mailboxes.
 ///
@@ -111,11 +111,7 @@ impl MailboxManager {
 
     /// Removes and closes every mailbox.
     pub fn close_all(&self) {
-        for target in self.table.clear() {
-            if let Target::Agent(shared) = target {
-                shared.close();
-            }
-        }
+        self.table.close_all();
     }
 
     /// Takes the dead letters of this manager's mailboxes.

@@ -515,13 +515,3 @@ impl Drop for Shared {
         }
     }
 }
-
-impl TrySendError {
-    /// The matching [`MessagingError`], keeping the message.
-    pub(crate) fn to_error(&self, pid: &AgentPid) -> MessagingError {
-        match self {
-            TrySendError::Full(_) => MessagingError::MailboxFull(pid.clone()),
-            TrySendError::Closed(_) => MessagingError::ChannelClosed(pid.clone()),
-        }
-    }
-}

@@ -220,22 +220,22 @@ impl DefaultMessageRouter {
 
     // ===== dispatch =====
 
-    /// Routes an envelope with its options.
+    /// Routes an envelope with its options. The caller has checked that the router
+    /// (or the system around it) is running.
     pub(crate) fn dispatch_envelope(&self, envelope: MessageEnvelope) -> MessagingResult<()> {
-        self.check_running()?;
         let to = envelope.to.clone();
         let options = envelope.delivery_options.clone();
         self.dispatch(&to, Outgoing::Envelope(envelope), &options)
     }
 
-    /// Routes a built message at `priority` with default options.
+    /// Routes a built message at `priority` with default options. The caller has
+    /// checked that the router (or the system around it) is running.
     pub(crate) fn dispatch_message(
         &self,
         to: &AgentPid,
         message: AgentMessage,
         priority: MessagePriority,
     ) -> MessagingResult<()> {
-        self.check_running()?;
         let options = DeliveryOptions {
             priority,
             ..DeliveryOptions::default()
@@ -791,6 +791,7 @@ impl Fire for DefaultMessageRouter {
 
 impl MessageRouter for DefaultMessageRouter {
     fn route_message(&self, envelope: MessageEnvelope) -> MessagingResult<()> {
+        self.check_running()?;
         self.dispatch_envelope(envelope)
     }
 
@@ -834,11 +835,7 @@ impl MessageRouter for DefaultMessageRouter {
 
     fn shutdown(&self) -> MessagingResult<()> {
         self.stop();
-        for target in self.table.clear() {
-            if let Target::Agent(mailbox) = target {
-                mailbox.close();
-            }
-        }
+        self.table.close_all();
         Ok(())
     }
 
@@ -848,6 +845,7 @@ impl MessageRouter for DefaultMessageRouter {
         message: AgentMessage,
         priority: MessagePriority,
     ) -> MessagingResult<()> {
+        self.check_running()?;
         self.dispatch_message(to, message, priority)
     }
 }
