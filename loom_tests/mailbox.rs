@@ -148,6 +148,31 @@ fn l1_concurrent_receive_across_blocks() {
     });
 }
 
+/// L1d: blocks are recycled. One producer sends 5 messages (three blocks of two under
+/// loom) while the receiver pops: the block the receiver leaves first is parked as the
+/// spare and may be the one the producer installs third, written while the receiver
+/// still reads the second.
+#[test]
+fn l1_recycled_block_under_a_live_producer() {
+    model(|| {
+        let token = Arc::new(());
+        let mailbox = unbounded();
+        let sender = mailbox.sender();
+        let t = token.clone();
+        let producer = spawn(move || {
+            for seq in 0..5 {
+                sender.try_send(tagged(&t, 0, seq), NORMAL).unwrap();
+            }
+        });
+        let got = receive_n(&mailbox, 5);
+        assert_eq!(got, [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)]);
+        producer.join().unwrap();
+        assert!(mailbox.try_receive().unwrap().is_none());
+        drop(mailbox);
+        assert_all_dropped(&token);
+    });
+}
+
 /// L1c: a send that returned is visible at once (tokio #2020), even while another
 /// producer is still installing the lane's first block or writing an earlier slot.
 #[test]

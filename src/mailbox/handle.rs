@@ -116,20 +116,38 @@ impl AgentMailbox {
 
     /// Blocks until a message arrives. After `close`, drains what is queued, then
     /// returns `ChannelClosed`.
+    #[inline]
     pub fn receive(&self) -> MessagingResult<AgentMessage> {
-        self.receive_until(None)
+        self.receive_within(None)
     }
 
     /// Like [`receive`](Self::receive), but gives up with `MessageTimeout` after
     /// `timeout`. A zero timeout only takes what is ready; `Duration::MAX` waits forever.
+    #[inline]
     pub fn receive_timeout(&self, timeout: Duration) -> MessagingResult<AgentMessage> {
-        self.receive_until(Instant::now().checked_add(timeout))
+        self.receive_within(Some(timeout))
     }
 
-    fn receive_until(&self, deadline: Option<Instant>) -> MessagingResult<AgentMessage> {
+    /// Takes a ready message inline; only waiting (and reading the clock for a
+    /// timeout) happens out of line.
+    #[inline]
+    fn receive_within(&self, timeout: Option<Duration>) -> MessagingResult<AgentMessage> {
         let claim = self.shared.claim()?;
         self.shared.on_receive_call();
-        let outcome = block_until(&self.shared.waiter, deadline, || self.shared.pop(&claim));
+        match self.shared.pop(&claim) {
+            Some(result) => result,
+            None => self.wait_for_message(&claim, timeout),
+        }
+    }
+
+    #[inline(never)]
+    fn wait_for_message(
+        &self,
+        claim: &Claim<'_>,
+        timeout: Option<Duration>,
+    ) -> MessagingResult<AgentMessage> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let outcome = block_until(&self.shared.waiter, deadline, || self.shared.pop(claim));
         match outcome {
             Some(result) => result,
             None => Err(MessagingError::MessageTimeout(self.shared.pid.clone())),

@@ -37,12 +37,18 @@ struct Extra<T> {
     bypassed: UnsafeCell<[u32; 4]>,
 }
 
-/// The producers' side of a mailbox's lanes: the `Normal` tail and the extra lanes.
+/// The producers' side of a mailbox's lanes: the `Normal` tail, written on every send.
 /// A mailbox keeps it away from [`LanesRx`] (another cache line).
 pub(crate) struct LanesTx<T> {
     normal: Tail<T>,
+}
+
+/// The pointer to the extra lanes: written once, read by the receiver on every pop and
+/// by producers of non-`Normal` messages. A mailbox keeps it with its read-mostly fields,
+/// off the line producers claim on, so that receiving does not pull that line away.
+pub(crate) struct ExtraLanes<T> {
     /// Null until first needed; [`closed_sentinel`] if closed before that.
-    extra: AtomicPtr<Extra<T>>,
+    ptr: AtomicPtr<Extra<T>>,
 }
 
 /// The receiver's side of a mailbox's lanes: the `Normal` head.
@@ -50,10 +56,11 @@ pub(crate) struct LanesRx<T> {
     normal: Head<T>,
 }
 
-/// All lanes of one mailbox, seen through both sides.
+/// All lanes of one mailbox, seen through its three parts.
 pub(crate) struct Lanes<'a, T> {
     tx: &'a LanesTx<T>,
     rx: &'a LanesRx<T>,
+    extra: &'a ExtraLanes<T>,
 }
 
 impl<T> Clone for Lanes<'_, T> {
@@ -80,7 +87,14 @@ impl<T> LanesTx<T> {
     pub(crate) fn new() -> Self {
         LanesTx {
             normal: Tail::new(),
-            extra: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+}
+
+impl<T> ExtraLanes<T> {
+    pub(crate) fn new() -> Self {
+        ExtraLanes {
+            ptr: AtomicPtr::new(ptr::null_mut()),
         }
     }
 }
@@ -97,11 +111,15 @@ impl<T> LanesRx<T> {
 ///
 /// # Safety
 ///
-/// `tx` and `rx` belong to the same mailbox, and nothing uses it any more.
-pub(crate) unsafe fn drop_lanes<T>(tx: &mut LanesTx<T>, rx: &mut LanesRx<T>) {
+/// `tx`, `rx` and `extra` belong to the same mailbox, and nothing uses it any more.
+pub(crate) unsafe fn drop_lanes<T>(
+    tx: &mut LanesTx<T>,
+    rx: &mut LanesRx<T>,
+    extra: &mut ExtraLanes<T>,
+) {
     // SAFETY: the two halves of the normal lane, exclusively ours (the contract).
     unsafe { drop_queued(&mut tx.normal, &mut rx.normal) };
-    let p = tx.extra.load(Acquire);
+    let p = extra.ptr.load(Acquire);
     if !p.is_null() && p != closed_sentinel() {
         // SAFETY: installed from a `Box` and reachable only through `tx`.
         drop(unsafe { Box::from_raw(p) });
@@ -109,8 +127,8 @@ pub(crate) unsafe fn drop_lanes<T>(tx: &mut LanesTx<T>, rx: &mut LanesRx<T>) {
 }
 
 impl<'a, T> Lanes<'a, T> {
-    pub(crate) fn new(tx: &'a LanesTx<T>, rx: &'a LanesRx<T>) -> Self {
-        Lanes { tx, rx }
+    pub(crate) fn new(tx: &'a LanesTx<T>, rx: &'a LanesRx<T>, extra: &'a ExtraLanes<T>) -> Self {
+        Lanes { tx, rx, extra }
     }
 
     #[inline]
@@ -121,7 +139,7 @@ impl<'a, T> Lanes<'a, T> {
     /// The allocated extra lanes, if any.
     fn extra(self) -> Option<&'a Extra<T>> {
         // SeqCst: pairs with the install CAS, as the lanes' claim loads do (`waiter`).
-        let p = self.tx.extra.load(SeqCst);
+        let p = self.extra.ptr.load(SeqCst);
         if p.is_null() || p == closed_sentinel() {
             None
         } else {
@@ -158,8 +176,8 @@ impl<'a, T> Lanes<'a, T> {
             bypassed: UnsafeCell::new([0; 4]),
         }));
         match self
-            .tx
             .extra
+            .ptr
             .compare_exchange(ptr::null_mut(), new, SeqCst, Acquire)
         {
             // SAFETY: just installed; freed only in `Drop`.
@@ -190,8 +208,8 @@ impl<'a, T> Lanes<'a, T> {
     /// Closes every lane. Returns `true` if this call closed the mailbox.
     pub(crate) fn close(self) -> bool {
         if self
-            .tx
             .extra
+            .ptr
             .compare_exchange(ptr::null_mut(), closed_sentinel(), SeqCst, Acquire)
             .is_err()
         {

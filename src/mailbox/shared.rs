@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use std::time::{Duration, Instant};
 
 use super::lane::Pop;
-use super::priority::{drop_lanes, Lanes, LanesRx, LanesTx};
+use super::priority::{drop_lanes, ExtraLanes, Lanes, LanesRx, LanesTx};
 use super::waiter::WaitCell;
 use super::MailboxConfig;
 use crate::delivery::dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
@@ -108,35 +108,41 @@ struct Sampled {
 ///
 /// # Layout
 ///
-/// `repr(C)` keeps the fields in three groups: what producers write on every send
-/// first, what the receiver writes on every receive last, and at least 64 bytes of
-/// read-mostly fields between them, so the two hot groups never share a cache line
-/// (the receiver's writes would otherwise keep stealing the producers' line).
+/// `repr(C)` keeps the fields in three groups, so that a cache line written on every
+/// send is never one the receiver reads on every receive, and the other way round:
+///
+/// - **send**: what producers write (the claim counter, bounded reservations) or read
+///   on every send (`capacity`, the wait cell's state);
+/// - **cold**: written rarely, read on slow paths only;
+/// - **receive**: what the receiver writes (heads, pop count, claim) or reads on every
+///   receive (the extra lanes' pointer, the sampled stats, the settings).
+///
+/// The cold group spans at least [`HOT_GAP`] bytes. An `Arc` places the struct 16 bytes
+/// into a 16-aligned allocation and every field is 8-aligned, so that gap keeps the two
+/// hot groups off each other's lines whatever the address (a test checks the offsets).
+/// Padding each group to its own line instead would cost ~200 more bytes per idle agent.
 #[repr(C)]
 pub(crate) struct Shared {
-    // ----- written by producers -----
-    /// The lanes' tails (claims) and the extra lanes.
+    // ----- send -----
+    /// The `Normal` lane's tail (claims).
     tx: LanesTx<AgentMessage>,
     /// Bounded mode: messages queued or being queued. Unused when unbounded.
     reserved: AtomicUsize,
-
-    // ----- read-mostly -----
     /// Bounded capacity; 0 = unbounded.
     capacity: usize,
-    /// The receiver's wait cell (read by producers on every send, written when the
-    /// receiver goes to sleep).
+    /// The receiver's wait cell: its state word (first) is read on every send and
+    /// written when the receiver goes to sleep; the waiter after it is cold.
     pub(crate) waiter: WaitCell,
+
+    // ----- cold -----
     pub(crate) pid: AgentPid,
-    pub(crate) settings: Arc<Settings>,
     /// This destination's circuit breaker (used only when the system has one).
     pub(crate) breaker: Breaker,
     /// `AgentMailbox` handles alive (receivers that could still drain).
     pub(crate) rx_handles: AtomicUsize,
-    /// Sampled statistics; null until the first sample.
-    sampled: AtomicPtr<Sampled>,
 
-    // ----- written by the receiver -----
-    /// The lanes' heads.
+    // ----- receive -----
+    /// The `Normal` lane's head.
     rx: LanesRx<AgentMessage>,
     /// Messages popped by receivers (written only by the claim holder).
     pops: AtomicUsize,
@@ -145,7 +151,17 @@ pub(crate) struct Shared {
     /// A standalone mailbox (`AgentMailbox::new`): nothing can make a new receiver
     /// handle, so the last one to go closes it (its senders then get `ChannelClosed`).
     detached: bool,
+    /// The extra lanes' pointer.
+    extra: ExtraLanes<AgentMessage>,
+    /// Sampled statistics; null until the first sample.
+    sampled: AtomicPtr<Sampled>,
+    pub(crate) settings: Arc<Settings>,
 }
+
+/// The least distance in bytes between the send and receive groups of [`Shared`]: with
+/// 8-aligned fields, the last send byte and the first receive byte then never share a
+/// 64-byte line.
+const HOT_GAP: usize = 56;
 
 /// The receiver claim; released on drop.
 pub(crate) struct Claim<'a>(&'a Shared);
@@ -161,6 +177,7 @@ impl Shared {
         let shared = Shared {
             pid,
             tx: LanesTx::new(),
+            extra: ExtraLanes::new(),
             waiter: WaitCell::new(),
             capacity: settings.config.max_messages,
             reserved: AtomicUsize::new(0),
@@ -182,7 +199,7 @@ impl Shared {
     /// The lanes, through both sides.
     #[inline]
     pub(crate) fn lanes(&self) -> Lanes<'_, AgentMessage> {
-        Lanes::new(&self.tx, &self.rx)
+        Lanes::new(&self.tx, &self.rx, &self.extra)
     }
 
     /// The sampled statistics, allocating them on first use.
@@ -299,10 +316,12 @@ impl Shared {
         message: AgentMessage,
         priority: MessagePriority,
     ) -> Result<(), MessagingError> {
-        if let Some(e) = self.config_error() {
-            return Err(e);
-        }
         self.try_send(message, priority).map_err(|e| {
+            // A refused configuration closed the lanes at creation (checked here, off
+            // the send path): nothing was accepted, so nothing is dead-lettered.
+            if let Some(config) = self.config_error() {
+                return config;
+            }
             let err = e.to_error(&self.pid);
             let reason = match &e {
                 TrySendError::Full(_) => DeadLetterReason::MailboxFull,
@@ -320,6 +339,7 @@ impl Shared {
     // ===== receive side =====
 
     /// Takes the receiver claim.
+    #[inline]
     pub(crate) fn claim(&self) -> Result<Claim<'_>, MessagingError> {
         self.receiving
             .compare_exchange(false, true, Acquire, Relaxed)
@@ -330,21 +350,33 @@ impl Shared {
     /// One attempt to take a message: `Some(Ok)`, `Some(Err(closed))`, or `None` if
     /// nothing is queued. Waits through `Busy` (a producer has claimed the head but is
     /// still writing it: a few instructions, unless it was descheduled mid-send).
-    pub(crate) fn pop(&self, _claim: &Claim<'_>) -> Option<Result<AgentMessage, MessagingError>> {
+    ///
+    /// Inline, with everything but "a message was ready" out of line, so that a
+    /// receive moves the message from its slot to the caller without intermediate copies.
+    #[inline]
+    pub(crate) fn pop(&self, claim: &Claim<'_>) -> Option<Result<AgentMessage, MessagingError>> {
+        // SAFETY: `claim` proves we are the only receiver.
+        match unsafe { self.lanes().pop(self.settings.budget) } {
+            Pop::Msg(message) => {
+                self.count_pop();
+                Some(Ok(message))
+            }
+            other => self.pop_slow(claim, other),
+        }
+    }
+
+    /// The rest of [`Shared::pop`], after a first attempt found no message ready.
+    #[inline(never)]
+    fn pop_slow(
+        &self,
+        _claim: &Claim<'_>,
+        mut popped: Pop<AgentMessage>,
+    ) -> Option<Result<AgentMessage, MessagingError>> {
         let busy = SpinWait::default();
         loop {
-            // SAFETY: `_claim` proves we are the only receiver.
-            match unsafe { self.lanes().pop(self.settings.budget) } {
+            match popped {
                 Pop::Msg(message) => {
-                    if self.capacity > 0 {
-                        self.reserved.fetch_sub(1, AcqRel);
-                    }
-                    // Only the claim holder writes `pops`: a load and a store suffice.
-                    let pops = self.pops.load(Relaxed);
-                    self.pops.store(pops.wrapping_add(1), Relaxed);
-                    if pops % SAMPLE_EVERY == 0 {
-                        self.sample_processed();
-                    }
+                    self.count_pop();
                     return Some(Ok(message));
                 }
                 Pop::Empty => return None,
@@ -355,6 +387,23 @@ impl Shared {
                         .unwrap_or_else(|| MessagingError::ChannelClosed(self.pid.clone()))))
                 }
             }
+            // SAFETY: `_claim` proves we are the only receiver.
+            popped = unsafe { self.lanes().pop(self.settings.budget) };
+        }
+    }
+
+    /// Books one popped message: bounded capacity back, pop count, sampled stats.
+    #[inline]
+    fn count_pop(&self) {
+        // `capacity` lives on the senders' line; read the settings' copy.
+        if self.settings.config.max_messages > 0 {
+            self.reserved.fetch_sub(1, AcqRel);
+        }
+        // Only the claim holder writes `pops`: a load and a store suffice.
+        let pops = self.pops.load(Relaxed);
+        self.pops.store(pops.wrapping_add(1), Relaxed);
+        if pops % SAMPLE_EVERY == 0 {
+            self.sample_processed();
         }
     }
 
@@ -507,11 +556,31 @@ pub(crate) fn disarm_call(mut message: AgentMessage) -> AgentMessage {
 impl Drop for Shared {
     fn drop(&mut self) {
         // SAFETY: `&mut self`: no producer or receiver is left.
-        unsafe { drop_lanes(&mut self.tx, &mut self.rx) };
+        unsafe { drop_lanes(&mut self.tx, &mut self.rx, &mut self.extra) };
         let p = self.sampled.load(Acquire);
         if !p.is_null() {
             // SAFETY: installed from a `Box`, reachable only through `self`.
             drop(unsafe { Box::from_raw(p) });
         }
+    }
+}
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::{Shared, HOT_GAP};
+    use std::mem::offset_of;
+
+    /// The send and receive groups stay [`HOT_GAP`] apart, and the wait cell's state
+    /// word is the send group's last field (see "Layout" on [`Shared`]).
+    #[test]
+    fn hot_groups_do_not_share_a_line() {
+        let send_end = offset_of!(Shared, waiter) + 8;
+        let receive_start = offset_of!(Shared, rx);
+        assert!(
+            receive_start - send_end >= HOT_GAP,
+            "send group ends at {send_end}, receive group starts at {receive_start}"
+        );
+        assert!(offset_of!(Shared, tx) < offset_of!(Shared, reserved));
+        assert!(offset_of!(Shared, capacity) < offset_of!(Shared, waiter));
+        assert!(receive_start < offset_of!(Shared, settings));
     }
 }

@@ -59,7 +59,11 @@ impl Waiter {
 }
 
 /// A cell holding at most one [`Waiter`].
+///
+/// `repr(C)`: `state`, read by every producer, comes first, so that a mailbox can keep
+/// it on its send line and the waiter itself off it.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct WaitCell {
     /// `IDLE`, `REGISTERING`, `WAITING`, with `WAKING` or'ed in by producers.
     state: AtomicUsize,
