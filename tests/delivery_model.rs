@@ -680,8 +680,11 @@ proptest! {
         max_retries in 1u32..8,
         offsets_ms in prop::collection::vec(0u64..5, 1..4),
     ) {
-        // Every send happens before the first retry is due.
-        let offsets_ms: Vec<u64> = offsets_ms.iter().map(|o| o % retry_delay_ms).collect();
+        // Every send happens before the first retry is due: that is the first delay,
+        // which the cap may make shorter than `retry_delay` (found by proptest:
+        // retry_delay 2 ms, cap 1 ms, a send at 1 ms met the first retry).
+        let first_delay_ms = retry_delay_ms.min(max_delay_ms);
+        let offsets_ms: Vec<u64> = offsets_ms.iter().map(|o| o % first_delay_ms).collect();
         // Whole-millisecond delays keep the model exact (1 tick = 1 ms): with a
         // fractional multiplier the product may not be whole, so only check those
         // whose delays are.
@@ -703,6 +706,8 @@ fn retry_schedule_regressions() {
     retry_schedule(100, 2.0, 400, 5, &[0, 1, 3]);
     retry_schedule(5, 2.0, 1000, 1, &[0]);
     retry_schedule(7, 1.0, 7, 3, &[0, 0, 6]);
+    // A cap below `retry_delay`: the first retry comes after the cap.
+    retry_schedule(2, 1.0, 1, 1, &[0, 0]);
 }
 
 /// `max_retries: 0` means the first attempt is the only one: a refused message is
