@@ -45,6 +45,17 @@ pub(crate) struct SpinWait {
 }
 
 impl SpinWait {
+    /// After a lost compare-and-swap: spins for exponentially longer each time (no
+    /// yield), so that contending threads stop stealing the line from each other on
+    /// every attempt. Under loom, a yield.
+    #[inline]
+    pub(crate) fn contended(&self) {
+        #[cfg(not(loom))]
+        self.backoff.spin();
+        #[cfg(loom)]
+        loom::thread::yield_now();
+    }
+
     #[inline]
     pub(crate) fn wait(&self) {
         #[cfg(not(loom))]

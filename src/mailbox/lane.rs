@@ -43,7 +43,7 @@ use std::ptr;
 
 use crossbeam_utils::CachePadded;
 
-use crate::sync::{spin_hint, AtomicBool, AtomicPtr, AtomicUsize, SpinWait, UnsafeCell};
+use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, SpinWait, UnsafeCell};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
 /// Positions per lap: `BLOCK_CAP` slots plus one "installing the next block" marker.
@@ -246,6 +246,8 @@ impl<'a, T> LaneRef<'a, T> {
         // Waiting for another producer's block install: spin, then yield, so that a
         // descheduled installer gets the CPU back (one core, or valgrind).
         let install = SpinWait::default();
+        // Losing the claim CAS to another producer: back off (crossbeam does the same).
+        let contention = SpinWait::default();
 
         loop {
             if tail & CLOSED != 0 {
@@ -337,7 +339,7 @@ impl<'a, T> LaneRef<'a, T> {
                 Err(current) => {
                     tail = current;
                     block = self.tail.block.load(Acquire);
-                    spin_hint();
+                    contention.contended();
                 }
             }
         }

@@ -18,7 +18,7 @@ use terraphim_agent_messaging::{
     AgentMessage, AgentPid, MessagePriority, MessageSystem, RouterConfig,
 };
 
-use crate::harness::{median_of, rate, Better, Percentiles, Results, Sizes};
+use crate::harness::{medians_interleaved, rate, Better, Percentiles, Results, Sizes};
 
 /// A cast carrying a u64.
 pub struct Cast(pub u64);
@@ -459,44 +459,35 @@ pub fn idle(peer: &str, n: usize) -> (u64, f64) {
 pub fn bench_casts(sizes: &Sizes, results: &mut Results) {
     let n = sizes.n_actor;
     let runs = sizes.runs;
-    let s = "actors";
     for (producers, label) in [(1usize, "spsc"), (2, "2p")] {
-        println!("\n== cast into an actor, {label} ({n} casts, median of {runs}) ==");
-        results.push(
-            s,
-            format!("{label} cast: ours agent, MailboxSender::try_send"),
-            median_of(runs, || ours_casts(producers, n, false)),
-            "msg/s",
-            Better::Higher,
+        println!("\n== cast into an actor, {label} ({n} casts, median of {runs} interleaved rounds) ==");
+        let p = producers;
+        let medians = medians_interleaved(
+            runs,
+            &mut [
+                &mut || ours_casts(p, n, false),
+                &mut || ours_casts(p, n, true),
+                &mut || ax::casts(p, n),
+                &mut || rc::casts(p, n),
+                &mut || km::casts(p, n),
+            ],
         );
-        results.push(
-            s,
-            format!("{label} cast: ours agent, MessageSystem::send by pid"),
-            median_of(runs, || ours_casts(producers, n, true)),
-            "msg/s",
-            Better::Higher,
-        );
-        results.push(
-            s,
-            format!("{label} cast: actix do_send"),
-            median_of(runs, || ax::casts(producers, n)),
-            "msg/s",
-            Better::Higher,
-        );
-        results.push(
-            s,
-            format!("{label} cast: ractor cast"),
-            median_of(runs, || rc::casts(producers, n)),
-            "msg/s",
-            Better::Higher,
-        );
-        results.push(
-            s,
-            format!("{label} cast: kameo tell"),
-            median_of(runs, || km::casts(producers, n)),
-            "msg/s",
-            Better::Higher,
-        );
+        let names = [
+            "ours agent, MailboxSender::try_send",
+            "ours agent, MessageSystem::send by pid",
+            "actix do_send",
+            "ractor cast",
+            "kameo tell",
+        ];
+        for (name, value) in names.iter().zip(medians) {
+            results.push(
+                "actors",
+                format!("{label} cast: {name}"),
+                value,
+                "msg/s",
+                Better::Higher,
+            );
+        }
     }
 }
 

@@ -51,6 +51,22 @@ impl Sizes {
     }
 }
 
+/// Medians of `runs` rounds over several contenders, interleaved: each round runs every
+/// contender once, starting one further along each time. So every contender meets the
+/// same mix of allocator, cache and neighbour states, instead of the later ones finding
+/// a heap the earlier ones warmed up (which favoured whoever ran second by up to 40%).
+pub fn medians_interleaved(runs: usize, contenders: &mut [&mut dyn FnMut() -> f64]) -> Vec<f64> {
+    let k = contenders.len();
+    let mut samples = vec![Vec::with_capacity(runs); k];
+    for round in 0..runs {
+        for step in 0..k {
+            let i = (round + step) % k;
+            samples[i].push((contenders[i])());
+        }
+    }
+    samples.iter_mut().map(|v| median(v)).collect()
+}
+
 /// Median of `runs` repetitions of `one` (each returns msg/s, ns/op, …).
 pub fn median_of(runs: usize, mut one: impl FnMut() -> f64) -> f64 {
     let mut v: Vec<f64> = (0..runs).map(|_| one()).collect();

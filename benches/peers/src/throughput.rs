@@ -16,7 +16,7 @@ use terraphim_agent_messaging::{
     AgentMailbox, AgentMessage, AgentPid, MailboxConfig, MessagePriority,
 };
 
-use crate::harness::{median_of, rate, Better, Results, Sizes};
+use crate::harness::{medians_interleaved, rate, Better, Results, Sizes};
 
 /// `producers` threads call `send(&tx, i)` for their share of `0..n`; one consumer calls
 /// `recv(&mut rx)` `n` times. Returns spawn → join.
@@ -208,60 +208,40 @@ pub fn bench(sizes: &Sizes, results: &mut Results) {
     let n = sizes.n_channel;
     for (producers, label) in [(1usize, "spsc"), (2, "2p")] {
         println!(
-            "\n== throughput {label} ({n} messages, median of {}) ==",
+            "\n== throughput {label} ({n} messages, median of {} interleaved rounds) ==",
             sizes.runs
         );
-        let runs = sizes.runs;
-        let s = "throughput";
-        results.push(
-            s,
-            format!("{label}: ours mailbox, AgentMessage"),
-            median_of(runs, || ours(producers, n, &from)),
-            "msg/s",
-            Better::Higher,
+        let p = producers;
+        let medians = medians_interleaved(
+            sizes.runs,
+            &mut [
+                &mut || ours(p, n, &from),
+                &mut || crossbeam_msg(p, n, &from),
+                &mut || flume_msg(p, n, &from),
+                &mut || tokio_msg(p, n, &from),
+                &mut || crossbeam_u64(p, n),
+                &mut || flume_u64(p, n),
+                &mut || tokio_u64(p, n),
+            ],
         );
-        results.push(
-            s,
-            format!("{label}: crossbeam, AgentMessage"),
-            median_of(runs, || crossbeam_msg(producers, n, &from)),
-            "msg/s",
-            Better::Higher,
-        );
-        results.push(
-            s,
-            format!("{label}: flume, AgentMessage"),
-            median_of(runs, || flume_msg(producers, n, &from)),
-            "msg/s",
-            Better::Higher,
-        );
-        results.push(
-            s,
-            format!("{label}: tokio mpsc current-thread, AgentMessage"),
-            median_of(runs, || tokio_msg(producers, n, &from)),
-            "msg/s",
-            Better::Higher,
-        );
-        results.push(
-            s,
-            format!("{label}: crossbeam, u64"),
-            median_of(runs, || crossbeam_u64(producers, n)),
-            "msg/s",
-            Better::Higher,
-        );
-        results.push(
-            s,
-            format!("{label}: flume, u64"),
-            median_of(runs, || flume_u64(producers, n)),
-            "msg/s",
-            Better::Higher,
-        );
-        results.push(
-            s,
-            format!("{label}: tokio mpsc current-thread, u64"),
-            median_of(runs, || tokio_u64(producers, n)),
-            "msg/s",
-            Better::Higher,
-        );
+        let names = [
+            "ours mailbox, AgentMessage",
+            "crossbeam, AgentMessage",
+            "flume, AgentMessage",
+            "tokio mpsc current-thread, AgentMessage",
+            "crossbeam, u64",
+            "flume, u64",
+            "tokio mpsc current-thread, u64",
+        ];
+        for (name, value) in names.iter().zip(medians) {
+            results.push(
+                "throughput",
+                format!("{label}: {name}"),
+                value,
+                "msg/s",
+                Better::Higher,
+            );
+        }
     }
 }
 
