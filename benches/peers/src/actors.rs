@@ -460,7 +460,9 @@ pub fn bench_casts(sizes: &Sizes, results: &mut Results) {
     let n = sizes.n_actor;
     let runs = sizes.runs;
     for (producers, label) in [(1usize, "spsc"), (2, "2p")] {
-        println!("\n== cast into an actor, {label} ({n} casts, median of {runs} interleaved rounds) ==");
+        println!(
+            "\n== cast into an actor, {label} ({n} casts, median of {runs} interleaved rounds) =="
+        );
         let p = producers;
         let medians = medians_interleaved(
             runs,
