@@ -241,8 +241,7 @@ impl TickSource {
     /// assert_eq!(ticks.instant_to_tick(origin + Duration::from_micros(999)), 0);
     /// ```
     pub fn instant_to_tick(&self, now: Instant) -> u64 {
-        let elapsed = now.saturating_duration_since(self.origin);
-        u64::try_from(elapsed.as_nanos() / NANOS_PER_TICK).unwrap_or(u64::MAX)
+        floor_ticks(now.saturating_duration_since(self.origin))
     }
 
     /// The tick to give `TimerWheel::insert` for a timer due at `deadline`,
@@ -313,8 +312,25 @@ fn ticks_to_duration(tick: u64) -> Duration {
 
 /// Whole ticks in `d`, rounded up, saturating at `u64::MAX`.
 fn ceil_ticks(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos().div_ceil(NANOS_PER_TICK)).unwrap_or(u64::MAX)
+    // Whole seconds are whole ticks, so only the sub-second part rounds. In u64: a u128
+    // division (`as_nanos() / ...`) costs a library call on every timer armed.
+    let part = u64::from(d.subsec_nanos()).div_ceil(NANOS_PER_TICK as u64);
+    d.as_secs()
+        .saturating_mul(TICKS_PER_SEC)
+        .saturating_add(part)
 }
+
+/// Whole ticks in `d`, rounded down, saturating at `u64::MAX`.
+fn floor_ticks(d: Duration) -> u64 {
+    let part = u64::from(d.subsec_nanos()) / NANOS_PER_TICK as u64;
+    d.as_secs()
+        .saturating_mul(TICKS_PER_SEC)
+        .saturating_add(part)
+}
+
+/// Ticks per second (TICK divides a second exactly).
+const TICKS_PER_SEC: u64 = (1_000_000_000 / NANOS_PER_TICK) as u64;
+const _: () = assert!(1_000_000_000 % NANOS_PER_TICK == 0);
 
 /// `base + by`, or the latest instant representable on this platform if
 /// that overflows (found by bisection, ~100 `checked_add`s; rare path).
@@ -338,6 +354,45 @@ fn saturating_add(base: Instant, by: Duration) -> Instant {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    /// The u64 tick arithmetic agrees with the plain u128 formulas, saturation included.
+    #[test]
+    fn tick_rounding_matches_nanosecond_division() {
+        let reference = |d: Duration, ceil: bool| {
+            let nanos = d.as_nanos();
+            let ticks = if ceil {
+                nanos.div_ceil(NANOS_PER_TICK)
+            } else {
+                nanos / NANOS_PER_TICK
+            };
+            u64::try_from(ticks).unwrap_or(u64::MAX)
+        };
+        let secs = [
+            0,
+            1,
+            59,
+            1 << 32,
+            u64::MAX / 1000,
+            u64::MAX / 1000 + 1,
+            u64::MAX,
+        ];
+        let nanos = [
+            0,
+            1,
+            999_999,
+            1_000_000,
+            1_000_001,
+            500_000_000,
+            999_999_999,
+        ];
+        for &s in &secs {
+            for &n in &nanos {
+                let d = Duration::new(s, n);
+                assert_eq!(ceil_ticks(d), reference(d, true), "ceil {d:?}");
+                assert_eq!(floor_ticks(d), reference(d, false), "floor {d:?}");
+            }
+        }
+    }
 
     #[test]
     fn manual_clock_is_shared_and_monotonic() {
