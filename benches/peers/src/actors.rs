@@ -18,7 +18,7 @@ use terraphim_agent_messaging::{
     AgentMessage, AgentPid, MessagePriority, MessageSystem, RouterConfig,
 };
 
-use crate::harness::{medians_interleaved, rate, Better, Percentiles, Results, Sizes};
+use crate::harness::{medians_interleaved, rate, Better, Results, Samples, Sizes};
 
 /// A cast carrying a u64.
 pub struct Cast(pub u64);
@@ -165,7 +165,7 @@ mod ax {
         r
     }
 
-    pub fn calls(calls: usize) -> Percentiles {
+    pub fn calls(calls: usize) -> Samples {
         actix_rt::System::new().block_on(async move {
             let addr = Echo.start();
             crate::latency::sample_async(calls, |i| {
@@ -298,7 +298,7 @@ mod rc {
         r
     }
 
-    pub fn calls(calls: usize) -> Percentiles {
+    pub fn calls(calls: usize) -> Samples {
         current_thread().block_on(async move {
             let (done_tx, _done_rx) = std_mpsc::channel();
             let (actor, handle) = Actor::spawn(None, Counter, (usize::MAX, done_tx))
@@ -413,7 +413,7 @@ mod km {
         r
     }
 
-    pub fn calls(calls: usize) -> Percentiles {
+    pub fn calls(calls: usize) -> Samples {
         current_thread().block_on(async move {
             let actor = Echo::spawn(Echo);
             let p = crate::latency::sample_async(calls, |i| {
@@ -493,23 +493,17 @@ pub fn bench_casts(sizes: &Sizes, results: &mut Results) {
     }
 }
 
-pub fn bench_calls(sizes: &Sizes, results: &mut Results) {
-    let calls = sizes.calls;
-    crate::latency::push(
-        results,
-        "call: actix send().await (System)",
-        ax::calls(calls),
-    );
-    crate::latency::push(
-        results,
-        "call: ractor call (current-thread)",
-        rc::calls(calls),
-    );
-    crate::latency::push(
-        results,
-        "call: kameo ask (current-thread)",
-        km::calls(calls),
-    );
+/// The actor peers' call round trips (interleaved with ours in `latency.rs`).
+pub fn actix_calls(calls: usize) -> Samples {
+    ax::calls(calls)
+}
+
+pub fn ractor_calls(calls: usize) -> Samples {
+    rc::calls(calls)
+}
+
+pub fn kameo_calls(calls: usize) -> Samples {
+    km::calls(calls)
 }
 
 /// One SPSC cast run into our agent (for `--one`).

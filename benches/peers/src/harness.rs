@@ -106,8 +106,33 @@ pub fn percentiles(mut ns: Vec<u64>) -> Percentiles {
     }
 }
 
+/// Per-call latencies in nanoseconds, in the order taken.
+pub type Samples = Vec<u64>;
+
+/// Latency percentiles of several contenders, sampled in interleaved rounds: each
+/// round gives every contender `calls / runs` calls (plus its own warm-up), starting one
+/// further along each time, and each contender's samples are pooled. Like
+/// [`medians_interleaved`], so that no contender always meets a warmer or colder
+/// machine than another.
+pub fn percentiles_interleaved(
+    runs: usize,
+    calls: usize,
+    contenders: &mut [&mut dyn FnMut(usize) -> Samples],
+) -> Vec<Percentiles> {
+    let k = contenders.len();
+    let per_round = (calls / runs).max(1);
+    let mut pooled: Vec<Samples> = vec![Vec::with_capacity(per_round * runs); k];
+    for round in 0..runs {
+        for step in 0..k {
+            let i = (round + step) % k;
+            pooled[i].extend((contenders[i])(per_round));
+        }
+    }
+    pooled.into_iter().map(percentiles).collect()
+}
+
 /// Times `calls` calls of `one` one by one (after `calls / 10` untimed warm-up calls).
-pub fn sample_sync(calls: usize, mut one: impl FnMut(u64)) -> Percentiles {
+pub fn sample_sync(calls: usize, mut one: impl FnMut(u64)) -> Samples {
     for i in 0..calls / 10 {
         one(i as u64);
     }
@@ -117,7 +142,7 @@ pub fn sample_sync(calls: usize, mut one: impl FnMut(u64)) -> Percentiles {
         one(i as u64);
         ns.push(t.elapsed().as_nanos() as u64);
     }
-    percentiles(ns)
+    ns
 }
 
 /// Resident set size of this process in bytes (`/proc/self/statm`, field 2).

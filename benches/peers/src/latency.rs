@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use terraphim_agent_messaging::{AgentMessage, AgentPid, MessageSystem, RouterConfig};
 
-use crate::harness::{percentiles, sample_sync, Better, Percentiles, Results, Sizes};
+use crate::harness::{
+    percentiles, percentiles_interleaved, sample_sync, Better, Percentiles, Results, Samples, Sizes,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -23,7 +25,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn sample_async<F: Future<Output = ()>>(
     calls: usize,
     mut one: impl FnMut(u64) -> F,
-) -> Percentiles {
+) -> Samples {
     for i in 0..calls / 10 {
         one(i as u64).await;
     }
@@ -33,7 +35,7 @@ pub async fn sample_async<F: Future<Output = ()>>(
         one(i as u64).await;
         ns.push(t.elapsed().as_nanos() as u64);
     }
-    percentiles(ns)
+    ns
 }
 
 pub fn push(results: &mut Results, name: &str, p: Percentiles) {
@@ -48,7 +50,7 @@ pub fn push(results: &mut Results, name: &str, p: Percentiles) {
     );
 }
 
-fn ours_sync(calls: usize) -> Percentiles {
+fn ours_sync(calls: usize) -> Samples {
     let system = MessageSystem::new(RouterConfig::default());
     let (client, server) = (AgentPid::new(), AgentPid::new());
     system.register_agent(server.clone()).expect("register");
@@ -75,7 +77,7 @@ fn ours_sync(calls: usize) -> Percentiles {
     p
 }
 
-fn crossbeam_ping_pong(calls: usize) -> Percentiles {
+fn crossbeam_ping_pong(calls: usize) -> Samples {
     let (req_tx, req_rx) = crossbeam_channel::unbounded::<u64>();
     let (rep_tx, rep_rx) = crossbeam_channel::unbounded::<u64>();
     let server = thread::spawn(move || {
@@ -92,7 +94,7 @@ fn crossbeam_ping_pong(calls: usize) -> Percentiles {
     p
 }
 
-fn crossbeam_reply_channel(calls: usize) -> Percentiles {
+fn crossbeam_reply_channel(calls: usize) -> Samples {
     type Request = (u64, crossbeam_channel::Sender<u64>);
     let (req_tx, req_rx) = crossbeam_channel::unbounded::<Request>();
     let server = thread::spawn(move || {
@@ -117,7 +119,7 @@ fn current_thread() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-fn ours_async(calls: usize) -> Percentiles {
+fn ours_async(calls: usize) -> Samples {
     use terraphim_agent_messaging::tokio::MessageSystem;
     current_thread().block_on(async move {
         let system = MessageSystem::new(RouterConfig::default());
@@ -155,7 +157,7 @@ fn ours_async(calls: usize) -> Percentiles {
     })
 }
 
-fn tokio_mpsc_oneshot(calls: usize) -> Percentiles {
+fn tokio_mpsc_oneshot(calls: usize) -> Samples {
     current_thread().block_on(async move {
         type Request = (u64, tokio::sync::oneshot::Sender<u64>);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Request>();
@@ -180,43 +182,55 @@ fn tokio_mpsc_oneshot(calls: usize) -> Percentiles {
 }
 
 pub fn bench(sizes: &Sizes, results: &mut Results) {
-    let calls = sizes.calls;
-    println!("\n== call round trip ({calls} calls each) ==");
-    push(
-        results,
+    let (calls, runs) = (sizes.calls, sizes.runs);
+    println!("\n== call round trip ({calls} calls each, {runs} interleaved rounds) ==");
+    let sync = percentiles_interleaved(
+        runs,
+        calls,
+        &mut [
+            &mut ours_sync,
+            &mut crossbeam_ping_pong,
+            &mut crossbeam_reply_channel,
+        ],
+    );
+    let sync_names = [
         "call sync: ours MessageSystem::call",
-        ours_sync(calls),
-    );
-    push(
-        results,
         "call sync: crossbeam ping-pong (2 threads)",
-        crossbeam_ping_pong(calls),
-    );
-    push(
-        results,
         "call sync: crossbeam + bounded(1) reply per call",
-        crossbeam_reply_channel(calls),
+    ];
+    let asynchronous = percentiles_interleaved(
+        runs,
+        calls,
+        &mut [
+            &mut ours_async,
+            &mut tokio_mpsc_oneshot,
+            &mut crate::actors::actix_calls,
+            &mut crate::actors::ractor_calls,
+            &mut crate::actors::kameo_calls,
+        ],
     );
-    push(
-        results,
+    let async_names = [
         "call async: ours tokio::MessageSystem::call (current-thread)",
-        ours_async(calls),
-    );
-    push(
-        results,
         "call async: tokio mpsc + oneshot (current-thread)",
-        tokio_mpsc_oneshot(calls),
-    );
-    crate::actors::bench_calls(sizes, results);
+        "call: actix send().await (System)",
+        "call: ractor call (current-thread)",
+        "call: kameo ask (current-thread)",
+    ];
+    for (name, p) in sync_names.iter().zip(sync) {
+        push(results, name, p);
+    }
+    for (name, p) in async_names.iter().zip(asynchronous) {
+        push(results, name, p);
+    }
 }
 
 /// One latency case (for `--one`).
 pub fn one(case: &str, calls: usize) -> Percentiles {
-    match case {
+    percentiles(match case {
         "call-sync-ours" => ours_sync(calls),
         "call-sync-crossbeam" => crossbeam_ping_pong(calls),
         "call-async-ours" => ours_async(calls),
         "call-async-tokio" => tokio_mpsc_oneshot(calls),
         _ => unreachable!(),
-    }
+    })
 }
