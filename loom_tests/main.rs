@@ -12,6 +12,7 @@
 
 mod breaker;
 mod delivery;
+mod lane;
 mod mailbox;
 mod reply;
 mod table;
@@ -51,6 +52,11 @@ where
         // a `MessageSystem`: run the body on a model thread with a bigger one.
         let f = f.clone();
         spawn(move || f()).join().unwrap();
+        assert_eq!(
+            terraphim_agent_messaging::__private::live_lane_blocks(),
+            0,
+            "a lane block leaked"
+        );
     });
     let elapsed = start.elapsed();
     let truncated = builder.max_duration.is_some_and(|max| elapsed >= max);

@@ -94,6 +94,50 @@ pub mod __private {
     pub fn set_next_generation(system: &MessageSystem, generation: u32) {
         system.mailboxes().table().set_next_generation(generation);
     }
+
+    #[cfg(loom)]
+    pub use crate::mailbox::lane::Pop;
+
+    /// One lane on its own, for loom models that drive it below the mailbox (a consumer
+    /// that takes one attempt at a time and never spins).
+    #[cfg(loom)]
+    pub struct LaneModel<T>(crate::mailbox::lane::Lane<T>);
+
+    #[cfg(loom)]
+    impl<T> LaneModel<T> {
+        /// An empty lane.
+        #[allow(clippy::new_without_default)]
+        pub fn new() -> Self {
+            LaneModel(crate::mailbox::lane::Lane::new())
+        }
+
+        /// Appends `value`, or hands it back if the lane is closed.
+        pub fn push(&self, value: T) -> Result<usize, T> {
+            self.0.get().push(value)
+        }
+
+        /// One attempt to take the next value.
+        ///
+        /// # Safety
+        ///
+        /// One consumer at a time (as the mailbox's receiver claim ensures).
+        #[allow(unsafe_code)]
+        pub unsafe fn pop(&self) -> Pop<T> {
+            // SAFETY: forwarded to the caller.
+            unsafe { self.0.get().pop() }
+        }
+
+        /// Closes the lane; `true` if this call closed it.
+        pub fn close(&self) -> bool {
+            self.0.get().close()
+        }
+    }
+
+    /// Lane blocks alive in this thread's loom model (0 between iterations).
+    #[cfg(loom)]
+    pub fn live_lane_blocks() -> isize {
+        crate::mailbox::lane::LIVE_BLOCKS.with(|n| n.get())
+    }
 }
 
 pub use crate::delivery::{

@@ -25,7 +25,9 @@
 //!   there before it allocates. A steady stream then allocates and frees no block at all
 //!   (the allocator's lock, taken across threads, was a visible cost). Reuse is as safe as
 //!   freeing, for the same reason: no producer touches a block it holds no claim in.
-//! - **The first block** is allocated lazily, so an idle lane costs four words. The
+//!   The cost: a lane that has crossed a block boundary keeps up to two blocks (its
+//!   current one and the spare), ~3 KiB each for `AgentMessage`, until it is dropped.
+//! - **The first block** is allocated lazily, so an idle lane costs five words. The
 //!   producer that installs it also publishes it in `head.block`; until then the consumer
 //!   sees the lane as busy if a position was already claimed, empty otherwise.
 //! - **Busy vs empty.** With no value ready at the head, `pop` reports `Empty` only if no
@@ -111,6 +113,8 @@ impl<T> Block<T> {
     }
 
     fn new() -> Box<Self> {
+        #[cfg(loom)]
+        LIVE_BLOCKS.with(|n| n.set(n.get() + 1));
         Box::new(Block {
             next: AtomicPtr::new(ptr::null_mut()),
             slots: std::array::from_fn(|_| Slot {
@@ -121,9 +125,26 @@ impl<T> Block<T> {
     }
 }
 
+#[cfg(loom)]
+std::thread_local! {
+    /// Blocks alive on this thread's loom model (loom runs a model's threads on the
+    /// thread that called it): back to 0 after every iteration, or a block leaked.
+    pub(crate) static LIVE_BLOCKS: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+}
+
+#[cfg(loom)]
+impl<T> Drop for Block<T> {
+    fn drop(&mut self) {
+        LIVE_BLOCKS.with(|n| {
+            assert!(n.get() > 0, "a lane block freed twice");
+            n.set(n.get() - 1);
+        });
+    }
+}
+
 /// What a consumer's [`LaneRef::pop`] found.
 #[derive(Debug)]
-pub(crate) enum Pop<T> {
+pub enum Pop<T> {
     /// The next message of this lane.
     Msg(T),
     /// Nothing is queued: no producer has claimed a position past the head.

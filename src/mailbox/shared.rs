@@ -117,10 +117,12 @@ struct Sampled {
 /// - **receive**: what the receiver writes (heads, pop count, claim) or reads on every
 ///   receive (the extra lanes' pointer, the sampled stats, the settings).
 ///
-/// The cold group spans at least [`HOT_GAP`] bytes. An `Arc` places the struct 16 bytes
-/// into a 16-aligned allocation and every field is 8-aligned, so that gap keeps the two
-/// hot groups off each other's lines whatever the address (checked at compile time).
-/// Padding each group to its own line instead would cost ~200 more bytes per idle agent.
+/// The cold group spans at least `HOT_GAP` (56) bytes. Every field is 8-aligned, so
+/// that gap keeps the two hot groups off each other's 64-byte lines whatever the address
+/// (checked at compile time). It does not cover 128-byte lines or x86's adjacent-line
+/// prefetch, as `CachePadded` would: padding each group to 128 bytes would cost ~300
+/// more bytes per idle agent (the target is 256 in all). Producers also touch the
+/// receive group once per block, to take the lane's spare block.
 #[repr(C)]
 pub(crate) struct Shared {
     // ----- send -----
@@ -161,6 +163,7 @@ pub(crate) struct Shared {
 /// The least distance in bytes between the send and receive groups of [`Shared`]: with
 /// 8-aligned fields, the last send byte and the first receive byte then never share a
 /// 64-byte line.
+#[cfg(not(loom))]
 const HOT_GAP: usize = 56;
 
 // The layout promise, checked at compile time (loom's atomics have other sizes).
