@@ -95,8 +95,9 @@ pub mod __private {
         system.mailboxes().table().set_next_generation(generation);
     }
 
+    /// What one pop attempt on a [`LaneModel`] found.
     #[cfg(loom)]
-    pub use crate::mailbox::lane::Pop;
+    pub type Pop<T> = crate::mailbox::lane::Pop<T>;
 
     /// One lane on its own, for loom models that drive it below the mailbox (a consumer
     /// that takes one attempt at a time and never spins).
