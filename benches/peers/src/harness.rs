@@ -28,7 +28,7 @@ impl Sizes {
         if heavy {
             Sizes {
                 heavy,
-                runs: 7,
+                runs: 11,
                 n_channel: 2_000_000,
                 n_actor: 1_000_000,
                 n_reference: 300_000,
@@ -39,7 +39,7 @@ impl Sizes {
         } else {
             Sizes {
                 heavy,
-                runs: 5,
+                runs: 9,
                 n_channel: 500_000,
                 n_actor: 200_000,
                 n_reference: 100_000,
