@@ -25,6 +25,17 @@ pub(crate) use std::{
 #[cfg(not(loom))]
 pub(crate) use self::std_cell::UnsafeCell;
 
+/// A read-mostly lock whose readers do not contend with each other: crossbeam's
+/// `ShardedLock` (one reader lock per thread shard; a writer takes them all). Under loom,
+/// a plain `RwLock` with the same guards' API.
+#[cfg(not(loom))]
+pub(crate) use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
+#[cfg(loom)]
+pub(crate) use loom::sync::{
+    RwLock as ShardedLock, RwLockReadGuard as ShardedLockReadGuard,
+    RwLockWriteGuard as ShardedLockWriteGuard,
+};
+
 /// Spin-wait hint: a CPU pause normally, a loom yield under loom so that a spinning
 /// thread lets the model schedule the thread it waits for (loom #162).
 #[inline]
@@ -83,6 +94,23 @@ pub(crate) fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     return lock.read().unwrap();
     #[cfg(not(loom))]
     lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Read-locks a sharded lock, ignoring poisoning (see [`lock`]).
+pub(crate) fn read_sharded<T>(lock: &ShardedLock<T>) -> ShardedLockReadGuard<'_, T> {
+    #[cfg(loom)]
+    return lock.read().unwrap();
+    #[cfg(not(loom))]
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Write-locks a sharded lock, ignoring poisoning (see [`lock`]).
+pub(crate) fn write_sharded<T>(lock: &ShardedLock<T>) -> ShardedLockWriteGuard<'_, T> {
+    #[cfg(loom)]
+    return lock.write().unwrap();
+    #[cfg(not(loom))]
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Write-locks, ignoring poisoning (see [`lock`]).

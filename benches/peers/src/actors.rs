@@ -54,7 +54,7 @@ fn timed_casts<T: Clone + Send>(
 
 /// Ours: a registered agent, a thread looping on `receive`, casts through the
 /// pre-resolved `MailboxSender` (`routed = false`) or `MessageSystem::send` by pid.
-fn ours_casts(producers: usize, n: usize, routed: bool) -> f64 {
+pub fn ours_casts(producers: usize, n: usize, routed: bool) -> f64 {
     let system = MessageSystem::new(RouterConfig::default());
     let (from, pid) = (AgentPid::new(), AgentPid::new());
     system.register_agent(pid.clone()).expect("register");
@@ -506,7 +506,3 @@ pub fn kameo_calls(calls: usize) -> Samples {
     km::calls(calls)
 }
 
-/// One SPSC cast run into our agent (for `--one`).
-pub fn one_cast(n: usize) -> f64 {
-    ours_casts(1, n, false)
-}

@@ -114,7 +114,8 @@ fn main() {
 }
 
 /// One case alone with `n` messages (or calls), for `valgrind --tool=callgrind`, `perf`
-/// or `strace -c`: spsc-ours, 2p-ours, spsc-crossbeam, cast-ours, routed-ours,
+/// or `strace -c`: spsc-ours, 2p-ours, spsc-crossbeam, 2p-crossbeam, cast-ours,
+/// cast-ours-2p, cast-by-pid-ours, cast-by-pid-ours-2p, routed-ours,
 /// pre-resolved-ours, call-sync-ours, call-sync-crossbeam, call-async-ours, call-async-tokio.
 fn one(case: &str, n: usize) {
     let t = Instant::now();
@@ -123,7 +124,10 @@ fn one(case: &str, n: usize) {
         "2p-ours" => format!("{:.0} msg/s", throughput::one("ours", 2, n)),
         "spsc-crossbeam" => format!("{:.0} msg/s", throughput::one("crossbeam", 1, n)),
         "2p-crossbeam" => format!("{:.0} msg/s", throughput::one("crossbeam", 2, n)),
-        "cast-ours" => format!("{:.0} msg/s", actors::one_cast(n)),
+        "cast-ours" => format!("{:.0} msg/s", actors::ours_casts(1, n, false)),
+        "cast-ours-2p" => format!("{:.0} msg/s", actors::ours_casts(2, n, false)),
+        "cast-by-pid-ours" => format!("{:.0} msg/s", actors::ours_casts(1, n, true)),
+        "cast-by-pid-ours-2p" => format!("{:.0} msg/s", actors::ours_casts(2, n, true)),
         "routed-ours" => format!("{:.0} msg/s", routed::one(n, false)),
         "pre-resolved-ours" => format!("{:.0} msg/s", routed::one(n, true)),
         "call-sync-ours" | "call-sync-crossbeam" | "call-async-ours" | "call-async-tokio" => {
