@@ -125,27 +125,33 @@ fn l1_two_producers() {
     });
 }
 
-/// L1b: one producer sends 3 messages (crossing a block boundary) while the receiver
-/// pops concurrently, freeing the first block under the producer's feet.
-#[test]
-fn l1_concurrent_receive_across_blocks() {
-    model(|| {
+/// One producer sends `n` messages while the receiver pops them concurrently, in order.
+#[track_caller]
+fn one_producer_concurrent_receiver(n: u8) {
+    model(move || {
         let token = Arc::new(());
         let mailbox = unbounded();
         let sender = mailbox.sender();
         let t = token.clone();
         let producer = spawn(move || {
-            for seq in 0..3 {
+            for seq in 0..n {
                 sender.try_send(tagged(&t, 0, seq), NORMAL).unwrap();
             }
         });
-        let got = receive_n(&mailbox, 3);
-        assert_eq!(got, [(0, 0), (0, 1), (0, 2)]);
+        let got = receive_n(&mailbox, usize::from(n));
+        assert_eq!(got, (0..n).map(|seq| (0, seq)).collect::<Vec<_>>());
         producer.join().unwrap();
         assert!(mailbox.try_receive().unwrap().is_none());
         drop(mailbox);
         assert_all_dropped(&token);
     });
+}
+
+/// L1b: one producer sends 3 messages (crossing a block boundary) while the receiver
+/// pops concurrently, leaving the first block under the producer's feet.
+#[test]
+fn l1_concurrent_receive_across_blocks() {
+    one_producer_concurrent_receiver(3);
 }
 
 /// L1d: blocks are recycled. One producer sends 5 messages (three blocks of two under
@@ -154,23 +160,7 @@ fn l1_concurrent_receive_across_blocks() {
 /// still reads the second.
 #[test]
 fn l1_recycled_block_under_a_live_producer() {
-    model(|| {
-        let token = Arc::new(());
-        let mailbox = unbounded();
-        let sender = mailbox.sender();
-        let t = token.clone();
-        let producer = spawn(move || {
-            for seq in 0..5 {
-                sender.try_send(tagged(&t, 0, seq), NORMAL).unwrap();
-            }
-        });
-        let got = receive_n(&mailbox, 5);
-        assert_eq!(got, [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)]);
-        producer.join().unwrap();
-        assert!(mailbox.try_receive().unwrap().is_none());
-        drop(mailbox);
-        assert_all_dropped(&token);
-    });
+    one_producer_concurrent_receiver(5);
 }
 
 /// L1c: a send that returned is visible at once (tokio #2020), even while another
