@@ -57,6 +57,7 @@
 //! | `MessageSystem::call` / `call_async` / tokio `call` | `Duration::MAX` | waits for the reply (sync `call`: `tests/system.rs` `call_huge_timeout`) |
 //! | `ReplyReceiver::recv_timeout` | zero / `Duration::MAX` | `Timeout` at once / the reply |
 //! | `AgentMailbox::receive` | second concurrent receiver | `ReceiverBusy` (`Validation`, recoverable) |
+//! | `AgentMailbox::receive_many` (sync and tokio) | limit 0 / `usize::MAX` / second concurrent receiver | `Ok(0)` at once / takes what is ready, no preallocation (`tests/mailbox.rs`) / `ReceiverBusy` |
 //! | any operation after `shutdown` | — | `System` ("shut down"); `shutdown` twice is `Ok` |
 //! | payload size | 1 MiB | no limit exists: delivered whole |
 
@@ -1070,6 +1071,13 @@ fn receive_timeouts() {
             other => panic!("{other:?}"),
         }
     }
+    // receive_many while the other receiver waits: busy, and nothing appended.
+    let mut buf = Vec::new();
+    assert!(matches!(
+        busy.receive_many(&mut buf, 4),
+        Err(MessagingError::ReceiverBusy(_))
+    ));
+    assert!(buf.is_empty());
     busy.send(cast(3)).unwrap();
     assert_eq!(n_of(&blocked.join().unwrap().unwrap()), 3);
 }

@@ -1291,3 +1291,103 @@ fn dead_lettered_call_fails_caller() {
         }
     }
 }
+
+// ===== receive_many =====
+
+#[test]
+fn receive_many_takes_ready_messages_in_drain_order() {
+    let mb = mailbox();
+    let tx = mb.sender();
+    for seq in 0..6 {
+        tx.try_send(msg(0, Normal, seq), Normal).unwrap();
+    }
+    tx.try_send(msg(0, High, 100), High).unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(mb.receive_many(&mut buf, 3).unwrap(), 3);
+    // High first, then Normal in FIFO order.
+    let tags: Vec<_> = buf.iter().map(tag).collect();
+    assert_eq!(tags, [(0, High, 100), (0, Normal, 0), (0, Normal, 1)]);
+    // Appends; takes only what is ready, up to the limit.
+    assert_eq!(mb.receive_many(&mut buf, 100).unwrap(), 4);
+    let seqs: Vec<_> = buf[3..].iter().map(|m| tag(m).2).collect();
+    assert_eq!(seqs, [2, 3, 4, 5]);
+    assert!(mb.is_empty());
+    let stats = mb.stats();
+    assert_eq!(stats.total_messages_processed, 7);
+    assert_eq!(stats.current_queue_size, 0);
+}
+
+#[test]
+fn receive_many_with_zero_limit_returns_at_once() {
+    let mb = mailbox();
+    let mut buf = Vec::new();
+    // Nothing queued: a zero limit must not block.
+    assert_eq!(within(5, move || mb.receive_many(&mut buf, 0)).unwrap(), 0);
+    // A huge limit takes only what is ready and does not preallocate it.
+    let mb = mailbox();
+    mb.sender().try_send(msg(0, Normal, 0), Normal).unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(mb.receive_many(&mut buf, usize::MAX).unwrap(), 1);
+    assert!(buf.capacity() < 1024);
+}
+
+#[test]
+fn receive_many_blocks_until_a_message_arrives() {
+    let mb = mailbox();
+    let tx = mb.sender();
+    let got = within(10, move || {
+        let sender = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            tx.try_send(msg(1, Normal, 7), Normal).unwrap();
+        });
+        let mut buf = Vec::new();
+        let n = mb.receive_many(&mut buf, 8).unwrap();
+        sender.join().unwrap();
+        (n, buf.iter().map(tag).collect::<Vec<_>>())
+    });
+    assert_eq!(got, (1, vec![(1, Normal, 7)]));
+}
+
+#[test]
+fn receive_many_drains_then_reports_close() {
+    let mb = mailbox();
+    let tx = mb.sender();
+    for seq in 0..3 {
+        tx.try_send(msg(0, Normal, seq), Normal).unwrap();
+    }
+    mb.close();
+    let mut buf = Vec::new();
+    assert_eq!(mb.receive_many(&mut buf, 10).unwrap(), 3);
+    assert!(matches!(
+        mb.receive_many(&mut buf, 10),
+        Err(MessagingError::ChannelClosed(_))
+    ));
+    assert_eq!(buf.len(), 3);
+}
+
+#[test]
+fn receive_many_async_takes_a_batch_and_is_cancel_safe() {
+    let mb = mailbox();
+    let tx = mb.sender();
+    // Polled once while empty, then dropped: nothing is lost.
+    {
+        let mut buf = Vec::new();
+        let mut pending = pin!(mb.receive_many_async(&mut buf, 4));
+        let (_, waker) = thread_waker();
+        assert!(pending
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+    }
+    for seq in 0..5 {
+        tx.try_send(msg(2, Normal, seq), Normal).unwrap();
+    }
+    let mut buf = Vec::new();
+    assert_eq!(block_on(mb.receive_many_async(&mut buf, 4)).unwrap(), 4);
+    assert_eq!(block_on(mb.receive_many_async(&mut buf, 4)).unwrap(), 1);
+    let seqs: Vec<_> = buf.iter().map(|m| tag(m).2).collect();
+    assert_eq!(seqs, [0, 1, 2, 3, 4]);
+    // The claim was released: a plain receive works again.
+    tx.try_send(msg(2, Normal, 5), Normal).unwrap();
+    assert_eq!(tag(&mb.try_receive().unwrap().unwrap()).2, 5);
+}

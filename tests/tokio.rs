@@ -987,3 +987,44 @@ async fn in_flight_limit_does_not_deliver_and_dead_letter() {
     );
     system.shutdown().await.unwrap();
 }
+
+/// `receive_many`: waits for the first message, takes the ready rest up to the limit,
+/// and loses nothing when cancelled mid-wait.
+#[tokio::test(flavor = "current_thread")]
+async fn receive_many_batches_and_is_cancel_safe() {
+    let mailbox = AgentMailbox::new(AgentPid::new(), MailboxConfig::default());
+    let sender = mailbox.sender();
+    let mut buf = Vec::new();
+    // Cancelled while waiting: nothing taken, the claim released.
+    let waited =
+        tokio::time::timeout(Duration::from_millis(10), mailbox.receive_many(&mut buf, 8)).await;
+    assert!(waited.is_err(), "nothing was sent yet");
+    assert!(buf.is_empty());
+    for n in 0..5u32 {
+        sender
+            .send(AgentMessage::cast(AgentPid::nil(), n))
+            .await
+            .unwrap();
+    }
+    assert_eq!(mailbox.receive_many(&mut buf, 3).await.unwrap(), 3);
+    assert_eq!(mailbox.receive_many(&mut buf, 0).await.unwrap(), 0);
+    assert_eq!(mailbox.receive_many(&mut buf, 10).await.unwrap(), 2);
+    let got: Vec<u32> = buf.iter().map(|m| *m.payload::<u32>().unwrap()).collect();
+    assert_eq!(got, [0, 1, 2, 3, 4]);
+    // A waiting batch wakes on a send from another task.
+    let later = sender.clone();
+    tokio::spawn(async move {
+        later
+            .send(AgentMessage::cast(AgentPid::nil(), 9u32))
+            .await
+            .unwrap();
+    });
+    buf.clear();
+    assert_eq!(mailbox.receive_many(&mut buf, 4).await.unwrap(), 1);
+    assert_eq!(buf[0].payload::<u32>(), Some(&9));
+    mailbox.close();
+    assert!(matches!(
+        mailbox.receive_many(&mut buf, 4).await,
+        Err(MessagingError::ChannelClosed(_))
+    ));
+}

@@ -160,6 +160,23 @@ impl AgentMailbox {
         self.inner.receive_async().await
     }
 
+    /// Waits for a message, then appends it and up to `limit - 1` more that are ready
+    /// to `buf`, in drain order, as tokio's `recv_many`. Returns how many it appended: at
+    /// least 1, or 0 at once when `limit` is 0. After `close`, drains what is queued,
+    /// then returns `ChannelClosed`. One receiver claim for the whole batch.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`receive`](Self::receive): the batch is taken in the poll that
+    /// returns it.
+    pub async fn receive_many(
+        &self,
+        buf: &mut Vec<AgentMessage>,
+        limit: usize,
+    ) -> MessagingResult<usize> {
+        self.inner.receive_many_async(buf, limit).await
+    }
+
     /// Like [`receive`](Self::receive), but gives up with `MessageTimeout` after
     /// `timeout`. A zero timeout only takes what is ready; `Duration::MAX` waits forever.
     ///
