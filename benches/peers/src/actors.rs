@@ -52,9 +52,10 @@ fn timed_casts<T: Clone + Send>(
 
 // ===== ours =====
 
-/// Ours: a registered agent, a thread looping on `receive`, casts through the
-/// pre-resolved `MailboxSender` (`routed = false`) or `MessageSystem::send` by pid.
-pub fn ours_casts(producers: usize, n: usize, routed: bool) -> f64 {
+/// Ours: a registered agent, a thread looping on `receive` (or, with `batched`, on
+/// `receive_many` in batches of up to 64), casts through the pre-resolved
+/// `MailboxSender` (`routed = false`) or `MessageSystem::send` by pid.
+pub fn ours_casts(producers: usize, n: usize, routed: bool, batched: bool) -> f64 {
     let system = MessageSystem::new(RouterConfig::default());
     let (from, pid) = (AgentPid::new(), AgentPid::new());
     system.register_agent(pid.clone()).expect("register");
@@ -63,13 +64,24 @@ pub fn ours_casts(producers: usize, n: usize, routed: bool) -> f64 {
     let total = (n / producers) * producers;
     let agent = thread::spawn(move || {
         let mut count = 0usize;
-        while let Ok(message) = mailbox.receive() {
+        let mut handle = |message: AgentMessage| {
             if let AgentMessage::Cast { payload, .. } = message {
                 black_box(payload);
                 count += 1;
                 if count == total {
                     done_tx.send(()).expect("main waits");
                 }
+            }
+        };
+        if batched {
+            let batch = crate::throughput::BATCH;
+            let mut buf = Vec::with_capacity(batch);
+            while mailbox.receive_many(&mut buf, batch).is_ok() {
+                buf.drain(..).for_each(&mut handle);
+            }
+        } else {
+            while let Ok(message) = mailbox.receive() {
+                handle(message);
             }
         }
     });
@@ -467,8 +479,9 @@ pub fn bench_casts(sizes: &Sizes, results: &mut Results) {
         let medians = medians_interleaved(
             runs,
             &mut [
-                &mut || ours_casts(p, n, false),
-                &mut || ours_casts(p, n, true),
+                &mut || ours_casts(p, n, false, false),
+                &mut || ours_casts(p, n, false, true),
+                &mut || ours_casts(p, n, true, false),
                 &mut || ax::casts(p, n),
                 &mut || rc::casts(p, n),
                 &mut || km::casts(p, n),
@@ -476,6 +489,7 @@ pub fn bench_casts(sizes: &Sizes, results: &mut Results) {
         );
         let names = [
             "ours agent, MailboxSender::try_send",
+            "ours agent, MailboxSender::try_send, agent on receive_many(64)",
             "ours agent, MessageSystem::send by pid",
             "actix do_send",
             "ractor cast",
@@ -505,4 +519,3 @@ pub fn ractor_calls(calls: usize) -> Samples {
 pub fn kameo_calls(calls: usize) -> Samples {
     km::calls(calls)
 }
-

@@ -58,7 +58,8 @@ fn ours(n: usize, pre_resolved: bool) -> f64 {
     system.register_agent(to.clone()).expect("register");
     let mailbox = system.get_mailbox(&to).expect("registered");
     let recv = |rx: &mut terraphim_agent_messaging::AgentMailbox| {
-        drop(black_box(rx.receive().expect("a message")))
+        drop(black_box(rx.receive().expect("a message")));
+        1
     };
     let elapsed = if pre_resolved {
         let sender = system.sender(&to).expect("registered");
@@ -149,7 +150,10 @@ fn crossbeam_envelope(n: usize) -> f64 {
             tx,
             rx,
             |tx, i| tx.send(envelope(&from, &to, i)).expect("rx alive"),
-            |rx| drop(black_box(rx.recv().expect("a message"))),
+            |rx| {
+                drop(black_box(rx.recv().expect("a message")));
+                1
+            },
         ),
     )
 }

@@ -19,14 +19,15 @@ use terraphim_agent_messaging::{
 use crate::harness::{medians_interleaved, rate, Better, Results, Sizes};
 
 /// `producers` threads call `send(&tx, i)` for their share of `0..n`; one consumer calls
-/// `recv(&mut rx)` `n` times. Returns spawn → join.
+/// `recv(&mut rx)`, which returns how many messages it took, until all `n` arrived.
+/// Returns spawn → join.
 pub fn run<T, R>(
     producers: usize,
     n: usize,
     tx: T,
     mut rx: R,
     send: impl Fn(&T, usize) + Sync,
-    mut recv: impl FnMut(&mut R) + Send,
+    mut recv: impl FnMut(&mut R) -> usize + Send,
 ) -> Duration
 where
     T: Clone + Send,
@@ -46,8 +47,9 @@ where
         }
         drop(tx);
         s.spawn(move || {
-            for _ in 0..per * producers {
-                recv(&mut rx);
+            let mut got = 0;
+            while got < per * producers {
+                got += recv(&mut rx);
             }
         });
     });
@@ -70,10 +72,44 @@ fn ours(producers: usize, n: usize, from: &AgentPid) -> f64 {
                 )
                 .expect("open, unbounded mailbox");
             },
-            |rx| drop(black_box(rx.receive().expect("a message"))),
+            |rx| {
+                drop(black_box(rx.receive().expect("a message")));
+                1
+            },
         ),
     )
 }
+
+/// Ours, the receiver draining in batches of up to 64 (`receive_many`). Reported beside
+/// the per-message row; the target is read off the per-message one.
+fn ours_many(producers: usize, n: usize, from: &AgentPid) -> f64 {
+    let mailbox = AgentMailbox::new(AgentPid::new(), MailboxConfig::default());
+    let mut buf = Vec::with_capacity(BATCH);
+    rate(
+        n,
+        run(
+            producers,
+            n,
+            mailbox.sender(),
+            mailbox,
+            |tx, i| {
+                tx.try_send(
+                    AgentMessage::cast(from.clone(), i as u64),
+                    MessagePriority::Normal,
+                )
+                .expect("open, unbounded mailbox");
+            },
+            move |rx| {
+                let got = rx.receive_many(&mut buf, BATCH).expect("messages");
+                buf.drain(..).for_each(|m| drop(black_box(m)));
+                got
+            },
+        ),
+    )
+}
+
+/// The batch size of the `receive_many` rows.
+pub const BATCH: usize = 64;
 
 fn crossbeam_msg(producers: usize, n: usize, from: &AgentPid) -> f64 {
     let (tx, rx) = crossbeam_channel::unbounded::<AgentMessage>();
@@ -88,7 +124,10 @@ fn crossbeam_msg(producers: usize, n: usize, from: &AgentPid) -> f64 {
                 tx.send(AgentMessage::cast(from.clone(), i as u64))
                     .expect("rx alive")
             },
-            |rx| drop(black_box(rx.recv().expect("a message"))),
+            |rx| {
+                drop(black_box(rx.recv().expect("a message")));
+                1
+            },
         ),
     )
 }
@@ -105,6 +144,7 @@ fn crossbeam_u64(producers: usize, n: usize) -> f64 {
             |tx, i| tx.send(i as u64).expect("rx alive"),
             |rx| {
                 black_box(rx.recv().expect("a message"));
+                1
             },
         ),
     )
@@ -123,7 +163,10 @@ fn flume_msg(producers: usize, n: usize, from: &AgentPid) -> f64 {
                 tx.send(AgentMessage::cast(from.clone(), i as u64))
                     .expect("rx alive")
             },
-            |rx| drop(black_box(rx.recv().expect("a message"))),
+            |rx| {
+                drop(black_box(rx.recv().expect("a message")));
+                1
+            },
         ),
     )
 }
@@ -140,6 +183,7 @@ fn flume_u64(producers: usize, n: usize) -> f64 {
             |tx, i| tx.send(i as u64).expect("rx alive"),
             |rx| {
                 black_box(rx.recv().expect("a message"));
+                1
             },
         ),
     )
@@ -216,6 +260,7 @@ pub fn bench(sizes: &Sizes, results: &mut Results) {
             sizes.runs,
             &mut [
                 &mut || ours(p, n, &from),
+                &mut || ours_many(p, n, &from),
                 &mut || crossbeam_msg(p, n, &from),
                 &mut || flume_msg(p, n, &from),
                 &mut || tokio_msg(p, n, &from),
@@ -226,6 +271,7 @@ pub fn bench(sizes: &Sizes, results: &mut Results) {
         );
         let names = [
             "ours mailbox, AgentMessage",
+            "ours mailbox, AgentMessage, receive_many(64)",
             "crossbeam, AgentMessage",
             "flume, AgentMessage",
             "tokio mpsc current-thread, AgentMessage",
