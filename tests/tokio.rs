@@ -1027,4 +1027,7 @@ async fn receive_many_batches_and_is_cancel_safe() {
         mailbox.receive_many(&mut buf, 4).await,
         Err(MessagingError::ChannelClosed(_))
     ));
+    // The future can move to another worker (tokio::spawn needs Send).
+    fn assert_send<T: Send>(_: &T) {}
+    assert_send(&mailbox.receive_many(&mut buf, 4));
 }
