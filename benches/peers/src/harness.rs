@@ -52,19 +52,35 @@ impl Sizes {
 }
 
 /// Medians of `runs` rounds over several contenders, interleaved: each round runs every
-/// contender once, starting one further along each time. So every contender meets the
-/// same mix of allocator, cache and neighbour states, instead of the later ones finding
-/// a heap the earlier ones warmed up (which favoured whoever ran second by up to 40%).
+/// contender once, in an order shuffled afresh each round ([`round_order`]). So every
+/// contender meets the same mix of allocator, cache and neighbour states: run back to
+/// back, later contenders found a heap the earlier ones had warmed (up to 40% apart),
+/// and with a fixed rotation each contender always followed the same predecessor.
 pub fn medians_interleaved(runs: usize, contenders: &mut [&mut dyn FnMut() -> f64]) -> Vec<f64> {
     let k = contenders.len();
     let mut samples = vec![Vec::with_capacity(runs); k];
     for round in 0..runs {
-        for step in 0..k {
-            let i = (round + step) % k;
+        for i in round_order(round, k) {
             samples[i].push((contenders[i])());
         }
     }
     samples.iter_mut().map(|v| median(v)).collect()
+}
+
+/// The order of `k` contenders in round `round`: a Fisher–Yates shuffle seeded by the
+/// round, so runs of the suite are reproducible.
+pub fn round_order(round: usize, k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..k).collect();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (round as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    for i in (1..k).rev() {
+        // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        let r = state.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        order.swap(i, (r % (i as u64 + 1)) as usize);
+    }
+    order
 }
 
 /// Median of `runs` repetitions of `one` (each returns msg/s, ns/op, …).
@@ -110,8 +126,8 @@ pub fn percentiles(mut ns: Vec<u64>) -> Percentiles {
 pub type Samples = Vec<u64>;
 
 /// Latency percentiles of several contenders, sampled in interleaved rounds: each
-/// round gives every contender `calls / runs` calls (plus its own warm-up), starting one
-/// further along each time, and each contender's samples are pooled. Like
+/// round gives every contender `calls / runs` calls (plus its own warm-up), in an order
+/// shuffled each round ([`round_order`]), and each contender's samples are pooled. Like
 /// [`medians_interleaved`], so that no contender always meets a warmer or colder
 /// machine than another.
 pub fn percentiles_interleaved(
@@ -123,8 +139,7 @@ pub fn percentiles_interleaved(
     let per_round = (calls / runs).max(1);
     let mut pooled: Vec<Samples> = vec![Vec::with_capacity(per_round * runs); k];
     for round in 0..runs {
-        for step in 0..k {
-            let i = (round + step) % k;
+        for i in round_order(round, k) {
             pooled[i].extend((contenders[i])(per_round));
         }
     }
