@@ -45,17 +45,16 @@ impl XorShift {
 
 // ===== two producers, one mailbox =====
 
-#[test]
-fn stress_two_producers_exactly_once_fifo() {
-    const N: u64 = 200_000;
-    let mb = AgentMailbox::new(AgentPid::new(), MailboxConfig::default());
-    let producers: Vec<_> = (0..2u64)
+/// Two producer threads, each sending `n` casts `(producer, seq, priority)` at random
+/// priorities (seeded by `seed`); each returns how many it sent per priority.
+fn two_producers(mb: &AgentMailbox, n: u64, seed: u64) -> Vec<thread::JoinHandle<[u64; 4]>> {
+    (0..2u64)
         .map(|p| {
             let tx = mb.sender();
             thread::spawn(move || {
-                let mut rng = XorShift::new(p + 1);
+                let mut rng = XorShift::new(p + seed);
                 let mut sent = [0u64; 4];
-                for i in 0..N {
+                for i in 0..n {
                     let pr = PRIORITIES[rng.below(4) as usize];
                     tx.try_send(AgentMessage::cast(AgentPid::nil(), (p, i, pr)), pr)
                         .unwrap();
@@ -64,7 +63,14 @@ fn stress_two_producers_exactly_once_fifo() {
                 sent
             })
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn stress_two_producers_exactly_once_fifo() {
+    const N: u64 = 200_000;
+    let mb = AgentMailbox::new(AgentPid::new(), MailboxConfig::default());
+    let producers = two_producers(&mb, N, 1);
     // last[p][prio] = last seq seen; count[p][prio] = messages seen.
     let mut last = [[None::<u64>; 4]; 2];
     let mut count = [[0u64; 4]; 2];
@@ -107,20 +113,9 @@ fn stress_two_producers_exactly_once_fifo() {
 fn stress_two_producers_receive_many() {
     const N: u64 = 200_000;
     let mb = AgentMailbox::new(AgentPid::new(), MailboxConfig::default());
-    let producers: Vec<_> = (0..2u64)
-        .map(|p| {
-            let tx = mb.sender();
-            thread::spawn(move || {
-                let mut rng = XorShift::new(p + 11);
-                for i in 0..N {
-                    let pr = PRIORITIES[rng.below(4) as usize];
-                    tx.try_send(AgentMessage::cast(AgentPid::nil(), (p, i, pr)), pr)
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
+    let producers = two_producers(&mb, N, 11);
     let mut last = [[None::<u64>; 4]; 2];
+    let mut count = [[0u64; 4]; 2];
     let mut received = 0;
     let mut batches = 0;
     let mut buf = Vec::with_capacity(64);
@@ -133,12 +128,17 @@ fn stress_two_producers_receive_many() {
             let slot = &mut last[p as usize][pr.index()];
             assert!(slot.is_none_or(|l| l < i), "FIFO violated: {p} {pr:?} {i}");
             *slot = Some(i);
+            count[p as usize][pr.index()] += 1;
         }
         received += n as u64;
         batches += 1;
     }
-    for handle in producers {
-        handle.join().unwrap();
+    for (p, handle) in producers.into_iter().enumerate() {
+        assert_eq!(
+            handle.join().unwrap(),
+            count[p],
+            "per-priority counts of {p}"
+        );
     }
     assert_eq!(received, 2 * N);
     for last in last {

@@ -56,33 +56,9 @@ where
     start.elapsed()
 }
 
-fn ours(producers: usize, n: usize, from: &AgentPid) -> f64 {
-    let mailbox = AgentMailbox::new(AgentPid::new(), MailboxConfig::default());
-    rate(
-        n,
-        run(
-            producers,
-            n,
-            mailbox.sender(),
-            mailbox,
-            |tx, i| {
-                tx.try_send(
-                    AgentMessage::cast(from.clone(), i as u64),
-                    MessagePriority::Normal,
-                )
-                .expect("open, unbounded mailbox");
-            },
-            |rx| {
-                drop(black_box(rx.receive().expect("a message")));
-                1
-            },
-        ),
-    )
-}
-
-/// Ours, the receiver draining in batches of up to 64 (`receive_many`). Reported beside
-/// the per-message row; the target is read off the per-message one.
-fn ours_many(producers: usize, n: usize, from: &AgentPid) -> f64 {
+/// Ours; with `batched`, the receiver drains in batches of up to [`BATCH`]
+/// (`receive_many`), reported beside the per-message row (the target reads the latter).
+fn ours(producers: usize, n: usize, from: &AgentPid, batched: bool) -> f64 {
     let mailbox = AgentMailbox::new(AgentPid::new(), MailboxConfig::default());
     let mut buf = Vec::with_capacity(BATCH);
     rate(
@@ -100,6 +76,10 @@ fn ours_many(producers: usize, n: usize, from: &AgentPid) -> f64 {
                 .expect("open, unbounded mailbox");
             },
             move |rx| {
+                if !batched {
+                    drop(black_box(rx.receive().expect("a message")));
+                    return 1;
+                }
                 let got = rx.receive_many(&mut buf, BATCH).expect("messages");
                 buf.drain(..).for_each(|m| drop(black_box(m)));
                 got
@@ -259,8 +239,8 @@ pub fn bench(sizes: &Sizes, results: &mut Results) {
         let medians = medians_interleaved(
             sizes.runs,
             &mut [
-                &mut || ours(p, n, &from),
-                &mut || ours_many(p, n, &from),
+                &mut || ours(p, n, &from, false),
+                &mut || ours(p, n, &from, true),
                 &mut || crossbeam_msg(p, n, &from),
                 &mut || flume_msg(p, n, &from),
                 &mut || tokio_msg(p, n, &from),
@@ -295,7 +275,7 @@ pub fn bench(sizes: &Sizes, results: &mut Results) {
 pub fn one(which: &str, producers: usize, n: usize) -> f64 {
     let from = AgentPid::new();
     match which {
-        "ours" => ours(producers, n, &from),
+        "ours" => ours(producers, n, &from, false),
         "crossbeam" => crossbeam_msg(producers, n, &from),
         _ => unreachable!(),
     }
