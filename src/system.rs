@@ -586,7 +586,9 @@ impl fmt::Debug for CallFuture {
     }
 }
 
-fn reply_error(to: &AgentPid, e: ReplyError) -> MessagingError {
+/// The error a caller sees when no reply came: the timeout passed, or the callee
+/// dropped the call.
+pub(crate) fn reply_error(to: &AgentPid, e: ReplyError) -> MessagingError {
     match e {
         ReplyError::Timeout => MessagingError::MessageTimeout(to.clone()),
         ReplyError::Closed => MessagingError::DeliveryFailed(

@@ -100,9 +100,12 @@ pub trait MessageRouter: Send + Sync {
         priority: MessagePriority,
     ) -> MessagingResult<()> {
         let _ = (message, priority);
-        Err(MessagingError::DeliveryFailed(
-            to.clone(),
-            "this router only routes envelopes".into(),
-        ))
+        Err(envelopes_only(to))
     }
+}
+
+/// What the default `route` of a router that handles only envelopes answers (the sync
+/// and async `MessageRouter` traits alike).
+pub(crate) fn envelopes_only(to: &AgentPid) -> MessagingError {
+    MessagingError::DeliveryFailed(to.clone(), "this router only routes envelopes".into())
 }

@@ -86,10 +86,7 @@ pub trait MessageRouter: Send + Sync {
         priority: MessagePriority,
     ) -> MessagingResult<()> {
         let _ = (message, priority);
-        Err(MessagingError::DeliveryFailed(
-            to.clone(),
-            "this router only routes envelopes".into(),
-        ))
+        Err(crate::router::envelopes_only(to))
     }
 }
 

@@ -20,7 +20,7 @@ use crate::driver::TimerDriver;
 use crate::error::{MessagingError, MessagingResult};
 use crate::mailbox::{MailboxConfig, MailboxStats};
 use crate::message::{
-    AgentMessage, AgentPid, MessageEnvelope, MessageId, MessagePriority, Payload, ReplyError,
+    AgentMessage, AgentPid, MessageEnvelope, MessageId, MessagePriority, Payload,
 };
 use crate::router::{CircuitBreakerConfig, LoadBalance, RouterConfig, RouterStats};
 use crate::timer::{Clock, SystemClock};
@@ -391,14 +391,8 @@ impl MessageSystem {
         let (message, reply) = AgentMessage::call(from, payload, timeout);
         router.route(to, message, MessagePriority::Normal).await?;
         match ::tokio::time::timeout(timeout, reply).await {
-            Ok(Ok(payload)) => Ok(payload),
-            Ok(Err(ReplyError::Closed)) => Err(MessagingError::DeliveryFailed(
-                to.clone(),
-                ReplyError::Closed.to_string(),
-            )),
-            Ok(Err(ReplyError::Timeout)) | Err(_) => {
-                Err(MessagingError::MessageTimeout(to.clone()))
-            }
+            Ok(replied) => replied.map_err(|e| crate::system::reply_error(to, e)),
+            Err(_) => Err(MessagingError::MessageTimeout(to.clone())),
         }
     }
 
