@@ -250,14 +250,17 @@ impl DefaultMessageRouter {
         out: Outgoing,
         options: &DeliveryOptions,
     ) -> MessagingResult<()> {
+        // Every branch counts the message accepted exactly once: the fast path (first
+        // push delivered it) in `delivered_at_once` alone, the others in
+        // `accepted_otherwise` before anything can settle it.
         let counters = &self.tracker.counters;
-        self.count(&counters.accepted);
         // Exactly-once: reserve the id before the push so that a concurrent copy
         // cannot push too; commit only once the message is really in a mailbox.
         let reserved = match self.guarantee {
             DeliveryGuarantee::ExactlyOnce => {
                 let id = out.id().clone();
                 if self.tracker.reserve(&id) == Reservation::Duplicate {
+                    self.count(&counters.accepted_otherwise);
                     self.count(&counters.duplicates);
                     return Ok(());
                 }
@@ -268,6 +271,7 @@ impl DefaultMessageRouter {
         // Acks need a copy to redeliver; only envelopes can ask for one.
         let require_ack = options.require_ack && self.guarantee != DeliveryGuarantee::AtMostOnce;
         if require_ack {
+            self.count(&counters.accepted_otherwise);
             if let Outgoing::Envelope(envelope) = out {
                 let tracked =
                     self.tracked(to, Outgoing::Envelope(envelope), options, Stage::AwaitAck);
@@ -280,10 +284,11 @@ impl DefaultMessageRouter {
                 if let Some(id) = &reserved {
                     self.tracker.commit(id);
                 }
-                self.count(&counters.delivered);
+                self.count(&counters.delivered_at_once);
                 Ok(())
             }
             failed => {
+                self.count(&counters.accepted_otherwise);
                 if let Some(id) = &reserved {
                     self.tracker.rollback(id);
                 }
@@ -632,7 +637,7 @@ impl DefaultMessageRouter {
                 if let Some(id) = &reserved {
                     self.tracker.commit(id);
                 }
-                self.count(&counters.delivered);
+                self.count(&counters.delivered_later);
             }
             failed => {
                 if let Some(id) = &reserved {
@@ -732,14 +737,14 @@ impl DefaultMessageRouter {
         let c = &self.tracker.counters;
         let (pending, in_transit) = self.tracker.pending();
         DeliveryStats {
-            total_messages: c.accepted.get(),
+            total_messages: c.accepted(),
             pending,
             in_transit,
-            delivered: c.delivered.get(),
+            delivered: c.delivered(),
             acknowledged: c.acknowledged.get(),
             failed: c.failed.get(),
             expired: c.expired.get(),
-            total_attempts: (c.accepted.get() - c.duplicates.get()) + c.retries.get(),
+            total_attempts: (c.accepted() - c.duplicates.get()) + c.retries.get(),
             duplicates: c.duplicates.get(),
         }
     }
@@ -823,8 +828,8 @@ impl MessageRouter for DefaultMessageRouter {
         let c = &self.tracker.counters;
         let (pending, awaiting_ack) = self.tracker.pending();
         RouterStats {
-            messages_routed: c.accepted.get(),
-            messages_delivered: c.delivered.get() + c.pushes.get(),
+            messages_routed: c.accepted(),
+            messages_delivered: c.delivered() + c.pushes.get(),
             messages_failed: c.failed.get() + c.expired.get(),
             active_routes: self.table.len(),
             retry_attempts: c.retries.get(),
