@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::shared::{Claim, Settings, Shared};
 use super::waiter::{block_until, Waiter};
@@ -146,8 +146,7 @@ impl AgentMailbox {
         claim: &Claim<'_>,
         timeout: Option<Duration>,
     ) -> MessagingResult<AgentMessage> {
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let outcome = block_until(&self.shared.waiter, deadline, || self.shared.pop(claim));
+        let outcome = block_until(&self.shared.waiter, timeout, || self.shared.pop(claim));
         match outcome {
             Some(result) => result,
             None => Err(MessagingError::MessageTimeout(self.shared.pid.clone())),

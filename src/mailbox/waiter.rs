@@ -174,14 +174,20 @@ impl Default for WaitCell {
     }
 }
 
-/// Blocks the current thread until `ready` yields a value or `deadline` passes.
+/// Blocks the current thread until `ready` yields a value or `timeout` passes
+/// (`None`: no timeout).
 ///
 /// `ready` is polled before sleeping, after registering (the lost-wake-up re-check),
 /// and after every wake-up. Returns `None` on timeout. Only the single registrant of
 /// `cell` may call this.
+///
+/// The clock is read only once the spin phase is over and the thread is about to park,
+/// so a value that arrives while spinning costs no clock read. The timeout therefore
+/// counts from the end of that phase: a wait can last up to a few microseconds longer
+/// than `timeout` (less than Linux's default 50 µs timer slack on the park itself).
 pub(crate) fn block_until<R>(
     cell: &WaitCell,
-    deadline: Option<std::time::Instant>,
+    timeout: Option<std::time::Duration>,
     mut ready: impl FnMut() -> Option<R>,
 ) -> Option<R> {
     // Spin, then yield, for a few microseconds before parking (crossbeam's `Backoff`):
@@ -199,6 +205,8 @@ pub(crate) fn block_until<R>(
             backoff.snooze();
         }
     }
+    // A timeout too large for an `Instant` is no timeout.
+    let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
     loop {
         cell.register(Waiter::Thread(thread::current()));
         if let Some(r) = ready() {

@@ -16,7 +16,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, SeqCst};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::mailbox::waiter::{block_until, WaitCell, Waiter};
 use crate::sync::{Arc, AtomicUsize, UnsafeCell};
@@ -155,19 +155,8 @@ impl fmt::Debug for ReplySender {
 impl ReplyReceiver {
     /// The reply if it has arrived; `Ok(None)` if it may still come.
     pub fn try_recv(&mut self) -> Result<Option<Payload>, ReplyError> {
-        // SeqCst: the receiver's re-check after registering (see `waiter`).
-        match self.slot.state.load(SeqCst) {
-            // SAFETY: `SENT` (SeqCst, so Acquire) shows the sender's write, and the sender no longer
-            // touches `value`; `&mut self` makes this the only reader. A second take
-            // finds `None`: the reply was already received.
-            SENT => match self.slot.value.with_mut(|p| unsafe { (*p).take() }) {
-                Some(value) => Ok(Some(value)),
-                None => Err(ReplyError::Closed),
-            },
-            SENDER_GONE => Err(ReplyError::Closed),
-            TIMED_OUT => Err(ReplyError::Timeout),
-            _ => Ok(None),
-        }
+        // SAFETY: `&mut self`: this receiver is the slot's only reader, and it is busy here.
+        unsafe { self.slot.take() }
     }
 
     /// Blocks until the reply arrives.
@@ -175,15 +164,39 @@ impl ReplyReceiver {
         self.wait(None).unwrap_or(Err(ReplyError::Timeout))
     }
 
-    /// Blocks until the reply arrives or `timeout` passes.
+    /// Blocks until the reply arrives or `timeout` passes (counted once the short spin
+    /// before parking is over, so a reply that comes quickly costs no clock read).
     pub fn recv_timeout(mut self, timeout: Duration) -> Result<Payload, ReplyError> {
-        let deadline = Instant::now().checked_add(timeout);
-        self.wait(deadline).unwrap_or(Err(ReplyError::Timeout))
+        self.wait(Some(timeout)).unwrap_or(Err(ReplyError::Timeout))
     }
 
-    fn wait(&mut self, deadline: Option<Instant>) -> Option<Result<Payload, ReplyError>> {
-        let slot = self.slot.clone();
-        block_until(&slot.waiter, deadline, || self.try_recv().transpose())
+    fn wait(&mut self, timeout: Option<Duration>) -> Option<Result<Payload, ReplyError>> {
+        let slot = &*self.slot;
+        // SAFETY: `&mut self` is held for the whole wait: no other take can run.
+        block_until(&slot.waiter, timeout, || unsafe { slot.take() }.transpose())
+    }
+}
+
+impl Slot {
+    /// The reply if it has arrived; `Ok(None)` if it may still come.
+    ///
+    /// # Safety
+    ///
+    /// Only the slot's receiver calls this, and never twice at the same time.
+    unsafe fn take(&self) -> Result<Option<Payload>, ReplyError> {
+        // SeqCst: the receiver's re-check after registering (see `waiter`).
+        match self.state.load(SeqCst) {
+            // SAFETY: `SENT` (SeqCst, so Acquire) shows the sender's write, and the sender
+            // no longer touches `value`; the caller is the only reader. A second take
+            // finds `None`: the reply was already received.
+            SENT => match self.value.with_mut(|p| unsafe { (*p).take() }) {
+                Some(value) => Ok(Some(value)),
+                None => Err(ReplyError::Closed),
+            },
+            SENDER_GONE => Err(ReplyError::Closed),
+            TIMED_OUT => Err(ReplyError::Timeout),
+            _ => Ok(None),
+        }
     }
 }
 
@@ -243,11 +256,15 @@ impl Future for ReplyReceiver {
 
 impl Drop for ReplyReceiver {
     fn drop(&mut self) {
-        // If the reply already arrived it is dropped with the slot.
-        let _ = self
-            .slot
-            .state
-            .compare_exchange(EMPTY, RECEIVER_GONE, AcqRel, Acquire);
+        // Once the state has left `EMPTY` it never returns, so a receiver that saw the
+        // outcome (the common case: it took the reply) needs no read-modify-write. If
+        // the reply already arrived it is dropped with the slot.
+        if self.slot.state.load(Acquire) == EMPTY {
+            let _ = self
+                .slot
+                .state
+                .compare_exchange(EMPTY, RECEIVER_GONE, AcqRel, Acquire);
+        }
     }
 }
 
