@@ -418,7 +418,7 @@ mod km {
         });
         let actor = ref_rx.recv().expect("actor started");
         let r = timed_casts(producers, n, actor, &done_rx, |actor, i| {
-            actor.tell(Cast(i)).try_send().ok().expect("actor alive");
+            actor.tell(Cast(i)).try_send().expect("actor alive");
         });
         stop_tx.send(()).ok();
         rt_thread.join().expect("kameo thread");
@@ -431,7 +431,7 @@ mod km {
             let p = crate::latency::sample_async(calls, |i| {
                 let actor = actor.clone();
                 async move {
-                    black_box(actor.ask(Ping(i)).await.ok().expect("reply"));
+                    black_box(actor.ask(Ping(i)).await.expect("reply"));
                 }
             })
             .await;

@@ -6,14 +6,19 @@
 //!   and crossbeam with a fresh `bounded(1)` reply channel per call (a call's shape).
 //! - async, current-thread runtime: `tokio::MessageSystem::call` to an agent task looping
 //!   on `receive().await`, vs tokio mpsc + a oneshot per call; the actor peers (actix
-//!   `send().await`, ractor `call`, kameo `ask`) are in `actors.rs`.
+//!   `send().await`, ractor `call`, kameo `ask`) are in `actors.rs`. A second ours row
+//!   has the peer's shape: a pre-resolved `MailboxSender` (the peer's `Sender`) and the
+//!   call's reply channel awaited with no timeout (the peer's oneshot), so the gap between
+//!   the two ours rows is what routing by pid and the timeout cost.
 
 use std::future::Future;
 use std::hint::black_box;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use terraphim_agent_messaging::{AgentMessage, AgentPid, MessageSystem, RouterConfig};
+use terraphim_agent_messaging::{
+    AgentMessage, AgentPid, MessagePriority, MessageSystem, RouterConfig,
+};
 
 use crate::harness::{
     percentiles, percentiles_interleaved, sample_sync, Better, Percentiles, Results, Samples, Sizes,
@@ -157,6 +162,46 @@ fn ours_async(calls: usize) -> Samples {
     })
 }
 
+/// Ours shaped like the tokio peer: a pre-resolved `MailboxSender` (the peer's `Sender`)
+/// and the call's reply channel awaited with no timeout (the peer's oneshot).
+fn ours_async_direct(calls: usize) -> Samples {
+    use terraphim_agent_messaging::tokio::MessageSystem;
+    current_thread().block_on(async move {
+        let system = MessageSystem::new(RouterConfig::default());
+        let (client, server) = (AgentPid::new(), AgentPid::new());
+        system
+            .register_agent(server.clone())
+            .await
+            .expect("register");
+        let mailbox = system.get_mailbox(&server).await.expect("registered");
+        let sender = system.sender(&server).expect("registered");
+        let agent = tokio::spawn(async move {
+            while let Ok(message) = mailbox.receive().await {
+                if let AgentMessage::Call {
+                    payload, reply_to, ..
+                } = message
+                {
+                    reply_to.send(payload).ok();
+                }
+            }
+        });
+        let p = sample_async(calls, |i| {
+            let (sender, client) = (&sender, &client);
+            async move {
+                let (call, reply) = AgentMessage::call(client.clone(), i, TIMEOUT);
+                sender
+                    .try_send(call, MessagePriority::Normal)
+                    .expect("open mailbox");
+                black_box(reply.await.expect("reply"));
+            }
+        })
+        .await;
+        system.shutdown().await.expect("shutdown");
+        agent.await.expect("agent");
+        p
+    })
+}
+
 fn tokio_mpsc_oneshot(calls: usize) -> Samples {
     current_thread().block_on(async move {
         type Request = (u64, tokio::sync::oneshot::Sender<u64>);
@@ -203,6 +248,7 @@ pub fn bench(sizes: &Sizes, results: &mut Results) {
         calls,
         &mut [
             &mut ours_async,
+            &mut ours_async_direct,
             &mut tokio_mpsc_oneshot,
             &mut crate::actors::actix_calls,
             &mut crate::actors::ractor_calls,
@@ -211,6 +257,7 @@ pub fn bench(sizes: &Sizes, results: &mut Results) {
     );
     let async_names = [
         "call async: ours tokio::MessageSystem::call (current-thread)",
+        "call async: ours pre-resolved MailboxSender + reply, no timeout (the peer's shape)",
         "call async: tokio mpsc + oneshot (current-thread)",
         "call: actix send().await (System)",
         "call: ractor call (current-thread)",
@@ -231,6 +278,7 @@ pub fn one(case: &str, calls: usize) -> Percentiles {
         "call-sync-crossbeam" => crossbeam_ping_pong(calls),
         "call-async-ours" => ours_async(calls),
         "call-async-tokio" => tokio_mpsc_oneshot(calls),
+        "call-async-ours-direct" => ours_async_direct(calls),
         _ => unreachable!(),
     })
 }

@@ -116,7 +116,8 @@ fn main() {
 /// One case alone with `n` messages (or calls), for `valgrind --tool=callgrind`, `perf`
 /// or `strace -c`: spsc-ours, 2p-ours, spsc-crossbeam, 2p-crossbeam, cast-ours,
 /// cast-ours-2p, cast-by-pid-ours, cast-by-pid-ours-2p, routed-ours,
-/// pre-resolved-ours, call-sync-ours, call-sync-crossbeam, call-async-ours, call-async-tokio.
+/// pre-resolved-ours, call-sync-ours, call-sync-crossbeam, call-async-ours,
+/// call-async-ours-direct, call-async-tokio.
 fn one(case: &str, n: usize) {
     let t = Instant::now();
     let what = match case {
@@ -130,7 +131,11 @@ fn one(case: &str, n: usize) {
         "cast-by-pid-ours-2p" => format!("{:.0} msg/s", actors::ours_casts(2, n, true, false)),
         "routed-ours" => format!("{:.0} msg/s", routed::one(n, false)),
         "pre-resolved-ours" => format!("{:.0} msg/s", routed::one(n, true)),
-        "call-sync-ours" | "call-sync-crossbeam" | "call-async-ours" | "call-async-tokio" => {
+        "call-sync-ours"
+        | "call-sync-crossbeam"
+        | "call-async-ours"
+        | "call-async-ours-direct"
+        | "call-async-tokio" => {
             format!("{:?}", latency::one(case, n))
         }
         other => panic!("unknown case {other}"),
