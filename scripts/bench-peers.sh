@@ -16,7 +16,8 @@
 #   valgrind --tool=callgrind benches/peers/target/release/peers --one spsc-ours 200000
 # (cases: spsc-ours 2p-ours spsc-crossbeam 2p-crossbeam cast-ours cast-ours-2p
 #  cast-by-pid-ours cast-by-pid-ours-2p routed-ours pre-resolved-ours call-sync-ours
-#  call-sync-crossbeam call-async-ours call-async-ours-direct call-async-tokio)
+#  call-sync-crossbeam call-async-ours call-async-ours-direct call-async-tokio
+#  call-async-tokio-timeout)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root/benches/peers"

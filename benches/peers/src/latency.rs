@@ -9,7 +9,8 @@
 //!   `send().await`, ractor `call`, kameo `ask`) are in `actors.rs`. A second ours row
 //!   has the peer's shape: a pre-resolved `MailboxSender` (the peer's `Sender`) and the
 //!   call's reply channel awaited with no timeout (the peer's oneshot), so the gap between
-//!   the two ours rows is what routing by pid and the timeout cost.
+//!   the two ours rows is what routing by pid and the timeout cost. A second tokio row
+//!   awaits its oneshot under `tokio::time::timeout`, the timeout our call has.
 
 use std::future::Future;
 use std::hint::black_box;
@@ -226,6 +227,33 @@ fn tokio_mpsc_oneshot(calls: usize) -> Samples {
     })
 }
 
+/// The tokio peer with the timeout our call has: the oneshot awaited under
+/// `tokio::time::timeout` (a timer registered and cancelled per call).
+fn tokio_mpsc_oneshot_timeout(calls: usize) -> Samples {
+    current_thread().block_on(async move {
+        type Request = (u64, tokio::sync::oneshot::Sender<u64>);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Request>();
+        let server = tokio::spawn(async move {
+            while let Some((n, reply)) = rx.recv().await {
+                reply.send(n).ok();
+            }
+        });
+        let p = sample_async(calls, |i| {
+            let tx = &tx;
+            async move {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                tx.send((i, reply)).expect("server alive");
+                let answer = tokio::time::timeout(TIMEOUT, answer).await;
+                black_box(answer.expect("in time").expect("reply"));
+            }
+        })
+        .await;
+        drop(tx);
+        server.await.expect("server");
+        p
+    })
+}
+
 pub fn bench(sizes: &Sizes, results: &mut Results) {
     let (calls, runs) = (sizes.calls, sizes.runs);
     println!("\n== call round trip ({calls} calls each, {runs} interleaved rounds) ==");
@@ -250,6 +278,7 @@ pub fn bench(sizes: &Sizes, results: &mut Results) {
             &mut ours_async,
             &mut ours_async_direct,
             &mut tokio_mpsc_oneshot,
+            &mut tokio_mpsc_oneshot_timeout,
             &mut crate::actors::actix_calls,
             &mut crate::actors::ractor_calls,
             &mut crate::actors::kameo_calls,
@@ -259,6 +288,7 @@ pub fn bench(sizes: &Sizes, results: &mut Results) {
         "call async: ours tokio::MessageSystem::call (current-thread)",
         "call async: ours pre-resolved MailboxSender + reply, no timeout (the peer's shape)",
         "call async: tokio mpsc + oneshot (current-thread)",
+        "call async: tokio mpsc + oneshot under tokio::time::timeout (current-thread)",
         "call: actix send().await (System)",
         "call: ractor call (current-thread)",
         "call: kameo ask (current-thread)",
@@ -278,6 +308,7 @@ pub fn one(case: &str, calls: usize) -> Percentiles {
         "call-sync-crossbeam" => crossbeam_ping_pong(calls),
         "call-async-ours" => ours_async(calls),
         "call-async-tokio" => tokio_mpsc_oneshot(calls),
+        "call-async-tokio-timeout" => tokio_mpsc_oneshot_timeout(calls),
         "call-async-ours-direct" => ours_async_direct(calls),
         _ => unreachable!(),
     })

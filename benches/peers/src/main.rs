@@ -117,7 +117,7 @@ fn main() {
 /// or `strace -c`: spsc-ours, 2p-ours, spsc-crossbeam, 2p-crossbeam, cast-ours,
 /// cast-ours-2p, cast-by-pid-ours, cast-by-pid-ours-2p, routed-ours,
 /// pre-resolved-ours, call-sync-ours, call-sync-crossbeam, call-async-ours,
-/// call-async-ours-direct, call-async-tokio.
+/// call-async-ours-direct, call-async-tokio, call-async-tokio-timeout.
 fn one(case: &str, n: usize) {
     let t = Instant::now();
     let what = match case {
@@ -135,7 +135,8 @@ fn one(case: &str, n: usize) {
         | "call-sync-crossbeam"
         | "call-async-ours"
         | "call-async-ours-direct"
-        | "call-async-tokio" => {
+        | "call-async-tokio"
+        | "call-async-tokio-timeout" => {
             format!("{:?}", latency::one(case, n))
         }
         other => panic!("unknown case {other}"),
