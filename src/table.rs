@@ -22,9 +22,6 @@
 //! reader count between their caches (2 producers casting by pid: +15%), and a writer
 //! takes every shard (registering 1,000,000 agents: ~0.45 → ~0.54 s).
 
-use std::hash::{BuildHasher, BuildHasherDefault};
-
-use ahash::AHasher;
 use hashbrown::HashTable;
 use slab::Slab;
 
@@ -33,9 +30,18 @@ use crate::message::AgentPid;
 use crate::router::group::Group;
 use crate::sync::{read_sharded as read, write_sharded as write, Arc, ShardedLock};
 
-/// How pids are hashed.
+/// How pids are hashed: ahash with its keys in the code, so that hashing reads no
+/// global (the default `AHasher` loads its keys through a pointer to a heap block on
+/// every hash, and that block can share a cache line with anything malloc placed
+/// beside it).
 fn hash(pid: &AgentPid) -> u64 {
-    BuildHasherDefault::<AHasher>::default().hash_one(pid)
+    const KEYS: ahash::RandomState = ahash::RandomState::with_seeds(
+        0x243f_6a88_85a3_08d3,
+        0x1319_8a2e_0370_7344,
+        0xa409_3822_299f_31d0,
+        0x082e_fa98_ec4e_6c89,
+    );
+    KEYS.hash_one(pid)
 }
 
 /// A registration's generation: `u8` under loom (the models force a wrap), `u32`
@@ -70,17 +76,19 @@ pub(crate) enum Target {
 }
 
 /// What a slot holds.
+///
+/// The pid is kept here, beside the target, rather than read through the target's
+/// `Arc`: a lookup compares it on every routed send, and in a mailbox it would sit in a
+/// cache line that the mailbox's receiver writes on every receive.
 struct Entry {
+    pid: AgentPid,
     generation: Generation,
     target: Target,
 }
 
 impl Entry {
     fn pid(&self) -> &AgentPid {
-        match &self.target {
-            Target::Agent(mailbox) => &mailbox.pid,
-            Target::Group(group) => group.pid(),
-        }
+        &self.pid
     }
 }
 
@@ -158,11 +166,16 @@ impl AgentTable {
         let generation = inner.next_generation;
         inner.next_generation = generation.wrapping_add(1);
         inner.agents += usize::from(matches!(target, Target::Agent(_)));
-        entry.insert(Entry { generation, target });
+        let hashed = hash(&pid);
+        entry.insert(Entry {
+            pid,
+            generation,
+            target,
+        });
         let slots = &inner.slots;
         inner
             .by_pid
-            .insert_unique(hash(&pid), index, |&i| hash(slots[i as usize].pid()));
+            .insert_unique(hashed, index, |&i| hash(slots[i as usize].pid()));
         Ok(AgentId { index, generation })
     }
 
