@@ -21,8 +21,9 @@
 //! - `send_message`: `MessageSystem::send_message(envelope)` (routed by pid), the same
 //!   through a pre-resolved `MessageSystem::sender` (`try_send(envelope.into_message())`),
 //!   and crossbeam carrying the envelope itself or the `AgentMessage` it becomes.
-//! - `priority_mix`: our mailbox with only `Normal` vs the four priorities in turn
-//!   (strict order, and with the anti-starvation budget of `preserve_order: false`).
+//! - `priority_mix`: our mailbox with only `Normal`, only `High` (an extra lane), and
+//!   the four priorities in turn (strict order, and with the anti-starvation budget of
+//!   `preserve_order: false`).
 //!
 //! The configuration is deliberately quick (10 samples, 2 s measurement, 0.5 s warm-up):
 //! `cargo bench --bench mailbox` takes about a minute. On a loaded machine, run it twice
@@ -276,8 +277,9 @@ fn priority_mix(c: &mut Criterion) {
     let from = AgentPid::new();
     let from = &from;
 
-    let cases: [Case; 3] = [
+    let cases: [Case; 4] = [
         ("normal_only", true, |_| MessagePriority::Normal),
+        ("high_only", true, |_| MessagePriority::High),
         ("mixed4_strict", true, |i| {
             MessagePriority::HIGHEST_FIRST[i % 4]
         }),

@@ -588,3 +588,41 @@ fn l6_send_wakes_async_receiver() {
         assert_all_dropped(&token);
     });
 }
+
+/// L6e: a `High` send wakes a parked receiver, whether the sender installs the extra
+/// lanes while the receiver waits or finds them through the producers' cached pointer
+/// (installed by an earlier `Low` send, already received).
+fn extra_lane_send_wakes_parked_receiver(installed_before: bool) {
+    model(move || {
+        let token = Arc::new(());
+        let mailbox = unbounded();
+        if installed_before {
+            mailbox
+                .sender()
+                .try_send(tagged(&token, 0, 0), LOW)
+                .unwrap();
+            assert_eq!(tag(&mailbox.receive().unwrap()), (0, 0));
+        }
+        let receiver = {
+            let mailbox = mailbox.clone();
+            spawn(move || tag(&mailbox.receive().unwrap()))
+        };
+        mailbox
+            .sender()
+            .try_send(tagged(&token, 0, 1), HIGH)
+            .unwrap();
+        assert_eq!(receiver.join().unwrap(), (0, 1));
+        drop(mailbox);
+        assert_all_dropped(&token);
+    });
+}
+
+#[test]
+fn l6_extra_lane_install_wakes_parked_receiver() {
+    extra_lane_send_wakes_parked_receiver(false);
+}
+
+#[test]
+fn l6_cached_extra_lane_send_wakes_parked_receiver() {
+    extra_lane_send_wakes_parked_receiver(true);
+}

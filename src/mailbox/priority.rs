@@ -21,7 +21,7 @@
 #![allow(unsafe_code)]
 
 use std::ptr::{self, NonNull};
-use std::sync::atomic::Ordering::{Acquire, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
 
 use super::lane::{drop_queued, Head, Lane, LaneRef, Pop, Tail};
 use crate::message::MessagePriority;
@@ -40,12 +40,20 @@ struct Extra<T> {
 /// The producers' side of a mailbox's lanes: the `Normal` tail, written on every send.
 /// A mailbox keeps it away from [`LanesRx`] (another cache line).
 pub(crate) struct LanesTx<T> {
+    /// The producers' copy of [`ExtraLanes`]' pointer: null, or the installed lanes
+    /// (never the closed sentinel). A cache only: [`ExtraLanes`] stays the truth, and
+    /// a producer that finds this null reads it. Producers of non-`Normal` messages
+    /// read it here, on their own line, rather than beside the receiver's counters,
+    /// which the receiver writes on every receive (that sharing cost a `High` stream
+    /// about a third of its throughput).
+    extra: AtomicPtr<Extra<T>>,
     normal: Tail<T>,
 }
 
 /// The pointer to the extra lanes: written once, read by the receiver on every pop and
-/// by producers of non-`Normal` messages. A mailbox keeps it with its read-mostly fields,
-/// off the line producers claim on, so that receiving does not pull that line away.
+/// by producers of non-`Normal` messages until they have cached it in [`LanesTx`]. A
+/// mailbox keeps it with its read-mostly fields, off the line producers claim on, so
+/// that receiving does not pull that line away.
 pub(crate) struct ExtraLanes<T> {
     /// Null until first needed; [`closed_sentinel`] if closed before that.
     ptr: AtomicPtr<Extra<T>>,
@@ -86,6 +94,7 @@ fn closed_sentinel<T>() -> *mut Extra<T> {
 impl<T> LanesTx<T> {
     pub(crate) fn new() -> Self {
         LanesTx {
+            extra: AtomicPtr::new(ptr::null_mut()),
             normal: Tail::new(),
         }
     }
@@ -155,16 +164,35 @@ impl<'a, T> Lanes<'a, T> {
     fn lane_for_push(self, priority: MessagePriority) -> Option<LaneRef<'a, T>> {
         let extra = match priority {
             MessagePriority::Normal => return Some(self.normal()),
-            _ => match self.extra() {
-                Some(extra) => extra,
-                None => self.install_extra()?,
-            },
+            _ => self.extra_for_push()?,
         };
         Some(match priority {
             MessagePriority::Low => extra.low.get(),
             MessagePriority::High => extra.high.get(),
             _ => extra.critical.get(),
         })
+    }
+
+    /// The extra lanes for a producer: from its cached copy, else from the shared
+    /// pointer (installing them if needed), then cached. `None` if the mailbox closed
+    /// before they existed.
+    #[inline]
+    fn extra_for_push(self) -> Option<&'a Extra<T>> {
+        // Acquire: pairs with the Release below, so the lanes' initialisation shows.
+        let cached = self.tx.extra.load(Acquire);
+        if !cached.is_null() {
+            // SAFETY: only installed lanes are cached, and they are freed only in `Drop`.
+            return Some(unsafe { &*cached });
+        }
+        let extra = match self.extra() {
+            Some(extra) => extra,
+            None => self.install_extra()?,
+        };
+        // Every producer stores the same installed pointer, so the races are benign.
+        self.tx
+            .extra
+            .store(extra as *const Extra<T> as *mut Extra<T>, Release);
+        Some(extra)
     }
 
     #[cold]

@@ -112,8 +112,10 @@ struct Sampled {
 /// send is never one the receiver reads on every receive, and the other way round:
 ///
 /// - **send**: what producers write (the claim counter, bounded reservations) or read
-///   on every send (`capacity`, the wait cell's state);
-/// - **cold**: written rarely, read on slow paths only;
+///   on every send (`capacity`, the wait cell's state, their copy of the extra lanes'
+///   pointer);
+/// - **cold**: written rarely, read on slow paths only (the pid a lookup compares
+///   lives in the agent table, not here);
 /// - **receive**: what the receiver writes (heads, pop count, claim) or reads on every
 ///   receive (the extra lanes' pointer, the sampled stats, the settings).
 ///
@@ -126,7 +128,8 @@ struct Sampled {
 #[repr(C)]
 pub(crate) struct Shared {
     // ----- send -----
-    /// The `Normal` lane's tail (claims).
+    /// The `Normal` lane's tail (claims), and the producers' copy of the extra lanes'
+    /// pointer.
     tx: LanesTx<AgentMessage>,
     /// Bounded mode: messages queued or being queued. Unused when unbounded.
     reserved: AtomicUsize,
