@@ -146,10 +146,22 @@ pub fn percentiles_interleaved(
     pooled.into_iter().map(percentiles).collect()
 }
 
-/// Times `calls` calls of `one` one by one (after `calls / 10` untimed warm-up calls).
+/// Untimed calls before sampling: at least a tenth of the timed ones, and for at least
+/// this long. Two freshly spawned threads that hand work back and forth start out on
+/// one core about as often as not on this 2-core VM (~3.6 µs round trips for every
+/// contender) until the scheduler's load balancing moves one away, which takes tens of
+/// milliseconds; a round of ~11,000 calls was over before that. Steady-state latency is
+/// what a long-lived agent sees, so every contender warms up past it.
+pub const WARM_UP: Duration = Duration::from_millis(200);
+
+/// Times `calls` calls of `one` one by one (after the warm-up: [`WARM_UP`], and at least
+/// `calls / 10` untimed calls).
 pub fn sample_sync(calls: usize, mut one: impl FnMut(u64)) -> Samples {
-    for i in 0..calls / 10 {
-        one(i as u64);
+    let start = Instant::now();
+    let mut i = 0u64;
+    while i < (calls / 10) as u64 || start.elapsed() < WARM_UP {
+        one(i);
+        i += 1;
     }
     let mut ns = Vec::with_capacity(calls);
     for i in 0..calls {

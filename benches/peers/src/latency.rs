@@ -1,5 +1,6 @@
 //! Call round-trip latency, p50/p99/p99.9, one call at a time (each timed with
-//! `Instant`, ~20–30 ns of clock overhead included equally for everyone).
+//! `Instant`, ~20–30 ns of clock overhead included equally for everyone), in steady
+//! state: every contender warms up for at least [`WARM_UP`] first (see there why).
 //!
 //! - sync: `MessageSystem::call` to an agent whose thread loops on `receive` and replies,
 //!   vs crossbeam ping-pong on 2 threads (a request channel and a reply channel, u64),
@@ -22,18 +23,23 @@ use terraphim_agent_messaging::{
 };
 
 use crate::harness::{
-    percentiles, percentiles_interleaved, sample_sync, Better, Percentiles, Results, Samples, Sizes,
+    percentiles, percentiles_interleaved, sample_sync, Better, Percentiles, Results, Samples,
+    Sizes, WARM_UP,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Times `calls` awaits of `one(i)` (after `calls / 10` warm-up calls).
+/// Times `calls` awaits of `one(i)` (after the same warm-up as `sample_sync`: at least
+/// [`WARM_UP`] and `calls / 10` untimed calls).
 pub async fn sample_async<F: Future<Output = ()>>(
     calls: usize,
     mut one: impl FnMut(u64) -> F,
 ) -> Samples {
-    for i in 0..calls / 10 {
-        one(i as u64).await;
+    let start = Instant::now();
+    let mut i = 0u64;
+    while i < (calls / 10) as u64 || start.elapsed() < WARM_UP {
+        one(i).await;
+        i += 1;
     }
     let mut ns = Vec::with_capacity(calls);
     for i in 0..calls {
