@@ -132,46 +132,18 @@ fn current_thread() -> tokio::runtime::Runtime {
 }
 
 fn ours_async(calls: usize) -> Samples {
-    use terraphim_agent_messaging::tokio::MessageSystem;
-    current_thread().block_on(async move {
-        let system = MessageSystem::new(RouterConfig::default());
-        let (client, server) = (AgentPid::new(), AgentPid::new());
-        system
-            .register_agent(server.clone())
-            .await
-            .expect("register");
-        let mailbox = system.get_mailbox(&server).await.expect("registered");
-        let agent = tokio::spawn(async move {
-            while let Ok(message) = mailbox.receive().await {
-                if let AgentMessage::Call {
-                    payload, reply_to, ..
-                } = message
-                {
-                    reply_to.send(payload).ok();
-                }
-            }
-        });
-        let p = sample_async(calls, |i| {
-            let (system, client, server) = (&system, &client, &server);
-            async move {
-                black_box(
-                    system
-                        .call(client.clone(), server, i, TIMEOUT)
-                        .await
-                        .expect("reply"),
-                );
-            }
-        })
-        .await;
-        system.shutdown().await.expect("shutdown");
-        agent.await.expect("agent");
-        p
-    })
+    ours_calls(calls, false)
 }
 
-/// Ours shaped like the tokio peer: a pre-resolved `MailboxSender` (the peer's `Sender`)
-/// and the call's reply channel awaited with no timeout (the peer's oneshot).
+/// Ours shaped like the tokio peer.
 fn ours_async_direct(calls: usize) -> Samples {
+    ours_calls(calls, true)
+}
+
+/// `tokio::MessageSystem::call` to an agent task that answers every call; with
+/// `direct`, the tokio peer's shape instead: a pre-resolved `MailboxSender` (the peer's
+/// `Sender`) and the call's reply channel awaited with no timeout (the peer's oneshot).
+fn ours_calls(calls: usize, direct: bool) -> Samples {
     use terraphim_agent_messaging::tokio::MessageSystem;
     current_thread().block_on(async move {
         let system = MessageSystem::new(RouterConfig::default());
@@ -193,13 +165,21 @@ fn ours_async_direct(calls: usize) -> Samples {
             }
         });
         let p = sample_async(calls, |i| {
-            let (sender, client) = (&sender, &client);
+            let (system, sender, client, server) = (&system, &sender, &client, &server);
             async move {
-                let (call, reply) = AgentMessage::call(client.clone(), i, TIMEOUT);
-                sender
-                    .try_send(call, MessagePriority::Normal)
-                    .expect("open mailbox");
-                black_box(reply.await.expect("reply"));
+                let reply = if direct {
+                    let (call, reply) = AgentMessage::call(client.clone(), i, TIMEOUT);
+                    sender
+                        .try_send(call, MessagePriority::Normal)
+                        .expect("open mailbox");
+                    reply.await.expect("reply")
+                } else {
+                    system
+                        .call(client.clone(), server, i, TIMEOUT)
+                        .await
+                        .expect("reply")
+                };
+                black_box(reply);
             }
         })
         .await;
@@ -210,32 +190,18 @@ fn ours_async_direct(calls: usize) -> Samples {
 }
 
 fn tokio_mpsc_oneshot(calls: usize) -> Samples {
-    current_thread().block_on(async move {
-        type Request = (u64, tokio::sync::oneshot::Sender<u64>);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Request>();
-        let server = tokio::spawn(async move {
-            while let Some((n, reply)) = rx.recv().await {
-                reply.send(n).ok();
-            }
-        });
-        let p = sample_async(calls, |i| {
-            let tx = &tx;
-            async move {
-                let (reply, answer) = tokio::sync::oneshot::channel();
-                tx.send((i, reply)).expect("server alive");
-                black_box(answer.await.expect("reply"));
-            }
-        })
-        .await;
-        drop(tx);
-        server.await.expect("server");
-        p
-    })
+    tokio_calls(calls, false)
 }
 
-/// The tokio peer with the timeout our call has: the oneshot awaited under
-/// `tokio::time::timeout` (a timer registered and cancelled per call).
+/// The tokio peer with the timeout our call has.
 fn tokio_mpsc_oneshot_timeout(calls: usize) -> Samples {
+    tokio_calls(calls, true)
+}
+
+/// tokio mpsc carrying the request and a oneshot per call for the reply; with `timeout`,
+/// the oneshot is awaited under `tokio::time::timeout` (a timer registered and cancelled
+/// per call).
+fn tokio_calls(calls: usize, timeout: bool) -> Samples {
     current_thread().block_on(async move {
         type Request = (u64, tokio::sync::oneshot::Sender<u64>);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Request>();
@@ -249,8 +215,14 @@ fn tokio_mpsc_oneshot_timeout(calls: usize) -> Samples {
             async move {
                 let (reply, answer) = tokio::sync::oneshot::channel();
                 tx.send((i, reply)).expect("server alive");
-                let answer = tokio::time::timeout(TIMEOUT, answer).await;
-                black_box(answer.expect("in time").expect("reply"));
+                let answer = if timeout {
+                    tokio::time::timeout(TIMEOUT, answer)
+                        .await
+                        .expect("in time")
+                } else {
+                    answer.await
+                };
+                black_box(answer.expect("reply"));
             }
         })
         .await;
