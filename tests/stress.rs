@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use terraphim_agent_messaging::{
-    AgentMailbox, AgentMessage, AgentPid, DeadLetterReason, DeadMessage, DeliveryOptions,
-    MailboxConfig, MailboxManager, MessageEnvelope, MessagePriority, MessageSystem, MessagingError,
-    RouterConfig, TrySendError,
+    AgentMailbox, AgentMessage, AgentPid, DeadLetterReason, DeadMessage, DeliveryGuarantee,
+    DeliveryOptions, MailboxConfig, MailboxManager, MessageEnvelope, MessagePriority,
+    MessageSystem, MessagingError, RouterConfig, TrySendError,
 };
 
 const PRIORITIES: [MessagePriority; 4] = [
@@ -423,4 +423,57 @@ fn stress_no_stranded_message_on_close() {
             );
         }
     }
+}
+
+// ===== the ledger read while it moves =====
+
+/// `delivery_stats` read in a loop while one thread sends the same exactly-once envelope
+/// over and over: the counters are read one after another, so a snapshot can see a
+/// duplicate before the acceptance it follows. Every snapshot stays sane (no underflow
+/// panic in `total_attempts`, nothing counted past what was accepted), and at rest the
+/// ledger is exact: one delivered, every other copy a duplicate.
+#[test]
+fn stress_stats_read_while_duplicates_stream_in() {
+    let mut config = RouterConfig::default();
+    config.delivery_config.guarantee = DeliveryGuarantee::ExactlyOnce;
+    let system = MessageSystem::new(config);
+    let pid = AgentPid::new();
+    system.register_agent(pid.clone()).unwrap();
+    let envelope = MessageEnvelope::new(
+        pid.clone(),
+        "dup".to_string(),
+        json!(1),
+        DeliveryOptions::default(),
+    );
+    let n: u64 = 200_000;
+    let done = AtomicBool::new(false);
+    let snapshots = thread::scope(|s| {
+        s.spawn(|| {
+            for _ in 0..n {
+                system.send_message(envelope.clone()).unwrap();
+            }
+            done.store(true, SeqCst);
+        });
+        let reader = s.spawn(|| {
+            let mut snapshots = 0u64;
+            while !done.load(SeqCst) {
+                let stats = system.delivery_stats();
+                assert!(stats.delivered <= 1, "{stats:?}");
+                assert!(
+                    stats.total_attempts <= stats.total_messages + 1,
+                    "{stats:?}"
+                );
+                snapshots += 1;
+            }
+            snapshots
+        });
+        reader.join().unwrap()
+    });
+    assert!(snapshots > 0);
+    let stats = system.delivery_stats();
+    assert_eq!(stats.total_messages, n);
+    assert_eq!(stats.delivered, 1);
+    assert_eq!(stats.duplicates, n - 1);
+    assert_eq!(stats.total_attempts, 1);
+    system.shutdown().unwrap();
 }

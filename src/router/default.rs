@@ -744,7 +744,9 @@ impl DefaultMessageRouter {
             acknowledged: c.acknowledged.get(),
             failed: c.failed.get(),
             expired: c.expired.get(),
-            total_attempts: (c.accepted() - c.duplicates.get()) + c.retries.get(),
+            // Saturating: under concurrent sends the counters are read one after
+            // another, so a duplicate can be seen before the acceptance it follows.
+            total_attempts: c.accepted().saturating_sub(c.duplicates.get()) + c.retries.get(),
             duplicates: c.duplicates.get(),
         }
     }
