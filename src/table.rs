@@ -30,20 +30,6 @@ use crate::message::AgentPid;
 use crate::router::group::Group;
 use crate::sync::{read_sharded as read, write_sharded as write, Arc, ShardedLock};
 
-/// How pids are hashed: ahash with its keys in the code, so that hashing reads no
-/// global (the default `AHasher` loads its keys through a pointer to a heap block on
-/// every hash, and that block can share a cache line with anything malloc placed
-/// beside it).
-fn hash(pid: &AgentPid) -> u64 {
-    const KEYS: ahash::RandomState = ahash::RandomState::with_seeds(
-        0x243f_6a88_85a3_08d3,
-        0x1319_8a2e_0370_7344,
-        0xa409_3822_299f_31d0,
-        0x082e_fa98_ec4e_6c89,
-    );
-    KEYS.hash_one(pid)
-}
-
 /// A registration's generation: `u8` under loom (the models force a wrap), `u32`
 /// otherwise.
 #[cfg(loom)]
@@ -96,6 +82,11 @@ impl Entry {
 struct Inner {
     slots: Slab<Entry>,
     by_pid: HashTable<u32>,
+    /// How pids are hashed: ahash keyed at random per table (so that crafted pids
+    /// cannot be made to collide), with the keys held here. The default `AHasher`
+    /// loads process-wide keys through a pointer to a heap block on every hash, and
+    /// that block can share a cache line with anything malloc placed beside it.
+    keys: ahash::RandomState,
     /// The next generation to hand out (wrapping).
     next_generation: Generation,
     /// Occupied slots holding agents (the rest hold groups).
@@ -103,21 +94,27 @@ struct Inner {
 }
 
 impl Inner {
+    #[inline]
+    fn hash(&self, pid: &AgentPid) -> u64 {
+        self.keys.hash_one(pid)
+    }
+
     /// The slot of `pid`.
     #[inline]
     fn find(&self, pid: &AgentPid) -> Option<u32> {
         let slots = &self.slots;
         self.by_pid
-            .find(hash(pid), |&i| slots[i as usize].pid() == pid)
+            .find(self.hash(pid), |&i| slots[i as usize].pid() == pid)
             .copied()
     }
 
     /// Forgets `pid`'s index; returns it.
     fn unindex(&mut self, pid: &AgentPid) -> Option<u32> {
+        let hashed = self.hash(pid);
         let slots = &self.slots;
         let entry = self
             .by_pid
-            .find_entry(hash(pid), |&i| slots[i as usize].pid() == pid)
+            .find_entry(hashed, |&i| slots[i as usize].pid() == pid)
             .ok()?;
         Some(entry.remove().0)
     }
@@ -166,16 +163,16 @@ impl AgentTable {
         let generation = inner.next_generation;
         inner.next_generation = generation.wrapping_add(1);
         inner.agents += usize::from(matches!(target, Target::Agent(_)));
-        let hashed = hash(&pid);
+        let hashed = inner.keys.hash_one(&pid);
         entry.insert(Entry {
             pid,
             generation,
             target,
         });
-        let slots = &inner.slots;
+        let (slots, keys) = (&inner.slots, &inner.keys);
         inner
             .by_pid
-            .insert_unique(hashed, index, |&i| hash(slots[i as usize].pid()));
+            .insert_unique(hashed, index, |&i| keys.hash_one(slots[i as usize].pid()));
         Ok(AgentId { index, generation })
     }
 
