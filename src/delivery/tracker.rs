@@ -169,12 +169,12 @@ impl State {
 #[derive(Default)]
 pub(crate) struct DeliveryCounters {
     /// Messages handed to the router that the first push did not settle as delivered
-    /// (all messages handed over: `accepted()`).
+    /// (all messages handed over: see `accepted_and_delivered`).
     pub(crate) accepted_otherwise: Counter,
     /// Messages accepted and delivered by their first push, with no ack asked (final).
     pub(crate) delivered_at_once: Counter,
     /// Messages that reached a mailbox on a later attempt and needed no ack (final;
-    /// all delivered: `delivered()`).
+    /// all delivered: see `accepted_and_delivered`).
     pub(crate) delivered_later: Counter,
     /// Messages acknowledged (final).
     pub(crate) acknowledged: Counter,
@@ -193,14 +193,15 @@ pub(crate) struct DeliveryCounters {
 }
 
 impl DeliveryCounters {
-    /// Messages handed to the router.
-    pub(crate) fn accepted(&self) -> u64 {
-        self.delivered_at_once.get() + self.accepted_otherwise.get()
-    }
-
-    /// Messages that reached a mailbox and needed no ack (final).
-    pub(crate) fn delivered(&self) -> u64 {
-        self.delivered_at_once.get() + self.delivered_later.get()
+    /// Messages handed to the router, and those of them that reached a mailbox and
+    /// needed no ack (final). `delivered_at_once` is read once for both, so a snapshot
+    /// taken while messages flow never shows more delivered than accepted.
+    pub(crate) fn accepted_and_delivered(&self) -> (u64, u64) {
+        let at_once = self.delivered_at_once.get();
+        (
+            at_once + self.accepted_otherwise.get(),
+            at_once + self.delivered_later.get(),
+        )
     }
 }
 

@@ -736,17 +736,18 @@ impl DefaultMessageRouter {
     pub fn delivery_stats(&self) -> DeliveryStats {
         let c = &self.tracker.counters;
         let (pending, in_transit) = self.tracker.pending();
+        let (accepted, delivered) = c.accepted_and_delivered();
         DeliveryStats {
-            total_messages: c.accepted(),
+            total_messages: accepted,
             pending,
             in_transit,
-            delivered: c.delivered(),
+            delivered,
             acknowledged: c.acknowledged.get(),
             failed: c.failed.get(),
             expired: c.expired.get(),
             // Saturating: under concurrent sends the counters are read one after
             // another, so a duplicate can be seen before the acceptance it follows.
-            total_attempts: c.accepted().saturating_sub(c.duplicates.get()) + c.retries.get(),
+            total_attempts: accepted.saturating_sub(c.duplicates.get()) + c.retries.get(),
             duplicates: c.duplicates.get(),
         }
     }
@@ -829,9 +830,10 @@ impl MessageRouter for DefaultMessageRouter {
     fn get_stats(&self) -> RouterStats {
         let c = &self.tracker.counters;
         let (pending, awaiting_ack) = self.tracker.pending();
+        let (accepted, delivered) = c.accepted_and_delivered();
         RouterStats {
-            messages_routed: c.accepted(),
-            messages_delivered: c.delivered() + c.pushes.get(),
+            messages_routed: accepted,
+            messages_delivered: delivered + c.pushes.get(),
             messages_failed: c.failed.get() + c.expired.get(),
             active_routes: self.table.len(),
             retry_attempts: c.retries.get(),
