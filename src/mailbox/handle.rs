@@ -122,7 +122,10 @@ impl AgentMailbox {
     }
 
     /// Like [`receive`](Self::receive), but gives up with `MessageTimeout` after
-    /// `timeout`. A zero timeout only takes what is ready; `Duration::MAX` waits forever.
+    /// `timeout`, counted from the end of the short spin-and-yield phase that comes
+    /// before parking (microseconds on an idle core). A zero timeout takes only what is
+    /// ready or arrives during that phase ([`try_receive`](Self::try_receive) does not
+    /// wait at all); `Duration::MAX` waits forever.
     #[inline]
     pub fn receive_timeout(&self, timeout: Duration) -> MessagingResult<AgentMessage> {
         self.receive_within(Some(timeout))

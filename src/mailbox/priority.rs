@@ -1,7 +1,8 @@
 //! The four priority lanes of a mailbox and the order the receiver drains them.
 //!
 //! `Normal` lives inline; `Low`, `High` and `Critical` are allocated together on the
-//! first message that needs one, so an idle mailbox costs one lane plus a pointer.
+//! first message that needs one, so an idle mailbox costs one lane plus two pointers
+//! (the extra lanes' pointer and the producers' copy of it).
 //!
 //! # Drain order
 //!
@@ -130,7 +131,8 @@ pub(crate) unsafe fn drop_lanes<T>(
     unsafe { drop_queued(&mut tx.normal, &mut rx.normal) };
     let p = extra.ptr.load(Acquire);
     if !p.is_null() && p != closed_sentinel() {
-        // SAFETY: installed from a `Box` and reachable only through `tx`.
+        // SAFETY: installed from a `Box`; the only other way to it, the producers' copy
+        // in `tx.extra`, is dropped with `tx` under the same exclusive access.
         drop(unsafe { Box::from_raw(p) });
     }
 }

@@ -181,10 +181,11 @@ impl Default for WaitCell {
 /// and after every wake-up. Returns `None` on timeout. Only the single registrant of
 /// `cell` may call this.
 ///
-/// The clock is read only once the spin phase is over and the thread is about to park,
-/// so a value that arrives while spinning costs no clock read. The timeout therefore
-/// counts from the end of that phase: a wait can last up to a few microseconds longer
-/// than `timeout` (less than Linux's default 50 µs timer slack on the park itself).
+/// The clock is read only once the spin-and-yield phase is over and the thread is about
+/// to park, so a value that arrives before costs no clock read. The timeout therefore
+/// counts from the end of that phase, and a wait can overrun it by the phase's length:
+/// a few microseconds when the core is free, but each of its four yields can give the
+/// core away for a scheduler time slice when it is busy.
 pub(crate) fn block_until<R>(
     cell: &WaitCell,
     timeout: Option<std::time::Duration>,

@@ -164,8 +164,10 @@ impl ReplyReceiver {
         self.wait(None).unwrap_or(Err(ReplyError::Timeout))
     }
 
-    /// Blocks until the reply arrives or `timeout` passes (counted once the short spin
-    /// before parking is over, so a reply that comes quickly costs no clock read).
+    /// Blocks until the reply arrives or `timeout` passes. The timeout counts from the
+    /// end of the spin-and-yield phase before parking, so a reply that comes quickly
+    /// costs no clock read; the wait can overrun by that phase (microseconds on an idle
+    /// core, up to a scheduler time slice per yield on a busy one).
     pub fn recv_timeout(mut self, timeout: Duration) -> Result<Payload, ReplyError> {
         self.wait(Some(timeout)).unwrap_or(Err(ReplyError::Timeout))
     }
