@@ -288,10 +288,20 @@ fn l2_concurrent_receive() {
 /// L3: one send races `close`, then the receiver drains until `ChannelClosed` while the
 /// sender may still be mid-push. The send is `Err(Closed(msg))` (handed back) or the
 /// message is received: never `Ok` and stranded.
-fn send_races_close(priority: MessagePriority) {
+///
+/// With `installed_before`, an earlier `Low` send (already received) installed the
+/// extra lanes, so the racing send finds them through the producers' cached pointer.
+fn send_races_close(priority: MessagePriority, installed_before: bool) {
     model(move || {
         let token = Arc::new(());
         let mailbox = unbounded();
+        if installed_before {
+            mailbox
+                .sender()
+                .try_send(tagged(&token, 1, 0), LOW)
+                .unwrap();
+            assert_eq!(tag(&mailbox.receive().unwrap()), (1, 0));
+        }
         let (sender, t) = (mailbox.sender(), token.clone());
         let producer = spawn(move || send_or_closed(&sender, tagged(&t, 0, 0), priority));
         mailbox.close();
@@ -314,13 +324,20 @@ fn send_races_close(priority: MessagePriority) {
 
 #[test]
 fn l3_send_races_close_normal() {
-    send_races_close(NORMAL);
+    send_races_close(NORMAL, false);
 }
 
 /// The High lane is allocated lazily: its install races close's sentinel swap.
 #[test]
 fn l3_send_races_close_high() {
-    send_races_close(HIGH);
+    send_races_close(HIGH, false);
+}
+
+/// A High send through the producers' cached pointer races close's marking of the
+/// extra lanes.
+#[test]
+fn l3_cached_extra_lane_send_races_close() {
+    send_races_close(HIGH, true);
 }
 
 /// L3b: two sends (filling a block and installing the next) race close: the accepted
@@ -625,4 +642,33 @@ fn l6_extra_lane_install_wakes_parked_receiver() {
 #[test]
 fn l6_cached_extra_lane_send_wakes_parked_receiver() {
     extra_lane_send_wakes_parked_receiver(true);
+}
+
+/// L6f: two producers race to install the extra lanes while the receiver is parked; the
+/// loser, or a later look, may find them through the winner's cached pointer. The
+/// receiver wakes for each and gets both, exactly once.
+#[test]
+fn l6_two_producers_race_extra_lane_install_and_cache() {
+    model(|| {
+        let token = Arc::new(());
+        let mailbox = unbounded();
+        let receiver = {
+            let mailbox = mailbox.clone();
+            spawn(move || {
+                let mut got = receive_n(&mailbox, 2);
+                got.sort_unstable();
+                got
+            })
+        };
+        let (sender, t) = (mailbox.sender(), token.clone());
+        let b = spawn(move || sender.try_send(tagged(&t, 1, 0), HIGH).unwrap());
+        mailbox
+            .sender()
+            .try_send(tagged(&token, 0, 0), HIGH)
+            .unwrap();
+        b.join().unwrap();
+        assert_eq!(receiver.join().unwrap(), [(0, 0), (1, 0)]);
+        drop(mailbox);
+        assert_all_dropped(&token);
+    });
 }
