@@ -28,6 +28,16 @@ fn bounded(max_messages: usize) -> AgentMailbox {
 }
 
 /// Receives with `try_receive` until `n` messages arrived, yielding to loom in between.
+/// Installs the extra lanes (and the producers' cached pointer to them) with a `Low`
+/// message from `sender`, then receives it.
+fn install_extra_lanes(mailbox: &AgentMailbox, token: &Arc<()>, sender: u8) {
+    mailbox
+        .sender()
+        .try_send(tagged(token, sender, 0), LOW)
+        .unwrap();
+    assert_eq!(tag(&mailbox.receive().unwrap()), (sender, 0));
+}
+
 fn receive_n(mailbox: &AgentMailbox, n: usize) -> Vec<(u8, u8)> {
     let mut got = Vec::with_capacity(n);
     while got.len() < n {
@@ -296,11 +306,7 @@ fn send_races_close(priority: MessagePriority, installed_before: bool) {
         let token = Arc::new(());
         let mailbox = unbounded();
         if installed_before {
-            mailbox
-                .sender()
-                .try_send(tagged(&token, 1, 0), LOW)
-                .unwrap();
-            assert_eq!(tag(&mailbox.receive().unwrap()), (1, 0));
+            install_extra_lanes(&mailbox, &token, 1);
         }
         let (sender, t) = (mailbox.sender(), token.clone());
         let producer = spawn(move || send_or_closed(&sender, tagged(&t, 0, 0), priority));
@@ -614,11 +620,7 @@ fn extra_lane_send_wakes_parked_receiver(installed_before: bool) {
         let token = Arc::new(());
         let mailbox = unbounded();
         if installed_before {
-            mailbox
-                .sender()
-                .try_send(tagged(&token, 0, 0), LOW)
-                .unwrap();
-            assert_eq!(tag(&mailbox.receive().unwrap()), (0, 0));
+            install_extra_lanes(&mailbox, &token, 0);
         }
         let receiver = {
             let mailbox = mailbox.clone();
