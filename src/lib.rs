@@ -62,9 +62,11 @@ mod sync;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod breaker;
+mod dead_letter;
 mod delivery;
-mod driver;
 mod error;
+mod group;
 mod mailbox;
 mod message;
 mod router;
@@ -74,6 +76,7 @@ mod table;
 pub mod timer;
 #[cfg(all(feature = "tokio", not(loom)))]
 pub mod tokio;
+mod wait;
 
 /// Internals exposed for the loom models and white-box tests. Not a stable API.
 #[doc(hidden)]
@@ -141,12 +144,14 @@ pub mod __private {
     }
 }
 
+pub use crate::breaker::{BreakerState, CircuitBreakerConfig};
+pub use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadMessage};
 pub use crate::delivery::{
-    DeadLetter, DeadLetterReason, DeadMessage, DeliveryConfig, DeliveryGuarantee, DeliveryManager,
-    DeliveryRecord, DeliveryStats, DeliveryStatus, RetryPolicy,
+    DeliveryConfig, DeliveryGuarantee, DeliveryManager, DeliveryRecord, DeliveryStats,
+    DeliveryStatus, RetryPolicy, RouterConfig,
 };
-pub use crate::driver::TimerDriver;
 pub use crate::error::{ErrorCategory, MessagingError, MessagingResult, TrySendError};
+pub use crate::group::LoadBalance;
 pub use crate::mailbox::{
     AgentMailbox, MailboxConfig, MailboxManager, MailboxSender, MailboxStats, ReceiveFuture,
 };
@@ -154,12 +159,10 @@ pub use crate::message::{
     reply_channel, AgentMessage, AgentPid, DeliveryOptions, MessageEnvelope, MessageId,
     MessagePriority, Payload, ReplyError, ReplyReceiver, ReplySender, SystemInfo, TypedMessage,
 };
-pub use crate::router::{
-    BreakerState, CircuitBreakerConfig, DefaultMessageRouter, LoadBalance, MessageRouter,
-    RouterConfig, RouterStats,
-};
-pub use crate::system::{CallFuture, MessageSystem, MessageSystemBuilder};
+pub use crate::router::{MessageRouter, RouterStats};
+pub use crate::system::{CallFuture, DefaultMessageRouter, MessageSystem, MessageSystemBuilder};
 pub use crate::table::AgentId;
+pub use crate::timer::driver::TimerDriver;
 pub use crate::timer::{
     Clock, Elapsed, ManualClock, RescheduleError, SystemClock, TickSource, TimerKey, TimerWheel,
     TICK,

@@ -25,9 +25,9 @@
 use hashbrown::HashTable;
 use slab::Slab;
 
+use crate::group::Group;
 use crate::mailbox::shared::Shared;
 use crate::message::AgentPid;
-use crate::router::group::Group;
 use crate::sync::{read_sharded as read, write_sharded as write, Arc, ShardedLock};
 
 /// A registration's generation: `u8` under loom (the models force a wrap), `u32`

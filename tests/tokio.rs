@@ -475,7 +475,8 @@ both_runtimes! {
     async fn custom_router() {
         let router = Arc::new(CountingRouter::default());
         let system = MessageSystem::with_router(RouterConfig::default(), router.clone()).unwrap();
-        assert!(!system.has_timer_task());
+        // The delivery engine's timers (retries, call timeouts) serve custom routers too.
+        assert!(system.has_timer_task());
         let (a, mailbox_a) = registered(&system).await;
         let (b, mailbox_b) = registered(&system).await;
         let mut ids = Vec::new();
@@ -510,12 +511,14 @@ both_runtimes! {
         assert_eq!(stats.messages_routed, 12);
         assert_eq!(stats.active_routes, 2);
         assert_eq!(mailboxes.len(), 2);
-        // The core refuses to route around the custom router.
-        assert!(system.as_sync().send(&a, AgentMessage::cast(b.clone(), 2u8)).is_err());
+        // The core routes through the custom router too: one engine, one router.
+        system.as_sync().send(&a, AgentMessage::cast(b.clone(), 2u8)).unwrap();
+        assert_eq!(router.messages.load(SeqCst), 3);
         system.unregister_agent(&a).await.unwrap();
         assert_eq!(router.unregistered.load(SeqCst), 1);
         assert!(system.get_mailbox(&a).await.is_none());
         assert!(matches!(mailbox_a.receive().await.unwrap().payload::<u8>(), Some(&1)));
+        assert!(matches!(mailbox_a.receive().await.unwrap().payload::<u8>(), Some(&2)));
         assert!(matches!(mailbox_a.receive().await, Err(MessagingError::ChannelClosed(_))));
         system.shutdown().await.unwrap();
         system.shutdown().await.unwrap();

@@ -64,6 +64,7 @@ use ahash::AHasher;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::engine::Engine;
 use super::retry::RetryPolicy;
 use super::{DeliveryConfig, DeliveryGuarantee};
 use crate::error::{MessagingError, MessagingResult};
@@ -255,6 +256,9 @@ pub struct DeliveryManager {
     origin_utc: DateTime<Utc>,
     /// Records and the eviction queue; a cold path, one short critical section per call.
     inner: Mutex<Inner>,
+    /// Set for a system's manager (`MessageSystem::delivery_manager`): the records are
+    /// the engine's own, and `inner` stays empty.
+    engine: Option<Arc<Engine>>,
 }
 
 /// The records and their bookkeeping.
@@ -343,7 +347,31 @@ impl DeliveryManager {
             origin,
             origin_utc: Utc::now(),
             inner: Mutex::new(Inner::default()),
+            engine: None,
         })
+    }
+
+    /// The face of a system's engine (see `MessageSystem::delivery_manager`).
+    pub(crate) fn of_engine(engine: Arc<Engine>) -> Self {
+        let config = engine.config.delivery_config.clone();
+        let clock = engine.timers().clock().clone();
+        let mut manager = Self::with_clock(config, clock).expect("the engine's config is valid");
+        manager.policy = engine.policy().clone();
+        manager.engine = Some(engine);
+        manager
+    }
+
+    /// A system's records are the engine's: only acks reach them from outside.
+    fn read_only(&self) -> MessagingResult<()> {
+        match self.engine {
+            Some(_) => Err(MessagingError::Configuration(
+                "this is a system's delivery manager: its records are driven by the system \
+                 (acknowledge with mark_acknowledged); use DeliveryManager::new for records of \
+                 your own"
+                    .into(),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The configuration in use.
@@ -367,6 +395,7 @@ impl DeliveryManager {
     ///
     /// `Overloaded` at `max_delivery_records` with no final record to evict.
     pub fn record_message(&self, envelope: &MessageEnvelope) -> MessagingResult<()> {
+        self.read_only()?;
         let needs_ack = envelope.delivery_options.require_ack;
         let max_retries = self
             .policy
@@ -457,6 +486,7 @@ impl DeliveryManager {
     ///
     /// `UnknownMessage` if `id` is not tracked.
     pub fn mark_in_transit(&self, id: &MessageId) -> MessagingResult<()> {
+        self.read_only()?;
         self.mark(id, Mark::InTransit)
     }
 
@@ -466,6 +496,7 @@ impl DeliveryManager {
     ///
     /// `UnknownMessage` if `id` is not tracked.
     pub fn mark_delivered(&self, id: &MessageId) -> MessagingResult<()> {
+        self.read_only()?;
         self.mark(id, Mark::Delivered)
     }
 
@@ -475,6 +506,9 @@ impl DeliveryManager {
     ///
     /// `UnknownMessage` if `id` is not tracked.
     pub fn mark_acknowledged(&self, id: &MessageId) -> MessagingResult<()> {
+        if let Some(engine) = &self.engine {
+            return engine.acknowledge(id);
+        }
         self.mark(id, Mark::Acknowledged)
     }
 
@@ -484,6 +518,7 @@ impl DeliveryManager {
     ///
     /// `UnknownMessage` if `id` is not tracked.
     pub fn mark_failed(&self, id: &MessageId, error: String) -> MessagingResult<()> {
+        self.read_only()?;
         self.mark(id, Mark::Failed(error))
     }
 
@@ -493,6 +528,7 @@ impl DeliveryManager {
     ///
     /// `UnknownMessage` if `id` is not tracked.
     pub fn mark_expired(&self, id: &MessageId) -> MessagingResult<()> {
+        self.read_only()?;
         self.mark(id, Mark::Expired)
     }
 
@@ -579,6 +615,9 @@ impl DeliveryManager {
     /// The envelopes to redeliver now (see the module doc), oldest record first, each
     /// with `attempts` set to the record's attempts.
     pub fn get_retry_candidates(&self) -> Vec<MessageEnvelope> {
+        if let Some(engine) = &self.engine {
+            return engine.tracker.retry_candidates();
+        }
         let now = self.clock.now();
         let timeout = self.config.acknowledgment_timeout.max(TICK);
         let timed_out = |since: Option<Instant>| {
@@ -617,16 +656,24 @@ impl DeliveryManager {
 
     /// Counts of the records kept, by status.
     pub fn get_stats(&self) -> DeliveryStats {
+        if let Some(engine) = &self.engine {
+            return engine.delivery_stats();
+        }
         lock(&self.inner).stats.clone()
     }
 
     /// A copy of `id`'s record.
     pub fn get_delivery_record(&self, id: &MessageId) -> Option<DeliveryRecord> {
+        if let Some(engine) = &self.engine {
+            let utc = |tick| self.utc(engine.timers().instant_of(tick));
+            return engine.tracker.record(id, utc);
+        }
         lock(&self.inner).records.get(id).map(|e| e.record.clone())
     }
 
     /// Stops tracking `id`, returning its record.
     pub fn remove(&self, id: &MessageId) -> Option<DeliveryRecord> {
+        self.read_only().ok()?;
         let mut inner = lock(&self.inner);
         let entry = inner.records.remove(id)?;
         inner.forget(&entry.record);
@@ -636,6 +683,9 @@ impl DeliveryManager {
     /// Drops the final records that became final at least `cleanup_interval` ago (by
     /// the clock); returns how many.
     pub fn cleanup(&self) -> usize {
+        if self.read_only().is_err() {
+            return 0;
+        }
         let now = self.clock.now();
         let keep = self.config.cleanup_interval;
         let mut inner = lock(&self.inner);
@@ -651,6 +701,9 @@ impl DeliveryManager {
 
     /// Records kept.
     pub fn len(&self) -> usize {
+        if let Some(engine) = &self.engine {
+            return engine.tracker.len();
+        }
         lock(&self.inner).records.len()
     }
 

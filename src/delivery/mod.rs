@@ -6,9 +6,10 @@
 //! | `AtLeastOnce` | `Ok`, retried with backoff, then dead letter | `Err(AgentNotFound)` | redelivered up to `max_retries`, then dead letter | delivered twice |
 //! | `ExactlyOnce` | as `AtLeastOnce` | `Err(AgentNotFound)` | as `AtLeastOnce`, never seen twice | delivered once within the window |
 
-pub(crate) mod dead_letter;
 pub(crate) mod dedup;
+pub(crate) mod engine;
 pub(crate) mod manager;
+mod redelivery;
 pub(crate) mod retry;
 pub(crate) mod tracker;
 
@@ -16,7 +17,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::dead_letter::{DeadLetter, DeadLetterReason, DeadMessage};
 pub use self::manager::{DeliveryManager, DeliveryRecord, DeliveryStats, DeliveryStatus};
 pub use self::retry::RetryPolicy;
 
@@ -64,6 +64,34 @@ impl Default for DeliveryConfig {
             acknowledgment_timeout: Duration::from_secs(30),
             cleanup_interval: Duration::from_secs(300),
             max_delivery_records: 10_000,
+        }
+    }
+}
+
+/// Router configuration: the seed's four fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouterConfig {
+    /// Delivery guarantees, retries and acknowledgements.
+    pub delivery_config: DeliveryConfig,
+    /// The timer driver's heartbeat: retries and timeouts fire at their own deadlines
+    /// (there is no polling), and housekeeping such as expiring the exactly-once
+    /// window runs at least this often. Must be non-zero.
+    pub retry_interval: Duration,
+    /// Upper bound on messages in flight at once (waiting for a retry or an ack);
+    /// past it, a message that would need tracking is dead-lettered with `Overloaded`.
+    pub max_concurrent_deliveries: usize,
+    /// Whether the router keeps its counters (`RouterStats`, `DeliveryStats`); off, they
+    /// stay zero and a send touches no counter at all.
+    pub enable_metrics: bool,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            delivery_config: DeliveryConfig::default(),
+            retry_interval: Duration::from_secs(5),
+            max_concurrent_deliveries: 100,
+            enable_metrics: true,
         }
     }
 }

@@ -16,52 +16,25 @@
 //!   refuses too, so nothing is left behind with no driver to fire it.
 
 use std::hash::BuildHasherDefault;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use ahash::AHasher;
 
-use super::dead_letter::DeadMessage;
 use super::dedup::{Dedupe, Reservation};
 use super::retry::RetryPolicy;
+use chrono::{DateTime, Utc};
+
+use super::manager::{DeliveryRecord, DeliveryStatus};
 use crate::message::{
-    reply::ReplyTimeout, AgentMessage, AgentPid, MessageEnvelope, MessageId, MessagePriority,
+    reply::ReplyTimeout, AgentPid, MessageEnvelope, MessageId, MessagePriority, Outgoing,
 };
+use crate::router::Refusal;
 use crate::stats::Counter;
-use crate::sync::{lock, AtomicU64, Mutex};
-use crate::timer::{Clock, TickSource, TimerKey, TimerWheel};
+use crate::sync::{lock, Mutex};
+use crate::timer::service::TimerService;
+use crate::timer::{TimerKey, TimerWheel};
 
 type IdMap<V> = std::collections::HashMap<MessageId, V, BuildHasherDefault<AHasher>>;
-
-/// A message on its way: a routed envelope or a built message.
-#[derive(Debug)]
-pub(crate) enum Outgoing {
-    Envelope(MessageEnvelope),
-    Message(AgentMessage),
-}
-
-impl Outgoing {
-    pub(crate) fn id(&self) -> &MessageId {
-        match self {
-            Outgoing::Envelope(e) => &e.id,
-            Outgoing::Message(m) => m.id(),
-        }
-    }
-
-    pub(crate) fn into_message(self) -> AgentMessage {
-        match self {
-            Outgoing::Envelope(e) => e.into_message(),
-            Outgoing::Message(m) => m,
-        }
-    }
-
-    pub(crate) fn into_dead(self) -> DeadMessage {
-        match self {
-            Outgoing::Envelope(e) => DeadMessage::Envelope(e),
-            Outgoing::Message(m) => DeadMessage::Message(m),
-        }
-    }
-}
 
 /// What a tracked message is waiting for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,14 +43,6 @@ pub(crate) enum Stage {
     Retry,
     /// It is in a mailbox; the timer fires if no ack arrives first.
     AwaitAck,
-}
-
-/// Why the last attempt failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refusal {
-    MailboxFull,
-    CircuitOpen,
-    EmptyGroup,
 }
 
 /// One tracked message.
@@ -186,10 +151,6 @@ pub(crate) struct DeliveryCounters {
     pub(crate) duplicates: Counter,
     /// Retry and redelivery attempts.
     pub(crate) retries: Counter,
-    /// Pushes of messages that await an ack (first delivery and redeliveries).
-    pub(crate) pushes: Counter,
-    /// Times a destination's breaker opened.
-    pub(crate) breaker_trips: Counter,
 }
 
 impl DeliveryCounters {
@@ -209,22 +170,21 @@ impl DeliveryCounters {
 pub(crate) struct Tracker {
     state: Mutex<State>,
     dedupe: Mutex<Dedupe>,
-    clock: std::sync::Arc<dyn Clock>,
-    ticks: TickSource,
+    /// The system's timer service: time, and the driver to wake for an earlier
+    /// deadline.
+    timers: std::sync::Arc<TimerService>,
     limit: usize,
-    /// The earliest deadline the driver has been told about (`u64::MAX`: none).
-    pub(crate) next_wake: AtomicU64,
     pub(crate) counters: DeliveryCounters,
 }
 
 impl Tracker {
     pub(crate) fn new(
-        clock: std::sync::Arc<dyn Clock>,
+        timers: std::sync::Arc<TimerService>,
         limit: usize,
         dedupe_window: Duration,
         dedupe_capacity: usize,
     ) -> Self {
-        let ticks = TickSource::new(clock.now());
+        let ticks = timers.ticks();
         let window = ticks.deadline_after(ticks.origin(), dedupe_window);
         Tracker {
             state: Mutex::new(State {
@@ -237,27 +197,27 @@ impl Tracker {
                 closed: false,
             }),
             dedupe: Mutex::new(Dedupe::new(window, dedupe_capacity)),
-            clock,
-            ticks,
+            timers,
             limit: limit.max(1),
-            next_wake: AtomicU64::new(u64::MAX),
             counters: DeliveryCounters::default(),
         }
     }
 
+    /// The system's timer service.
+    pub(crate) fn timers(&self) -> &std::sync::Arc<TimerService> {
+        &self.timers
+    }
+
     /// The current tick.
+    #[inline]
     pub(crate) fn now(&self) -> u64 {
-        self.ticks.instant_to_tick(self.clock.now())
+        self.timers.now()
     }
 
     /// The tick `after` from now (rounded up, saturating).
+    #[inline]
     pub(crate) fn after(&self, after: Duration) -> u64 {
-        self.ticks.deadline_after(self.clock.now(), after)
-    }
-
-    /// The instant of `tick` (for the driver's sleep).
-    pub(crate) fn instant_of(&self, tick: u64) -> Instant {
-        self.ticks.tick_to_instant(tick)
+        self.timers.after(after)
     }
 
     // ===== exactly-once window =====
@@ -278,13 +238,13 @@ impl Tracker {
 
     // ===== tracking =====
 
-    /// Tracks `tracked` with its timer at `deadline`, or hands it back. On success,
-    /// returns its timer and the deadline if it is the earliest (the driver must wake).
+    /// Tracks `tracked` with its timer at `deadline` (waking the driver if it is the
+    /// earliest), or hands it back.
     pub(crate) fn track(
         &self,
         tracked: Box<Tracked>,
         deadline: u64,
-    ) -> Result<(TimerKey, Option<u64>), TrackError> {
+    ) -> Result<TimerKey, TrackError> {
         let mut state = lock(&self.state);
         if tracked.require_ack && state.firing.remove(tracked.payload.id()) == Some(true) {
             return Err(TrackError::Acknowledged);
@@ -309,7 +269,8 @@ impl Tracker {
         state.by_id.entry(id).or_default().push(key);
         state.count(stage, true);
         drop(state);
-        Ok((key, self.note_deadline(deadline)))
+        self.timers.scheduled(deadline);
+        Ok(key)
     }
 
     /// Stops tracking the message of timer `key`; `None` if it is no longer tracked
@@ -333,24 +294,22 @@ impl Tracker {
         }
     }
 
-    /// Schedules a call timeout. Returns the earliest deadline if it moved earlier.
-    pub(crate) fn call_timeout(
-        &self,
-        timeout: ReplyTimeout,
-        deadline: u64,
-    ) -> (Option<TimerKey>, Option<u64>) {
+    /// Schedules a call timeout; `None` if it already passed (the call then sees
+    /// `Timeout` at once).
+    pub(crate) fn call_timeout(&self, timeout: ReplyTimeout, deadline: u64) -> Option<TimerKey> {
         let mut state = lock(&self.state);
         match state.wheel.insert(deadline, TimerEvent::Call(timeout)) {
             Ok(key) => {
                 drop(state);
-                (Some(key), self.note_deadline(deadline))
+                self.timers.scheduled(deadline);
+                Some(key)
             }
             Err(elapsed) => {
                 drop(state);
                 if let TimerEvent::Call(t) = elapsed.into_inner() {
                     t.expire();
                 }
-                (None, None)
+                None
             }
         }
     }
@@ -358,16 +317,6 @@ impl Tracker {
     /// Cancels a call timeout that is no longer needed.
     pub(crate) fn cancel_timer(&self, key: TimerKey) {
         lock(&self.state).wheel.cancel(key);
-    }
-
-    fn note_deadline(&self, deadline: u64) -> Option<u64> {
-        // Most deadlines are later than the one the driver already waits for (calls
-        // with one timeout arrive in deadline order): a load, not a read-modify-write.
-        if deadline >= self.next_wake.load(Relaxed) {
-            return None;
-        }
-        let previous = self.next_wake.fetch_min(deadline, Relaxed);
-        (deadline < previous).then_some(deadline)
     }
 
     /// Ends tracking of an acknowledged message: the oldest copy of `id` that asked for
@@ -419,7 +368,7 @@ impl Tracker {
             }
         }
         let next = state.wheel.next_deadline();
-        self.next_wake.store(next.unwrap_or(u64::MAX), Relaxed);
+        self.timers.planned(next);
         drop(state);
         lock(&self.dedupe).expire(now);
         (due, next)
@@ -428,7 +377,7 @@ impl Tracker {
     /// When the next timer is due.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let next = lock(&self.state).wheel.next_deadline()?;
-        Some(self.instant_of(next))
+        Some(self.timers.instant_of(next))
     }
 
     /// One message from `take_due` has been settled (re-tracked, delivered or given
@@ -451,6 +400,75 @@ impl Tracker {
             (state.retrying + state.in_hand) as u64,
             state.awaiting_ack as u64,
         )
+    }
+
+    /// The envelopes of every tracked message (waiting on the wheel for a retry or
+    /// for its ack), soonest deadline first, each with `attempts` set to the attempts
+    /// made. Built messages (`MessageSystem::send`) have no envelope and are not
+    /// listed; [`record`](Self::record) shows them.
+    pub(crate) fn retry_candidates(&self) -> Vec<MessageEnvelope> {
+        let state = lock(&self.state);
+        let mut due: Vec<(u64, MessageEnvelope)> = state
+            .by_id
+            .values()
+            .flatten()
+            .filter_map(|&key| match state.wheel.get(key)? {
+                TimerEvent::Tracked(tracked) => match &tracked.payload {
+                    Outgoing::Envelope(envelope) => {
+                        let mut envelope = envelope.clone();
+                        envelope.attempts = tracked.attempts;
+                        Some((state.wheel.deadline(key)?, envelope))
+                    }
+                    Outgoing::Message(_) => None,
+                },
+                TimerEvent::Call(_) => None,
+            })
+            .collect();
+        drop(state);
+        due.sort_by_key(|(deadline, _)| *deadline);
+        due.into_iter().map(|(_, envelope)| envelope).collect()
+    }
+
+    /// The record of the oldest tracked copy of `id`: `Pending` while it waits for a
+    /// retry (with the last refusal), `InTransit` while it waits in a mailbox for its
+    /// ack. `utc` turns a tick into a timestamp.
+    pub(crate) fn record(
+        &self,
+        id: &MessageId,
+        utc: impl Fn(u64) -> DateTime<Utc>,
+    ) -> Option<DeliveryRecord> {
+        let state = lock(&self.state);
+        let key = *state.by_id.get(id)?.first()?;
+        let Some(TimerEvent::Tracked(tracked)) = state.wheel.get(key) else {
+            return None;
+        };
+        let (from, created_at) = match &tracked.payload {
+            Outgoing::Envelope(e) => (e.from.clone(), e.created_at),
+            Outgoing::Message(m) => (m.from().cloned(), utc(self.timers.now())),
+        };
+        let refusal = tracked.last_refusal.map(|r| format!("{r:?}"));
+        let status = match tracked.stage {
+            Stage::Retry => DeliveryStatus::Pending,
+            Stage::AwaitAck => DeliveryStatus::InTransit,
+        };
+        Some(DeliveryRecord {
+            message_id: id.clone(),
+            from,
+            to: tracked.to.clone(),
+            status,
+            attempts: tracked.attempts,
+            created_at,
+            last_attempt: None,
+            delivered_at: None,
+            acknowledged_at: None,
+            error_message: refusal,
+        })
+    }
+
+    /// Messages tracked now.
+    pub(crate) fn len(&self) -> usize {
+        let state = lock(&self.state);
+        state.retrying + state.awaiting_ack
     }
 
     /// Removes every tracked message (shutdown), handing them back.

@@ -8,12 +8,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use super::shared::{Claim, Settings, Shared};
-use super::waiter::{block_until, Waiter};
 use super::{MailboxConfig, MailboxStats};
-use crate::delivery::dead_letter::DeadLetters;
+use crate::dead_letter::DeadLetters;
 use crate::error::{MessagingError, MessagingResult, TrySendError};
 use crate::message::{AgentMessage, AgentPid, MessagePriority};
 use crate::sync::Arc;
+use crate::wait::{block_until, Waiter};
 
 /// An agent's mailbox: the receiving end (one receiver at a time) that can also send.
 ///

@@ -5,7 +5,7 @@ use std::fmt;
 use super::handle::{stats_of, AgentMailbox, MailboxSender};
 use super::shared::{Settings, Shared};
 use super::{MailboxConfig, MailboxStats};
-use crate::delivery::dead_letter::DeadLetters;
+use crate::dead_letter::DeadLetters;
 use crate::error::{MessagingError, MessagingResult};
 use crate::message::AgentPid;
 use crate::sync::Arc;
@@ -60,6 +60,19 @@ impl MailboxManager {
         match self.table.insert(shared.clone()) {
             Ok(_) => Ok(MailboxSender::from_shared(shared)),
             Err(InsertError::Duplicate) => Err(MessagingError::DuplicateAgent(agent_id)),
+            Err(InsertError::Full) => Err(MessagingError::System(
+                "agent table full (u32::MAX agents)".into(),
+            )),
+        }
+    }
+
+    /// Makes the mailbox behind `sender` reachable by its pid here (a mailbox made
+    /// elsewhere, e.g. by `AgentMailbox::new`).
+    pub(crate) fn adopt(&self, sender: &MailboxSender) -> MessagingResult<()> {
+        let pid = sender.agent_id().clone();
+        match self.table.insert(sender.shared().clone()) {
+            Ok(_) => Ok(()),
+            Err(InsertError::Duplicate) => Err(MessagingError::DuplicateAgent(pid)),
             Err(InsertError::Full) => Err(MessagingError::System(
                 "agent table full (u32::MAX agents)".into(),
             )),

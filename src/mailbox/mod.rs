@@ -21,12 +21,12 @@
 //! - One receiver at a time; a second concurrent receive gets `ReceiverBusy`.
 //! - After `close`, the receiver drains what was queued, then gets `ChannelClosed`.
 
+pub(crate) mod handback;
 pub(crate) mod handle;
 pub(crate) mod lane;
 pub(crate) mod manager;
 pub(crate) mod priority;
 pub(crate) mod shared;
-pub(crate) mod waiter;
 
 use std::time::Duration;
 

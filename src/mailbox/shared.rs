@@ -17,14 +17,14 @@ use std::time::{Duration, Instant};
 
 use super::lane::Pop;
 use super::priority::{drop_lanes, ExtraLanes, Lanes, LanesRx, LanesTx};
-use super::waiter::WaitCell;
 use super::MailboxConfig;
-use crate::delivery::dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
+use crate::breaker::Breaker;
+use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
 use crate::error::{MessagingError, TrySendError};
-use crate::message::{reply_channel, AgentMessage, AgentPid, MessagePriority};
-use crate::router::breaker::Breaker;
+use crate::message::{AgentMessage, AgentPid, MessagePriority};
 use crate::stats::record_max;
 use crate::sync::{fence, Arc, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, SpinWait};
+use crate::wait::WaitCell;
 
 /// Timestamps and processing times are sampled once per this many messages, so the
 /// send and receive paths read no clock for the other 63.
@@ -343,11 +343,15 @@ impl Shared {
                 TrySendError::Full(_) => DeadLetterReason::MailboxFull,
                 TrySendError::Closed(_) => DeadLetterReason::MailboxClosed,
             };
-            self.settings.dead_letters.push(DeadLetter::message(
-                self.pid.clone(),
-                disarm_call(e.into_inner()),
-                reason,
-            ));
+            // Sent on the delivery engine's behalf (a custom router): the engine
+            // settles it.
+            if let Err(message) = super::handback::park(e.into_inner()) {
+                self.settings.dead_letters.push(DeadLetter::message(
+                    self.pid.clone(),
+                    message.disarm(),
+                    reason,
+                ));
+            }
             err
         })
     }
@@ -505,7 +509,7 @@ impl Shared {
             self.sampled().dead_lettered.fetch_add(1, Relaxed);
             self.settings.dead_letters.push(DeadLetter::message(
                 self.pid.clone(),
-                disarm_call(message),
+                message.disarm(),
                 DeadLetterReason::MailboxClosed,
             ));
         }
@@ -516,7 +520,7 @@ impl Shared {
     pub(crate) fn accepts_now(&self) -> bool {
         !self.lanes().is_closed()
             && (self.capacity == 0 || self.reserved.load(Relaxed) < self.capacity)
-            && self.breaker.state() == crate::router::BreakerState::Closed
+            && self.breaker.state() == crate::breaker::BreakerState::Closed
     }
 
     // ===== stats =====
@@ -556,17 +560,6 @@ impl Shared {
                 .map_or(0, |s| s.avg_processing.load(Relaxed)),
         )
     }
-}
-
-/// A dead-lettered call can never be answered by its callee. Drop its reply sender now,
-/// so that the caller fails at once (`DeliveryFailed`) instead of waiting out its
-/// timeout; a closed stand-in keeps the message whole (a reply to it is handed back).
-pub(crate) fn disarm_call(mut message: AgentMessage) -> AgentMessage {
-    if let AgentMessage::Call { reply_to, .. } = &mut message {
-        let (closed, _receiver_gone) = reply_channel();
-        drop(std::mem::replace(reply_to, closed));
-    }
-    message
 }
 
 impl Drop for Shared {

@@ -250,6 +250,18 @@ impl AgentMessage {
         }
     }
 
+    /// A call that is given up on (dead-lettered) can never be answered by its callee:
+    /// its reply sender is swapped for a closed one, so that the caller fails at once
+    /// (`DeliveryFailed`) instead of waiting out its timeout. The message stays whole;
+    /// a reply sent to the stand-in is handed back. Other messages pass unchanged.
+    pub(crate) fn disarm(mut self) -> Self {
+        if let AgentMessage::Call { reply_to, .. } = &mut self {
+            let (closed, _receiver_gone) = reply_channel();
+            drop(std::mem::replace(reply_to, closed));
+        }
+        self
+    }
+
     /// The variant's name, for logs and dead letters.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -377,4 +389,29 @@ pub enum SystemInfo {
         /// When.
         timestamp: DateTime<Utc>,
     },
+}
+
+/// A message on its way through the delivery engine: a routed envelope (kept whole, so
+/// that it can be redelivered or handed to a router that takes envelopes) or a built
+/// message.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    Envelope(MessageEnvelope),
+    Message(AgentMessage),
+}
+
+impl Outgoing {
+    pub(crate) fn id(&self) -> &MessageId {
+        match self {
+            Outgoing::Envelope(e) => &e.id,
+            Outgoing::Message(m) => m.id(),
+        }
+    }
+
+    pub(crate) fn into_message(self) -> AgentMessage {
+        match self {
+            Outgoing::Envelope(e) => e.into_message(),
+            Outgoing::Message(m) => m,
+        }
+    }
 }

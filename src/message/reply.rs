@@ -18,8 +18,8 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, SeqCst};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::mailbox::waiter::{block_until, WaitCell, Waiter};
 use crate::sync::{Arc, AtomicUsize, UnsafeCell};
+use crate::wait::{block_until, WaitCell, Waiter};
 
 /// A reply payload, as the seed's `reply_to.send(Box::new(response))` writes it.
 pub type Payload = Box<dyn Any + Send>;

@@ -1,63 +1,52 @@
-//! Routing: from an envelope's destination pid to a mailbox lane.
+//! Routing: from a destination pid to a mailbox, and nothing more.
 //!
-//! 1. [`MessageRouter`] (here): the seam for custom routing, and the configuration.
-//! 2. `default`: [`DefaultMessageRouter`], lookup → breaker → balance → push, and what
-//!    each delivery guarantee does with a refused push.
-//! 3. `group`: groups addressed like agents, and their [`LoadBalance`] strategies.
-//! 4. `breaker`: the per-destination circuit breaker.
+//! The delivery engine (`crate::delivery`) decides *whether and when* a message is
+//! attempted; a router decides *where* one attempt goes. They meet at one narrow
+//! interface, [`Destination`]: push a message to a pid and learn whether it was
+//! accepted, refused for now (full, breaker open, empty group), or gone (closed, no
+//! such pid). Two kinds implement it:
+//!
+//! 1. `default`: `LocalRoutes`, the system's own mailbox table: lookup → group pick
+//!    → breaker admission → push.
+//! 2. `custom`: `CustomRoutes`, a user's [`MessageRouter`] behind the same
+//!    interface, with the same breakers.
+//!
+//! Here: the [`MessageRouter`] trait (the seam for custom routing), the interface,
+//! and the router counters.
+//!
+//! # Invariants
+//!
+//! - A push hands the message back whenever it did not deliver it (`Refused`,
+//!   `Closed`, `NotFound`; `Failed` when a custom router gave it back), so the engine
+//!   can retry or dead-letter it.
 
-pub(crate) mod breaker;
+pub(crate) mod custom;
 pub(crate) mod default;
-pub(crate) mod group;
 
-use std::time::Duration;
+use serde::{Deserialize, Serialize};
 
-pub use self::breaker::{BreakerState, CircuitBreakerConfig};
-pub use self::default::DefaultMessageRouter;
-pub use self::group::LoadBalance;
-use crate::delivery::DeliveryConfig;
 use crate::error::{MessagingError, MessagingResult};
 use crate::mailbox::MailboxSender;
-use crate::message::{AgentMessage, AgentPid, MessageEnvelope, MessagePriority};
+use crate::message::{AgentMessage, AgentPid, MessageEnvelope, MessagePriority, Outgoing};
 
-/// Router configuration: the seed's four fields.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouterConfig {
-    /// Delivery guarantees, retries and acknowledgements.
-    pub delivery_config: DeliveryConfig,
-    /// The timer driver's heartbeat: retries and timeouts fire at their own deadlines
-    /// (there is no polling), and housekeeping such as expiring the exactly-once
-    /// window runs at least this often. Must be non-zero.
-    pub retry_interval: Duration,
-    /// Upper bound on messages in flight at once (waiting for a retry or an ack);
-    /// past it, a message that would need tracking is dead-lettered with `Overloaded`.
-    pub max_concurrent_deliveries: usize,
-    /// Whether the router keeps its counters (`RouterStats`, `DeliveryStats`); off, they
-    /// stay zero and a send touches no counter at all.
-    pub enable_metrics: bool,
-}
-
-impl Default for RouterConfig {
-    fn default() -> Self {
-        Self {
-            delivery_config: DeliveryConfig::default(),
-            retry_interval: Duration::from_secs(5),
-            max_concurrent_deliveries: 100,
-            enable_metrics: true,
-        }
-    }
-}
-
-/// Router counters (zero when `enable_metrics` is off).
+/// Router counters (zero when `enable_metrics` is off), per message like
+/// `DeliveryStats` (the same message is never counted twice in one field):
 ///
-/// `messages_delivered` counts pushes into mailboxes, redeliveries included;
-/// `messages_failed` counts messages given up on (each is in the dead letters). For the
-/// ledger that adds up per message, see `DeliveryStats`.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// | field | in `DeliveryStats` terms |
+/// |---|---|
+/// | `messages_routed` | `total_messages` |
+/// | `messages_delivered` | `delivered + acknowledged + in_transit`: reached a mailbox |
+/// | `messages_failed` | `failed + expired`: given up on, each in the dead letters |
+/// | `messages_pending` | `pending + in_transit`: not yet final |
+/// | `retry_attempts` | `total_attempts - (total_messages - duplicates)`: attempts after the first |
+///
+/// With a custom router, `MessageSystem::get_stats` reports the router's own
+/// `get_stats()` instead (the engine's ledger is in `delivery_stats()`).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouterStats {
     /// Messages accepted for routing.
     pub messages_routed: u64,
-    /// Pushes into mailboxes (redeliveries included).
+    /// Messages that reached a mailbox (each counted once, however many copies).
     pub messages_delivered: u64,
     /// Messages given up on (dead-lettered).
     pub messages_failed: u64,
@@ -65,7 +54,7 @@ pub struct RouterStats {
     pub active_routes: usize,
     /// Redelivery attempts.
     pub retry_attempts: u64,
-    /// Messages still waiting for a retry or an acknowledgement.
+    /// Messages not yet final: waiting for a retry or for their acknowledgement.
     pub messages_pending: u64,
     /// Times a destination's circuit breaker opened.
     pub circuit_trips: u64,
@@ -108,4 +97,58 @@ pub trait MessageRouter: Send + Sync {
 /// and async `MessageRouter` traits alike).
 pub(crate) fn envelopes_only(to: &AgentPid) -> MessagingError {
     MessagingError::DeliveryFailed(to.clone(), "this router only routes envelopes".into())
+}
+
+/// Why a push was refused for now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    MailboxFull,
+    CircuitOpen,
+    EmptyGroup,
+}
+
+/// What one push did. Every outcome but `Done` hands the message back.
+pub(crate) enum Push {
+    /// Accepted by a mailbox (or by a custom router).
+    Done,
+    /// Refused for now; the breaker's earliest retry tick, or 0.
+    Refused(Outgoing, Refusal, u64),
+    /// The destination's mailbox is closed.
+    Closed(Outgoing),
+    /// No such destination.
+    NotFound(Outgoing),
+    /// A custom router failed otherwise; the message, if it handed it back.
+    Failed(Option<Outgoing>, MessagingError),
+}
+
+/// Where the delivery engine sends one attempt (see the module doc).
+pub(crate) trait Destination: Send + Sync {
+    /// Pushes `out` to `to` at `priority`.
+    fn push(&self, to: &AgentPid, out: Outgoing, priority: MessagePriority) -> Push;
+}
+
+/// The destinations of one system: its own table, or a custom router.
+pub(crate) enum Routes {
+    Local(default::LocalRoutes),
+    Custom(custom::CustomRoutes),
+}
+
+impl Destination for Routes {
+    #[inline]
+    fn push(&self, to: &AgentPid, out: Outgoing, priority: MessagePriority) -> Push {
+        match self {
+            Routes::Local(local) => local.push(to, out, priority),
+            Routes::Custom(custom) => custom.push(to, out, priority),
+        }
+    }
+}
+
+impl Routes {
+    /// Times a destination's breaker opened.
+    pub(crate) fn breaker_trips(&self) -> u64 {
+        match self {
+            Routes::Local(local) => local.breaker_trips.get(),
+            Routes::Custom(custom) => custom.breaker_trips.get(),
+        }
+    }
 }

@@ -48,6 +48,8 @@
 //! ```
 
 mod clock;
+pub(crate) mod driver;
+pub(crate) mod service;
 mod wheel;
 
 pub use self::clock::{Clock, ManualClock, SystemClock, TickSource, TICK};

@@ -7,12 +7,18 @@
 //! [`route_message`](MessageRouter::route_message), `send` and `call` through
 //! [`route`](MessageRouter::route).
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
 use async_trait::async_trait;
 
 use super::mailbox::MailboxSender;
-use crate::error::{MessagingError, MessagingResult};
+use crate::error::MessagingResult;
 use crate::message::{AgentMessage, AgentPid, MessageEnvelope, MessagePriority};
-use crate::router::{DefaultMessageRouter, RouterStats};
+use crate::router::RouterStats;
+use crate::system::DefaultMessageRouter;
 
 /// How messages find their destination (async; implement it with `#[async_trait]`).
 ///
@@ -128,14 +134,70 @@ impl MessageRouter for DefaultMessageRouter {
     }
 }
 
-/// The sync router inside the core of a system that routes through an async router:
-/// registration bookkeeping succeeds, routing through the core directly is refused
-/// (it would bypass the async router).
-pub(crate) struct AsyncRouted;
+/// A custom async router as the sync [`crate::MessageRouter`] the delivery engine
+/// attempts through: the engine's retries, acks, breakers and ledger then work for it as
+/// for the built-in routes.
+///
+/// Only routing goes through here; registration, statistics and shutdown are awaited on
+/// the router by the tokio `MessageSystem` itself, so those methods do nothing.
+///
+/// A routing future is polled in place, with the mailbox handback active in every poll.
+/// Routers over the system's mailboxes complete in their first poll (the mailboxes'
+/// sends never wait). One that waits on something real is driven to completion on the
+/// calling thread (through `block_in_place` on a multi-thread runtime): it must not wait
+/// on a task of a current-thread runtime it is called from.
+pub(crate) struct PolledRouter {
+    router: Arc<dyn MessageRouter>,
+}
 
-impl crate::MessageRouter for AsyncRouted {
+impl PolledRouter {
+    pub(crate) fn new(router: Arc<dyn MessageRouter>) -> Self {
+        PolledRouter { router }
+    }
+
+    fn complete<'a>(
+        &self,
+        attempt: Pin<Box<dyn Future<Output = MessagingResult<()>> + Send + 'a>>,
+    ) -> MessagingResult<()> {
+        let mut attempt = attempt;
+        let waker = std::task::Waker::noop();
+        if let Poll::Ready(result) = attempt.as_mut().poll(&mut Context::from_waker(waker)) {
+            return result;
+        }
+        let mut finish = move || {
+            let thread = std::thread::current();
+            let waker = std::task::Waker::from(Arc::new(Unpark(thread)));
+            let mut cx = Context::from_waker(&waker);
+            loop {
+                if let Poll::Ready(result) = attempt.as_mut().poll(&mut cx) {
+                    return result;
+                }
+                std::thread::park();
+            }
+        };
+        match ::tokio::runtime::Handle::try_current() {
+            Ok(handle)
+                if handle.runtime_flavor() == ::tokio::runtime::RuntimeFlavor::MultiThread =>
+            {
+                ::tokio::task::block_in_place(finish)
+            }
+            _ => finish(),
+        }
+    }
+}
+
+/// Wakes a thread parked in `PolledRouter::complete`.
+struct Unpark(std::thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+impl crate::MessageRouter for PolledRouter {
     fn route_message(&self, envelope: MessageEnvelope) -> MessagingResult<()> {
-        Err(refused(&envelope.to))
+        self.complete(self.router.route_message(envelope))
     }
 
     fn register_agent(&self, _: AgentPid, _: crate::MailboxSender) -> MessagingResult<()> {
@@ -154,14 +216,12 @@ impl crate::MessageRouter for AsyncRouted {
         Ok(())
     }
 
-    fn route(&self, to: &AgentPid, _: AgentMessage, _: MessagePriority) -> MessagingResult<()> {
-        Err(refused(to))
+    fn route(
+        &self,
+        to: &AgentPid,
+        message: AgentMessage,
+        priority: MessagePriority,
+    ) -> MessagingResult<()> {
+        self.complete(self.router.route(to, message, priority))
     }
-}
-
-fn refused(to: &AgentPid) -> MessagingError {
-    MessagingError::DeliveryFailed(
-        to.clone(),
-        "this system routes through an async router: send through the tokio MessageSystem".into(),
-    )
 }

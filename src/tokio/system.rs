@@ -1,10 +1,10 @@
 //! [`MessageSystem`]: the async twin of the core system, and its builder.
 //!
-//! With the built-in router every method forwards to the core (the core never waits
-//! except for replies and receives, which have async forms), and the timers run on a
-//! task of the current runtime (see `timers`). With a custom async router
-//! ([`MessageSystem::with_router`]) the core keeps the mailboxes and the system awaits
-//! the router for registration, routing, statistics and shutdown.
+//! Every method forwards to the core (the core never waits except for replies and
+//! receives, which have async forms), and the timers run on a task of the current
+//! runtime (see `timers`). With a custom async router ([`MessageSystem::with_router`])
+//! the core's delivery engine attempts through it (see `router::PolledRouter`), and the
+//! system awaits it for registration, statistics and shutdown.
 
 use std::any::Any;
 use std::fmt;
@@ -13,18 +13,24 @@ use std::time::Duration;
 
 use ::tokio::runtime::Handle;
 
+use super::delivery::DeliveryManager;
 use super::mailbox::{AgentMailbox, MailboxSender};
-use super::router::{AsyncRouted, MessageRouter};
-use super::timers::{TimerTask, Turn};
-use crate::driver::TimerDriver;
+use super::router::{MessageRouter, PolledRouter};
+use super::timers::TimerTask;
+use crate::breaker::CircuitBreakerConfig;
+use crate::dead_letter::DeadLetter;
+use crate::delivery::{DeliveryStats, RouterConfig};
 use crate::error::{MessagingError, MessagingResult};
+use crate::group::LoadBalance;
 use crate::mailbox::{MailboxConfig, MailboxStats};
 use crate::message::{
     AgentMessage, AgentPid, MessageEnvelope, MessageId, MessagePriority, Payload,
 };
-use crate::router::{CircuitBreakerConfig, LoadBalance, RouterConfig, RouterStats};
-use crate::timer::{Clock, SystemClock};
-use crate::DeadLetter;
+use crate::router::RouterStats;
+use crate::system::downcast_reply;
+use crate::timer::driver::TimerDriver;
+use crate::timer::service::Fire;
+use crate::timer::Clock;
 
 /// The messaging system, async: register agents, send, call, receive, observe.
 ///
@@ -66,26 +72,18 @@ pub struct MessageSystem {
 }
 
 struct Shared {
-    /// The sync system: mailboxes, the built-in router, the timer wheel.
+    /// The sync system: mailboxes, the delivery engine, the timer wheel.
     core: crate::MessageSystem,
-    /// The custom async router, if any (the core then routes nothing itself).
+    /// The custom async router, if any (the core's engine attempts through it).
     router: Option<Arc<dyn MessageRouter>>,
     /// The timer task, when the timers run on the runtime.
     timers: Option<TimerTask>,
-}
-
-impl Turn for Shared {
-    fn turn(&self) -> Option<std::time::Instant> {
-        self.core.run_due_timers()
-    }
 }
 
 /// Builds a tokio [`MessageSystem`] with options beyond `RouterConfig` (the twin of
 /// [`crate::MessageSystemBuilder`]).
 pub struct MessageSystemBuilder {
     core: crate::MessageSystemBuilder,
-    heartbeat: Duration,
-    clock: Arc<dyn Clock>,
     driver: Option<TimerDriver>,
     router: Option<Arc<dyn MessageRouter>>,
 }
@@ -113,8 +111,7 @@ impl MessageSystemBuilder {
     /// The clock retries, timeouts and breakers read (default: the system clock). The
     /// timer task measures its sleeps on it too.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.core = self.core.clock(clock.clone());
-        self.clock = clock;
+        self.core = self.core.clock(clock);
         self
     }
 
@@ -135,49 +132,27 @@ impl MessageSystemBuilder {
     /// Builds the system, refusing a bad configuration. Inside a tokio runtime it
     /// spawns the timer task there.
     pub fn build(self) -> MessagingResult<MessageSystem> {
-        if let Some(router) = self.router {
-            // The core keeps the mailboxes; the async router does all the routing, so
-            // the core has no timers to drive.
-            let core = self
-                .core
-                .router(Arc::new(AsyncRouted))
-                .timer_driver(TimerDriver::Manual)
-                .build()?;
-            return Ok(MessageSystem::from_shared(Shared {
-                core,
-                router: Some(router),
-                timers: None,
-            }));
+        let mut core = self.core;
+        if let Some(router) = &self.router {
+            core = core.router(Arc::new(PolledRouter::new(router.clone())));
         }
         let runtime = match self.driver {
             Some(driver) => {
-                let core = self.core.timer_driver(driver).build()?;
-                return Ok(MessageSystem::from_core(core));
+                let core = core.timer_driver(driver).build()?;
+                return Ok(MessageSystem::from_parts(core, self.router, None));
             }
             None => Handle::try_current().ok(),
         };
         let Some(runtime) = runtime else {
             // Outside a runtime: the core's own timer thread.
-            return self.core.build().map(MessageSystem::from_core);
+            let core = core.build()?;
+            return Ok(MessageSystem::from_parts(core, self.router, None));
         };
         let (task, wake) = TimerTask::new();
-        let core = self
-            .core
-            .timer_driver(TimerDriver::External(wake))
-            .build()?;
-        let shared = Arc::new(Shared {
-            core,
-            router: None,
-            timers: Some(task),
-        });
-        let task = shared.timers.as_ref().expect("set above");
-        task.start(
-            &runtime,
-            Arc::downgrade(&shared),
-            self.clock,
-            self.heartbeat,
-        );
-        Ok(MessageSystem { shared })
+        let core = core.timer_driver(TimerDriver::External(wake)).build()?;
+        let engine: Arc<dyn Fire> = core.engine().clone();
+        task.start(&runtime, Arc::downgrade(&engine));
+        Ok(MessageSystem::from_parts(core, self.router, Some(task)))
     }
 }
 
@@ -198,9 +173,7 @@ impl MessageSystem {
     /// A builder for options beyond `RouterConfig`.
     pub fn builder(config: RouterConfig) -> MessageSystemBuilder {
         MessageSystemBuilder {
-            heartbeat: config.retry_interval,
             core: crate::MessageSystem::builder(config),
-            clock: Arc::new(SystemClock),
             driver: None,
             router: None,
         }
@@ -210,10 +183,10 @@ impl MessageSystem {
     ///
     /// The system owns the mailboxes: `register_agent` creates one and hands its
     /// sender to `router.register_agent`; `send_message` calls `router.route_message`;
-    /// `send`, `send_with_priority` and `call` call `router.route`; `get_stats` reports
+    /// `send`, `send_with_priority` and `call` call `router.route`, each attempt made
+    /// by the system's delivery engine (so retries, acks, breakers, call timeouts and
+    /// `delivery_stats` work as with the built-in routes); `get_stats` reports
     /// `router.get_stats()`; `unregister_agent` and `shutdown` call the router first.
-    /// Retries and acknowledgements are the router's business (`acknowledge` answers
-    /// `UnknownMessage`); call timeouts use `tokio::time`.
     pub fn with_router(
         config: RouterConfig,
         router: Arc<dyn MessageRouter>,
@@ -223,21 +196,24 @@ impl MessageSystem {
 
     /// Wraps a sync system (its timers keep whatever driver it was built with).
     pub fn from_core(core: crate::MessageSystem) -> Self {
-        Self::from_shared(Shared {
-            core,
-            router: None,
-            timers: None,
-        })
+        Self::from_parts(core, None, None)
     }
 
-    fn from_shared(shared: Shared) -> Self {
+    fn from_parts(
+        core: crate::MessageSystem,
+        router: Option<Arc<dyn MessageRouter>>,
+        timers: Option<TimerTask>,
+    ) -> Self {
         MessageSystem {
-            shared: Arc::new(shared),
+            shared: Arc::new(Shared {
+                core,
+                router,
+                timers,
+            }),
         }
     }
 
-    /// The sync system underneath: the same agents and mailboxes. With a custom router,
-    /// routing through it directly is refused (it would bypass the router).
+    /// The sync system underneath: the same agents, mailboxes and delivery engine.
     pub fn as_sync(&self) -> &crate::MessageSystem {
         &self.shared.core
     }
@@ -319,13 +295,7 @@ impl MessageSystem {
     /// on the timer task). With a custom router it is as cancel safe as the router's
     /// `route_message`.
     pub async fn send_message(&self, envelope: MessageEnvelope) -> MessagingResult<()> {
-        match &self.shared.router {
-            Some(router) => {
-                self.check()?;
-                router.route_message(envelope).await
-            }
-            None => self.shared.core.send_message(envelope),
-        }
+        self.shared.core.send_message(envelope)
     }
 
     /// Sends a built message (`call`, `cast`, `info`, …) at `Normal` priority.
@@ -349,13 +319,7 @@ impl MessageSystem {
         message: AgentMessage,
         priority: MessagePriority,
     ) -> MessagingResult<()> {
-        match &self.shared.router {
-            Some(router) => {
-                self.check()?;
-                router.route(to, message, priority).await
-            }
-            None => self.shared.core.send_with_priority(to, message, priority),
-        }
+        self.shared.core.send_with_priority(to, message, priority)
     }
 
     /// Calls `to` with `payload` and waits for the reply (gen_server:call), without
@@ -377,23 +341,10 @@ impl MessageSystem {
         payload: T,
         timeout: Duration,
     ) -> MessagingResult<Payload> {
-        let Some(router) = &self.shared.router else {
-            return self
-                .shared
-                .core
-                .call_async(from, to, payload, timeout)
-                .await;
-        };
-        if timeout.is_zero() {
-            return Err(MessagingError::MessageTimeout(to.clone()));
-        }
-        self.check()?;
-        let (message, reply) = AgentMessage::call(from, payload, timeout);
-        router.route(to, message, MessagePriority::Normal).await?;
-        match ::tokio::time::timeout(timeout, reply).await {
-            Ok(replied) => replied.map_err(|e| crate::system::reply_error(to, e)),
-            Err(_) => Err(MessagingError::MessageTimeout(to.clone())),
-        }
+        self.shared
+            .core
+            .call_async(from, to, payload, timeout)
+            .await
     }
 
     /// [`call`](Self::call), downcasting the reply to `R`.
@@ -409,12 +360,7 @@ impl MessageSystem {
         timeout: Duration,
     ) -> MessagingResult<R> {
         let reply = self.call(from, to, payload, timeout).await?;
-        reply.downcast::<R>().map(|r| *r).map_err(|_| {
-            MessagingError::InvalidMessage(format!(
-                "reply from {to} is not a {}",
-                std::any::type_name::<R>()
-            ))
-        })
+        downcast_reply(to, reply)
     }
 
     /// Acknowledges a message sent with `require_ack: true`, ending its tracking.
@@ -491,6 +437,17 @@ impl MessageSystem {
         }
     }
 
+    /// The delivery ledger (see [`crate::MessageSystem::delivery_stats`]).
+    pub fn delivery_stats(&self) -> DeliveryStats {
+        self.shared.core.delivery_stats()
+    }
+
+    /// The system's own delivery records through the seed's `DeliveryManager` API
+    /// (see [`crate::MessageSystem::delivery_manager`]).
+    pub fn delivery_manager(&self) -> DeliveryManager {
+        self.shared.core.delivery_manager().into()
+    }
+
     /// Takes every dead letter recorded so far.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.shared.core.dead_letters()
@@ -536,17 +493,6 @@ impl MessageSystem {
     /// Whether `shutdown` has run.
     pub fn is_shut_down(&self) -> bool {
         self.shared.core.is_shut_down()
-    }
-
-    /// The core's refusals (bad configuration, shut down) for the custom-router paths,
-    /// which do not pass through the core's own checks.
-    fn check(&self) -> MessagingResult<()> {
-        if self.shared.core.is_shut_down() {
-            return Err(MessagingError::System(
-                "the message system is shut down".into(),
-            ));
-        }
-        Ok(())
     }
 }
 

@@ -1,18 +1,19 @@
-//! The timer task: turns the core's timer wheel on a tokio runtime.
+//! The timer task: turns the system's timer wheel on a tokio runtime.
 //!
 //! The core is built with `TimerDriver::External(wake)`, where `wake` notifies this
-//! task whenever a deadline earlier than the one it sleeps towards appears. The loop:
+//! task whenever a deadline earlier than the one it sleeps towards appears. The loop is
+//! the timer service's own (`crate::timer::service`), the one the thread driver runs;
+//! only the sleep differs:
 //!
 //! ```text
 //! loop {
-//!     next = core.run_due_timers();          // fire retries, ack and call timeouts
-//!     sleep(until next, at most a heartbeat) or notified, whichever comes first
+//!     wait = turn(engine)              // fire what is due; how long until the next
+//!     sleep(wait) or notified, whichever comes first
 //! }
 //! ```
 //!
-//! The heartbeat is `RouterConfig::retry_interval` (housekeeping such as expiring the
-//! exactly-once window runs at least that often). The sleep is measured on the system's
-//! own [`Clock`], so a custom clock never makes the loop spin.
+//! The wait is measured on the system's own `Clock` and capped by the heartbeat
+//! (`RouterConfig::retry_interval`), so a custom clock never makes the loop spin.
 //!
 //! A `notify_one` that lands between `run_due_timers` and the sleep is not lost: it
 //! leaves a permit that ends the next `notified()` at once.
@@ -25,19 +26,12 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
-use std::time::Duration;
 
 use ::tokio::runtime::Handle;
 use ::tokio::sync::Notify;
 use ::tokio::task::JoinHandle;
 
-use crate::timer::{Clock, TICK};
-
-/// What the timer task drives.
-pub(crate) trait Turn: Send + Sync + 'static {
-    /// Fires everything due; returns when the next timer is due.
-    fn turn(&self) -> Option<std::time::Instant>;
-}
+use crate::timer::service::{turn, Fire};
 
 /// The handle on one system's timer task.
 pub(crate) struct TimerTask {
@@ -66,16 +60,10 @@ impl TimerTask {
     }
 
     /// Spawns the loop on `runtime`, turning `target` while it lives.
-    pub(crate) fn start<T: Turn>(
-        &self,
-        runtime: &Handle,
-        target: Weak<T>,
-        clock: Arc<dyn Clock>,
-        heartbeat: Duration,
-    ) {
+    pub(crate) fn start(&self, runtime: &Handle, target: Weak<dyn Fire>) {
         let stop = self.stop.clone();
         let notify = self.notify.clone();
-        let handle = runtime.spawn(run(target, stop, notify, clock, heartbeat.max(TICK)));
+        let handle = runtime.spawn(run(target, stop, notify));
         *lock(&self.handle) = Some(handle);
     }
 
@@ -121,26 +109,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn run<T: Turn>(
-    target: Weak<T>,
-    stop: Arc<AtomicBool>,
-    notify: Arc<Notify>,
-    clock: Arc<dyn Clock>,
-    heartbeat: Duration,
-) {
+async fn run(target: Weak<dyn Fire>, stop: Arc<AtomicBool>, notify: Arc<Notify>) {
     while !stop.load(Ordering::Acquire) {
-        let next = match target.upgrade() {
-            Some(target) => target.turn(),
-            None => return,
-        };
-        let now = clock.now();
-        let wait = next
-            .map_or(heartbeat, |at| {
-                at.saturating_duration_since(now).min(heartbeat)
-            })
-            // Everything due has fired, so `next` is in the future; the floor only
-            // guards against a clock that disagrees with the wheel's rounding.
-            .max(TICK);
+        let Some(wait) = turn(&target) else { return };
         first_of(::tokio::time::sleep(wait), notify.notified()).await;
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 
-use crate::message::{AgentMessage, AgentPid, MessageEnvelope, MessageId};
+use crate::message::{AgentMessage, AgentPid, MessageEnvelope, MessageId, Outgoing};
 use crate::stats::Counter;
 use crate::sync::{lock, Mutex};
 
@@ -67,6 +67,17 @@ impl DeadMessage {
         match self {
             DeadMessage::Envelope(e) => &e.id,
             DeadMessage::Message(m) => m.id(),
+        }
+    }
+}
+
+impl From<Outgoing> for DeadMessage {
+    /// A call given up on can never be answered, so a built message is disarmed (its
+    /// caller fails at once instead of waiting out its timeout).
+    fn from(out: Outgoing) -> Self {
+        match out {
+            Outgoing::Envelope(e) => DeadMessage::Envelope(e),
+            Outgoing::Message(m) => DeadMessage::Message(m.disarm()),
         }
     }
 }

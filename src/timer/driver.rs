@@ -1,18 +1,17 @@
-//! The timer driver: turns the timer wheel so retries, ack timeouts and call timeouts
-//! fire on time.
+//! The thread driver: turns a system's timer wheel on a thread of its own.
 //!
 //! With [`TimerDriver::Thread`] (the default) one thread per system is started on the
-//! first timer; it parks until the next deadline (no periodic polling), is unparked
-//! when an earlier deadline appears, and stops with `shutdown` or when the system is
-//! dropped. With [`TimerDriver::Manual`] nothing runs by itself: tests advance a
-//! `ManualClock` and call `run_due_timers()`, and the tokio adapter runs the same call
-//! from a task.
+//! first timer; it runs the service's loop (`service::turn`), parking until the next
+//! deadline (no periodic polling) or until an earlier deadline unparks it, and stops
+//! with `shutdown` or when the system is dropped. With [`TimerDriver::Manual`] nothing
+//! runs by itself: tests advance a `ManualClock` and call `run_due_timers()`. With
+//! [`TimerDriver::External`] an executor task runs the same loop (the tokio flavour).
 
 use std::sync::atomic::Ordering::{AcqRel, Acquire};
 use std::sync::{Mutex, Weak};
 use std::thread::{self, JoinHandle, Thread};
-use std::time::{Duration, Instant};
 
+use super::service::{turn, Fire};
 use crate::sync::{Arc, AtomicBool};
 
 /// Who turns the timer wheel.
@@ -38,24 +37,15 @@ impl std::fmt::Debug for TimerDriver {
     }
 }
 
-/// Something with timers to fire.
-pub(crate) trait Fire: Send + Sync + 'static {
-    /// Fires everything due; returns when the next timer is due.
-    fn fire_due(&self) -> Option<Instant>;
-}
-
 /// The driver of one system.
 pub(crate) struct Driver {
     mode: TimerDriver,
-    /// Longest sleep between wake-ups: housekeeping (the exactly-once window) runs at
-    /// least this often (`RouterConfig::retry_interval`).
-    heartbeat: Duration,
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<(Thread, JoinHandle<()>)>>,
 }
 
 impl Driver {
-    pub(crate) fn new(mode: TimerDriver, heartbeat: Duration) -> Self {
+    pub(crate) fn new(mode: TimerDriver) -> Self {
         let mode = if cfg!(loom) && matches!(mode, TimerDriver::Thread) {
             TimerDriver::Manual
         } else {
@@ -63,7 +53,6 @@ impl Driver {
         };
         Driver {
             mode,
-            heartbeat: heartbeat.max(crate::timer::TICK),
             stop: Arc::new(AtomicBool::new(false)),
             thread: Mutex::new(None),
         }
@@ -73,7 +62,7 @@ impl Driver {
         &self.mode
     }
 
-    /// A deadline earlier than any the thread sleeps towards was set: start the
+    /// A deadline earlier than any the driver sleeps towards was set: start the
     /// thread, or wake it to re-plan.
     pub(crate) fn wake(&self, target: Weak<dyn Fire>) {
         if self.stop.load(Acquire) {
@@ -89,10 +78,9 @@ impl Driver {
             Some((thread, _)) => thread.unpark(),
             None => {
                 let stop = self.stop.clone();
-                let heartbeat = self.heartbeat;
                 let spawned = thread::Builder::new()
                     .name("agent-messaging-timers".into())
-                    .spawn(move || run(target, stop, heartbeat));
+                    .spawn(move || run(target, stop));
                 // Spawn failure leaves timers to the next wake (or `run_due_timers`).
                 if let Ok(handle) = spawned {
                     *slot = Some((handle.thread().clone(), handle));
@@ -127,17 +115,9 @@ fn lock_std<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn run(target: Weak<dyn Fire>, stop: Arc<AtomicBool>, heartbeat: Duration) {
+fn run(target: Weak<dyn Fire>, stop: Arc<AtomicBool>) {
     while !stop.load(Acquire) {
-        let Some(fire) = target.upgrade() else { return };
-        let next = fire.fire_due();
-        drop(fire);
-        // A duration, not an instant: `now + heartbeat` overflows for a huge heartbeat.
-        let wait = next.map_or(heartbeat, |n| {
-            n.saturating_duration_since(Instant::now()).min(heartbeat)
-        });
-        if !wait.is_zero() {
-            thread::park_timeout(wait);
-        }
+        let Some(wait) = turn(&target) else { return };
+        thread::park_timeout(wait);
     }
 }

@@ -102,8 +102,74 @@ impl CircuitBreakerConfig {
         let ticks = self
             .reset_timeout
             .as_nanos()
-            .div_ceil(crate::TICK.as_nanos());
+            .div_ceil(crate::timer::TICK.as_nanos());
         u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+/// A system's breaker settings in ticks, and the admission rule every destination
+/// kind applies around a push (the mailbox table and custom routers alike).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BreakerSettings {
+    threshold: u32,
+    reset_ticks: u64,
+}
+
+impl BreakerSettings {
+    /// The settings of a validated `config`.
+    pub(crate) fn new(config: &CircuitBreakerConfig) -> Result<Self, String> {
+        config.validate()?;
+        Ok(BreakerSettings {
+            threshold: config.failure_threshold,
+            reset_ticks: config.reset_ticks(),
+        })
+    }
+
+    /// Before a push to the destination of `breaker`: its admission, or the tick at
+    /// which to retry. `now` is read only when the breaker is not closed (the fast path
+    /// reads no clock). `seed` (a message id's bits) spreads the retries waiting on one
+    /// breaker over a quarter of its reset time, so they do not all arrive with the
+    /// probe.
+    #[inline]
+    pub(crate) fn admit(
+        &self,
+        breaker: &Breaker,
+        now: impl FnOnce() -> u64,
+        seed: u64,
+    ) -> Result<Admission, u64> {
+        if breaker.state() == BreakerState::Closed {
+            return Ok(Admission::Allowed);
+        }
+        // A probe that failed again waits twice as long, up to 32 times the
+        // configured reset timeout.
+        let escalation = breaker.trips().saturating_sub(1).min(5);
+        let reset = self.reset_ticks.saturating_mul(1 << escalation);
+        match breaker.admit(now(), reset) {
+            Admission::Rejected { retry_at } => {
+                let jitter = seed % (self.reset_ticks / 4 + 1);
+                Err(retry_at.saturating_add(jitter))
+            }
+            admission => Ok(admission),
+        }
+    }
+
+    /// After the push: records its outcome. Returns whether this failure opened the
+    /// breaker (a trip).
+    #[inline]
+    pub(crate) fn record(
+        &self,
+        breaker: &Breaker,
+        admission: Admission,
+        accepted: bool,
+        now: impl FnOnce() -> u64,
+    ) -> bool {
+        if accepted {
+            breaker.on_success(admission);
+            return false;
+        }
+        let was_open = breaker.state() == BreakerState::Open;
+        breaker.on_failure(admission, now(), self.threshold);
+        !was_open && breaker.state() == BreakerState::Open
     }
 }
 

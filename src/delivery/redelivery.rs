@@ -1,0 +1,198 @@
+//! The engine's timers: what happens when a tracked message's timer fires (its next
+//! attempt after a refusal, or its ack is overdue), when a call's reply is overdue,
+//! and how a message is given up on.
+//!
+//! # Invariants
+//!
+//! - A fired message is "in hand" (still pending in the ledger) until it is tracked
+//!   again, delivered or given up on; `settled` ends that.
+//! - Retries stop after `max_retries` attempts beyond the first (`max_retries: 0`
+//!   never retries) or at the message's expiry, whichever comes first; each waits
+//!   `min(retry_delay × multiplier^n, max_retry_delay)`, and never less than the
+//!   breaker's reset.
+//! - An ack that lands while its message is out of the wheel (firing, or a refused
+//!   push being taken back) settles it: the message is not redelivered nor
+//!   dead-lettered.
+
+use std::time::Instant;
+
+use super::dedup::Reservation;
+use super::engine::{AckedPush, Engine, TrackFailed};
+use super::tracker::{Due, Stage, Tracked};
+use super::DeliveryGuarantee;
+use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadMessage};
+use crate::message::{AgentPid, MessageId, Outgoing};
+use crate::router::{Destination, Push, Refusal};
+use crate::timer::service::{Fire, TimerService};
+
+impl Engine {
+    /// Fires every retry and timeout due by the system's clock. Returns when the next
+    /// one is due.
+    pub(crate) fn run_due_timers(&self) -> Option<Instant> {
+        let (due, _) = self.tracker.take_due();
+        for event in due {
+            match event {
+                Due::Call(timeout) => timeout.expire(),
+                Due::Tracked(tracked) => {
+                    self.retry(tracked);
+                    self.tracker.settled();
+                }
+            }
+        }
+        self.tracker.next_deadline()
+    }
+
+    /// A tracked message's timer fired.
+    fn retry(&self, mut tracked: Box<Tracked>) {
+        let to = tracked.to.clone();
+        let counters = &self.tracker.counters;
+        if tracked.stage == Stage::AwaitAck {
+            if tracked.attempts > tracked.policy.max_retries() {
+                let attempts = tracked.attempts;
+                let reason = DeadLetterReason::NotAcknowledged;
+                return self.give_up(&to, tracked.payload, attempts, reason);
+            }
+            tracked.attempts = tracked.attempts.saturating_add(1);
+            self.count(&counters.retries);
+            // Exactly-once: the mailbox already accepted this id inside the window, so a
+            // second copy is suppressed; the attempt still counts.
+            if self.guarantee == DeliveryGuarantee::ExactlyOnce {
+                let ack = self.config.delivery_config.acknowledgment_timeout;
+                let _ = self.track(tracked, self.tracker.after(ack));
+                return;
+            }
+            return self.after_acked_push(self.push_acked(tracked), None);
+        }
+
+        // A retry of a refused push.
+        if self.tracker.now() >= tracked.expires_at {
+            let attempts = tracked.attempts;
+            return self.give_up(&to, tracked.payload, attempts, DeadLetterReason::Expired);
+        }
+        let reserved = match self.guarantee {
+            DeliveryGuarantee::ExactlyOnce => {
+                let id = tracked.payload.id().clone();
+                if self.tracker.reserve(&id) == Reservation::Duplicate {
+                    self.count(&counters.duplicates);
+                    return;
+                }
+                Some(id)
+            }
+            _ => None,
+        };
+        tracked.attempts = tracked.attempts.saturating_add(1);
+        self.count(&counters.retries);
+        if tracked.require_ack {
+            return self.after_acked_push(self.push_acked(tracked), reserved.as_ref());
+        }
+        let attempts = tracked.attempts;
+        // The payload moves out for the push and back in if it is refused.
+        let pushed = self.routes.push(&to, tracked.payload, tracked.priority);
+        if let Some(id) = &reserved {
+            match pushed {
+                Push::Done => self.tracker.commit(id),
+                _ => self.tracker.rollback(id),
+            }
+        }
+        match pushed {
+            Push::Done => self.count(&counters.delivered_later),
+            Push::Refused(payload, refusal, retry_at) => {
+                tracked.payload = payload;
+                tracked.last_refusal = Some(refusal);
+                let _ = self.retry_later(tracked, retry_at);
+            }
+            Push::Closed(payload) => {
+                self.give_up(&to, payload, attempts, DeadLetterReason::MailboxClosed)
+            }
+            Push::NotFound(payload) => {
+                self.give_up(&to, payload, attempts, DeadLetterReason::AgentNotFound)
+            }
+            Push::Failed(payload, error) => self.router_failed(&to, payload, attempts, &error),
+        }
+    }
+
+    /// Settles a retried push of a message that asked for an ack.
+    fn after_acked_push(&self, pushed: AckedPush, reserved: Option<&MessageId>) {
+        let delivered = matches!(pushed, AckedPush::Delivered | AckedPush::Acknowledged);
+        if let Some(id) = reserved {
+            if delivered {
+                self.tracker.commit(id);
+            } else {
+                self.tracker.rollback(id);
+            }
+        }
+        match pushed {
+            AckedPush::Delivered | AckedPush::Acknowledged | AckedPush::NotTracked(_) => {}
+            AckedPush::Refused(tracked, retry_at) => {
+                let _ = self.retry_later(tracked, retry_at);
+            }
+            AckedPush::Gone(tracked, reason, _) => {
+                let to = tracked.to.clone();
+                self.give_up(&to, tracked.payload, tracked.attempts, reason);
+            }
+        }
+    }
+
+    /// Schedules the next attempt after `policy.delay`, or gives up once the attempts
+    /// made exceed `max_retries` (so `max_retries: 0` never retries).
+    pub(super) fn retry_later(
+        &self,
+        tracked: Box<Tracked>,
+        retry_at: u64,
+    ) -> Result<(), TrackFailed> {
+        if tracked.attempts > tracked.policy.max_retries() {
+            let reason = match tracked.last_refusal {
+                Some(Refusal::CircuitOpen) => DeadLetterReason::CircuitOpen,
+                Some(Refusal::EmptyGroup) => {
+                    DeadLetterReason::RetriesExhausted("group has no members".into())
+                }
+                _ => DeadLetterReason::RetriesExhausted("mailbox full".into()),
+            };
+            let to = tracked.to.clone();
+            self.give_up(&to, tracked.payload, tracked.attempts, reason);
+            return Ok(());
+        }
+        let delay = tracked.policy.delay(tracked.attempts - 1);
+        let deadline = self.tracker.after(delay).max(retry_at);
+        self.track(tracked, deadline).map(|_| ())
+    }
+
+    /// Dead-letters a message the system gives up on.
+    pub(super) fn give_up(
+        &self,
+        to: &AgentPid,
+        payload: Outgoing,
+        attempts: u32,
+        reason: DeadLetterReason,
+    ) {
+        let counters = &self.tracker.counters;
+        // An ack that arrived while the message was out of the wheel settles it (and
+        // `acknowledge` counted it).
+        if matches!(payload, Outgoing::Envelope(_)) && self.tracker.finish_firing(payload.id()) {
+            return;
+        }
+        if reason == DeadLetterReason::Expired {
+            self.count(&counters.expired);
+        } else {
+            self.count(&counters.failed);
+        }
+        let message = DeadMessage::from(payload);
+        self.bury(DeadLetter {
+            id: message.id().clone(),
+            to: to.clone(),
+            reason,
+            attempts,
+            message,
+        });
+    }
+}
+
+impl Fire for Engine {
+    fn fire_due(&self) -> Option<Instant> {
+        self.run_due_timers()
+    }
+
+    fn timers(&self) -> &TimerService {
+        Engine::timers(self)
+    }
+}
