@@ -12,7 +12,9 @@
 //! receives exactly `N` with the blocking receive, then joins them. The timed span runs
 //! from before the spawns to after the joins, so thread start-up (~50–100 µs, under 2%
 //! of a run) is included equally for everyone. Criterion drives this through
-//! `iter_custom` and reports `Throughput::Elements(N)` per iteration.
+//! `iter_custom` and reports `Throughput::Elements(N)` per iteration. That loop and the
+//! contenders the peer suite (`benches/peers`) also runs live in `common/contenders.rs`,
+//! which both include.
 //!
 //! Groups:
 //!
@@ -30,56 +32,23 @@
 //! and compare.
 
 use std::hint::black_box;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{
     criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput,
 };
-use serde_json::json;
 use terraphim_agent_messaging::{
-    AgentMailbox, AgentMessage, AgentPid, DeliveryOptions, MailboxConfig, MessageEnvelope,
-    MessagePriority, MessageSystem, RouterConfig,
+    AgentMailbox, AgentMessage, AgentPid, MailboxConfig, MessagePriority, MessageSystem,
+    RouterConfig,
 };
+
+/// The producer/consumer loop and the contenders, shared with the peer suite.
+#[path = "common/contenders.rs"]
+mod contenders;
+use contenders::{envelope, run};
 
 /// Messages per iteration.
 const N: usize = 100_000;
-
-/// One run: `producers` threads call `send(&tx, i)` for their share of `0..n`, one
-/// consumer calls `recv(&mut rx)` `n` times. Returns the wall time of spawn → join.
-fn run<T, R>(
-    producers: usize,
-    n: usize,
-    tx: T,
-    mut rx: R,
-    send: impl Fn(&T, usize) + Sync,
-    mut recv: impl FnMut(&mut R) + Send,
-) -> Duration
-where
-    T: Clone + Send,
-    R: Send,
-{
-    let per = n / producers;
-    let start = Instant::now();
-    thread::scope(|s| {
-        for p in 0..producers {
-            let tx = tx.clone();
-            let send = &send;
-            s.spawn(move || {
-                for i in p * per..(p + 1) * per {
-                    send(&tx, i);
-                }
-            });
-        }
-        drop(tx);
-        s.spawn(move || {
-            for _ in 0..per * producers {
-                recv(&mut rx);
-            }
-        });
-    });
-    start.elapsed()
-}
 
 /// `iters` runs of `one_run`, summed (the `iter_custom` contract).
 fn runs(iters: u64, mut one_run: impl FnMut() -> Duration) -> Duration {
@@ -92,63 +61,13 @@ fn three_way(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, p
     let from = &from;
 
     group.bench_function("ours", |b| {
-        b.iter_custom(|iters| {
-            runs(iters, || {
-                let mailbox = AgentMailbox::new(AgentPid::new(), MailboxConfig::default());
-                run(
-                    producers,
-                    N,
-                    mailbox.sender(),
-                    mailbox,
-                    |tx, i| {
-                        tx.try_send(
-                            AgentMessage::cast(from.clone(), i as u64),
-                            MessagePriority::Normal,
-                        )
-                        .expect("open, unbounded mailbox");
-                    },
-                    |rx| drop(black_box(rx.receive().expect("a message"))),
-                )
-            })
-        })
+        b.iter_custom(|iters| runs(iters, || contenders::ours(producers, N, from, false)))
     });
-
     group.bench_function("crossbeam", |b| {
-        b.iter_custom(|iters| {
-            runs(iters, || {
-                let (tx, rx) = crossbeam_channel::unbounded::<AgentMessage>();
-                run(
-                    producers,
-                    N,
-                    tx,
-                    rx,
-                    |tx, i| {
-                        tx.send(AgentMessage::cast(from.clone(), i as u64))
-                            .expect("receiver alive");
-                    },
-                    |rx| drop(black_box(rx.recv().expect("a message"))),
-                )
-            })
-        })
+        b.iter_custom(|iters| runs(iters, || contenders::crossbeam_msg(producers, N, from)))
     });
-
     group.bench_function("flume", |b| {
-        b.iter_custom(|iters| {
-            runs(iters, || {
-                let (tx, rx) = flume::unbounded::<AgentMessage>();
-                run(
-                    producers,
-                    N,
-                    tx,
-                    rx,
-                    |tx, i| {
-                        tx.send(AgentMessage::cast(from.clone(), i as u64))
-                            .expect("receiver alive");
-                    },
-                    |rx| drop(black_box(rx.recv().expect("a message"))),
-                )
-            })
-        })
+        b.iter_custom(|iters| runs(iters, || contenders::flume_msg(producers, N, from)))
     });
 }
 
@@ -166,17 +85,6 @@ fn mpsc_2p(c: &mut Criterion) {
     group.finish();
 }
 
-/// The envelope every `send_message` contender carries.
-fn envelope(from: &AgentPid, to: &AgentPid, i: usize) -> MessageEnvelope {
-    MessageEnvelope::new(
-        to.clone(),
-        "bench".to_string(),
-        json!({ "n": i }),
-        DeliveryOptions::default(),
-    )
-    .with_from(from.clone())
-}
-
 fn send_message(c: &mut Criterion) {
     let mut group = c.benchmark_group("send_message");
     group.throughput(Throughput::Elements(N as u64));
@@ -192,18 +100,7 @@ fn send_message(c: &mut Criterion) {
     group.bench_function("routed", |b| {
         b.iter_custom(|iters| {
             runs(iters, || {
-                run(
-                    1,
-                    N,
-                    system.clone(),
-                    mailbox.clone(),
-                    |system, i| {
-                        system
-                            .send_message(envelope(from, to, i))
-                            .expect("registered agent");
-                    },
-                    |rx| drop(black_box(rx.receive().expect("a message"))),
-                )
+                contenders::routed(system.clone(), mailbox.clone(), from, to, N)
             })
         })
     });
@@ -212,37 +109,13 @@ fn send_message(c: &mut Criterion) {
         let sender = system.sender(to).expect("registered");
         b.iter_custom(|iters| {
             runs(iters, || {
-                run(
-                    1,
-                    N,
-                    sender.clone(),
-                    mailbox.clone(),
-                    |tx, i| {
-                        let envelope = envelope(from, to, i);
-                        let priority = envelope.delivery_options.priority;
-                        tx.try_send(envelope.into_message(), priority)
-                            .expect("open mailbox");
-                    },
-                    |rx| drop(black_box(rx.receive().expect("a message"))),
-                )
+                contenders::pre_resolved(sender.clone(), mailbox.clone(), from, to, N)
             })
         })
     });
 
     group.bench_function("crossbeam_envelope", |b| {
-        b.iter_custom(|iters| {
-            runs(iters, || {
-                let (tx, rx) = crossbeam_channel::unbounded::<MessageEnvelope>();
-                run(
-                    1,
-                    N,
-                    tx,
-                    rx,
-                    |tx, i| tx.send(envelope(from, to, i)).expect("receiver alive"),
-                    |rx| drop(black_box(rx.recv().expect("a message"))),
-                )
-            })
-        })
+        b.iter_custom(|iters| runs(iters, || contenders::crossbeam_envelope(from, to, N)))
     });
 
     group.bench_function("crossbeam_into_message", |b| {
@@ -258,7 +131,10 @@ fn send_message(c: &mut Criterion) {
                         tx.send(envelope(from, to, i).into_message())
                             .expect("receiver alive");
                     },
-                    |rx| drop(black_box(rx.recv().expect("a message"))),
+                    |rx| {
+                        drop(black_box(rx.recv().expect("a message")));
+                        1
+                    },
                 )
             })
         })
@@ -305,7 +181,10 @@ fn priority_mix(c: &mut Criterion) {
                             tx.try_send(AgentMessage::cast(from.clone(), i as u64), priority_of(i))
                                 .expect("open, unbounded mailbox");
                         },
-                        |rx| drop(black_box(rx.receive().expect("a message"))),
+                        |rx| {
+                            drop(black_box(rx.receive().expect("a message")));
+                            1
+                        },
                     )
                 })
             })

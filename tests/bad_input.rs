@@ -61,8 +61,6 @@
 //! | any operation after `shutdown` | — | `System` ("shut down"); `shutdown` twice is `Ok` |
 //! | payload size | 1 MiB | no limit exists: delivered whole |
 
-use std::sync::mpsc;
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -74,6 +72,9 @@ use terraphim_agent_messaging::{
     MessageId, MessagePriority, MessageSystem, MessagingError, ReplyError, RescheduleError,
     RetryPolicy, RouterConfig, TickSource, TimerDriver, TimerWheel, TrySendError,
 };
+
+mod common;
+use common::sync::{manual_builder, manual_system, registered, within};
 
 // ===== helpers =====
 
@@ -93,24 +94,6 @@ macro_rules! assert_err {
             Ok(_) => panic!("expected {}, got Ok(..)", stringify!($pat)),
         }
     }};
-}
-
-/// Runs `f` on its own thread; fails the test if it takes longer than `secs`.
-fn within<R: Send + 'static>(secs: u64, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let (tx, rx) = mpsc::channel();
-    let worker = thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(r) => {
-            worker.join().unwrap();
-            r
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            std::panic::resume_unwind(worker.join().unwrap_err())
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("hung for more than {secs} s"),
-    }
 }
 
 fn cast(n: u64) -> AgentMessage {
@@ -133,25 +116,6 @@ fn router(delivery: DeliveryConfig) -> RouterConfig {
         delivery_config: delivery,
         ..RouterConfig::default()
     }
-}
-
-/// A system on a manual clock and manual timers, mailboxes bounded at `cap`.
-fn manual(config: RouterConfig, cap: usize) -> (MessageSystem, ManualClock) {
-    let clock = ManualClock::new();
-    let system = MessageSystem::builder(config)
-        .mailbox_config(bounded(cap))
-        .clock(Arc::new(clock.clone()))
-        .timer_driver(TimerDriver::Manual)
-        .build()
-        .unwrap();
-    (system, clock)
-}
-
-fn registered(system: &MessageSystem) -> (AgentPid, AgentMailbox) {
-    let pid = AgentPid::new();
-    system.register_agent(pid.clone()).unwrap();
-    let mailbox = system.get_mailbox(&pid).unwrap();
-    (pid, mailbox)
 }
 
 fn n_of(m: &AgentMessage) -> u64 {
@@ -303,7 +267,7 @@ fn router_config() {
         assert!(!e.is_recoverable());
     }
     // usize::MAX in flight is accepted and works.
-    let (system, clock) = manual(
+    let (system, clock) = manual_system(
         RouterConfig {
             max_concurrent_deliveries: usize::MAX,
             ..RouterConfig::default()
@@ -401,7 +365,7 @@ fn multipliers() {
 #[test]
 fn max_retries_zero_and_max() {
     // 0: a refused push is given up at once.
-    let (system, _clock) = manual(router(with_delivery(|d| d.max_retries = 0)), 1);
+    let (system, _clock) = manual_system(router(with_delivery(|d| d.max_retries = 0)), 1);
     let (pid, _mailbox) = registered(&system);
     system.send(&pid, cast(1)).unwrap();
     system.send(&pid, cast(2)).unwrap();
@@ -415,7 +379,7 @@ fn max_retries_zero_and_max() {
 
     // u32::MAX: retries keep coming, each delay capped.
     let cap = Duration::from_millis(50);
-    let (system, clock) = manual(
+    let (system, clock) = manual_system(
         router(with_delivery(|d| {
             d.max_retries = u32::MAX;
             d.max_retry_delay = cap;
@@ -452,7 +416,8 @@ fn max_retries_zero_and_max() {
 #[test]
 fn retry_delays() {
     // Zero is clamped to one tick: nothing fires at the same instant.
-    let (system, clock) = manual(router(with_delivery(|d| d.retry_delay = Duration::ZERO)), 1);
+    let (system, clock) =
+        manual_system(router(with_delivery(|d| d.retry_delay = Duration::ZERO)), 1);
     let (pid, mailbox) = registered(&system);
     system.send(&pid, cast(1)).unwrap();
     system.send(&pid, cast(2)).unwrap();
@@ -471,7 +436,7 @@ fn retry_delays() {
 
     // Above the cap: clamped to max_retry_delay.
     let cap = Duration::from_secs(2);
-    let (system, clock) = manual(
+    let (system, clock) = manual_system(
         router(with_delivery(|d| {
             d.retry_delay = Duration::MAX;
             d.max_retry_delay = cap;
@@ -513,7 +478,7 @@ fn acked() -> DeliveryOptions {
 #[test]
 fn ack_timeouts() {
     // Zero: one tick, then a redelivery; not a loop at one instant.
-    let (system, clock) = manual(
+    let (system, clock) = manual_system(
         router(with_delivery(|d| d.acknowledgment_timeout = Duration::ZERO)),
         0,
     );
@@ -538,7 +503,7 @@ fn ack_timeouts() {
     assert!(mailbox.try_receive().unwrap().is_none(), "acked: no more");
 
     // Duration::MAX: never redelivered, and the ack still ends tracking.
-    let (system, clock) = manual(
+    let (system, clock) = manual_system(
         router(with_delivery(|d| d.acknowledgment_timeout = Duration::MAX)),
         0,
     );
@@ -564,7 +529,7 @@ fn dedupe_window_and_records() {
         }))
     };
     // A zero window is one tick.
-    let (system, clock) = manual(exactly_once(|d| d.cleanup_interval = Duration::ZERO), 0);
+    let (system, clock) = manual_system(exactly_once(|d| d.cleanup_interval = Duration::ZERO), 0);
     let (pid, mailbox) = registered(&system);
     let e = envelope(&pid, 1, DeliveryOptions::default());
     system.send_message(e.clone()).unwrap();
@@ -583,7 +548,7 @@ fn dedupe_window_and_records() {
     );
     assert!(e.to_string().contains("max_delivery_records"), "{e}");
     // … a window of one id works …
-    let (system, _clock) = manual(exactly_once(|d| d.max_delivery_records = 1), 0);
+    let (system, _clock) = manual_system(exactly_once(|d| d.max_delivery_records = 1), 0);
     let (pid, mailbox) = registered(&system);
     let a = envelope(&pid, 1, DeliveryOptions::default());
     let b = envelope(&pid, 2, DeliveryOptions::default());
@@ -603,7 +568,7 @@ fn dedupe_window_and_records() {
     assert!(e.to_string().contains("max_delivery_records"), "{e}");
 
     // Huge values are accepted.
-    manual(
+    manual_system(
         exactly_once(|d| {
             d.cleanup_interval = Duration::MAX;
             d.max_delivery_records = usize::MAX;
@@ -634,19 +599,19 @@ fn circuit_breaker_config() {
         assert!(e.to_string().contains("circuit breaker"), "{e}");
     }
     // reset_timeout MAX: opens and stays open, without overflow anywhere.
-    let clock = ManualClock::new();
-    let system = MessageSystem::builder(router(with_delivery(|d| {
-        d.guarantee = DeliveryGuarantee::AtMostOnce
-    })))
-    .mailbox_config(bounded(1))
-    .circuit_breaker(CircuitBreakerConfig {
-        failure_threshold: 1,
-        reset_timeout: Duration::MAX,
-    })
-    .clock(Arc::new(clock.clone()))
-    .timer_driver(TimerDriver::Manual)
-    .build()
-    .unwrap();
+    let (builder, clock) = manual_builder(
+        router(with_delivery(|d| {
+            d.guarantee = DeliveryGuarantee::AtMostOnce
+        })),
+        1,
+    );
+    let system = builder
+        .circuit_breaker(CircuitBreakerConfig {
+            failure_threshold: 1,
+            reset_timeout: Duration::MAX,
+        })
+        .build()
+        .unwrap();
     let (pid, mailbox) = registered(&system);
     system.send(&pid, cast(1)).unwrap();
     assert_err!(
@@ -668,7 +633,7 @@ fn circuit_breaker_config() {
 #[test]
 fn delivery_options_timeout() {
     // Zero: the first attempt is made; a refused message expires at its first retry.
-    let (system, clock) = manual(RouterConfig::default(), 1);
+    let (system, clock) = manual_system(RouterConfig::default(), 1);
     let (pid, mailbox) = registered(&system);
     let now = DeliveryOptions {
         timeout: Duration::ZERO,
@@ -700,7 +665,7 @@ fn delivery_options_timeout() {
 
 #[test]
 fn require_ack_at_most_once_is_ignored() {
-    let (system, clock) = manual(
+    let (system, clock) = manual_system(
         router(with_delivery(|d| {
             d.guarantee = DeliveryGuarantee::AtMostOnce;
             d.acknowledgment_timeout = Duration::from_millis(10);
@@ -726,7 +691,7 @@ fn require_ack_at_most_once_is_ignored() {
 
 #[test]
 fn acknowledge_unknown_and_twice() {
-    let (system, _clock) = manual(RouterConfig::default(), 0);
+    let (system, _clock) = manual_system(RouterConfig::default(), 0);
     let e = assert_err!(
         system.acknowledge(&MessageId::new()),
         MessagingError::UnknownMessage(_),
@@ -992,7 +957,7 @@ fn clocks() {
 /// must saturate, not panic.
 #[test]
 fn clock_at_end_of_time_does_not_panic() {
-    let (system, clock) = manual(RouterConfig::default(), 1);
+    let (system, clock) = manual_system(RouterConfig::default(), 1);
     let (pid, mailbox) = registered(&system);
     clock.advance(Duration::MAX);
     system.run_due_timers();

@@ -2,11 +2,13 @@
 //! retries and backoff, acks and redelivery counts, expiry, dead-letter reasons, the
 //! circuit breaker and groups.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
 use terraphim_agent_messaging::*;
+
+mod common;
+use common::sync::{manual_builder, registered};
 
 struct Harness {
     system: MessageSystem,
@@ -27,20 +29,13 @@ fn harness_with(
     tweak: impl FnOnce(&mut RouterConfig),
     breaker: Option<CircuitBreakerConfig>,
 ) -> Harness {
-    let clock = ManualClock::new();
     let mut config = RouterConfig::default();
     config.delivery_config.guarantee = guarantee;
     config.delivery_config.retry_delay = Duration::from_millis(100);
     config.delivery_config.retry_backoff_multiplier = 2.0;
     config.delivery_config.acknowledgment_timeout = Duration::from_secs(1);
     tweak(&mut config);
-    let mut builder = MessageSystem::builder(config)
-        .mailbox_config(MailboxConfig {
-            max_messages: mailbox_cap,
-            ..MailboxConfig::default()
-        })
-        .clock(Arc::new(clock.clone()))
-        .timer_driver(TimerDriver::Manual);
+    let (mut builder, clock) = manual_builder(config, mailbox_cap);
     if let Some(b) = breaker {
         builder = builder.circuit_breaker(b);
     }
@@ -52,10 +47,7 @@ fn harness_with(
 
 impl Harness {
     fn agent(&self) -> (AgentPid, AgentMailbox) {
-        let pid = AgentPid::new();
-        self.system.register_agent(pid.clone()).unwrap();
-        let mailbox = self.system.get_mailbox(&pid).unwrap();
-        (pid, mailbox)
+        registered(&self.system)
     }
 
     fn advance(&self, by: Duration) {

@@ -3,12 +3,14 @@
 //! and the retry schedule observed through the timer wheel against `RetryPolicy`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use serde_json::json;
 use terraphim_agent_messaging::*;
+
+mod common;
+use common::sync::{manual_system, registered};
 
 const AGENTS: usize = 2;
 const CAPACITY: usize = 2;
@@ -91,7 +93,6 @@ struct Model {
 }
 
 fn model(guarantee: DeliveryGuarantee) -> Model {
-    let clock = ManualClock::new();
     let mut config = RouterConfig::default();
     let d = &mut config.delivery_config;
     d.guarantee = guarantee;
@@ -102,21 +103,12 @@ fn model(guarantee: DeliveryGuarantee) -> Model {
     d.acknowledgment_timeout = ACK_TIMEOUT;
     // The exactly-once window outlives every run (≤ 50 ops × 30 s + the final drain).
     d.cleanup_interval = Duration::from_secs(24 * 3600);
-    let system = MessageSystem::builder(config)
-        .mailbox_config(MailboxConfig {
-            max_messages: CAPACITY,
-            ..MailboxConfig::default()
-        })
-        .clock(Arc::new(clock.clone()))
-        .timer_driver(TimerDriver::Manual)
-        .build()
-        .unwrap();
+    let (system, clock) = manual_system(config, CAPACITY);
     let agents = (0..AGENTS)
         .map(|_| {
-            let pid = AgentPid::new();
-            system.register_agent(pid.clone()).unwrap();
+            let (pid, mailbox) = registered(&system);
             Agent {
-                current: system.get_mailbox(&pid),
+                current: Some(mailbox),
                 pid,
                 old: Vec::new(),
                 registered: true,
@@ -571,7 +563,6 @@ fn retry_schedule(
     max_retries: u32,
     offsets_ms: &[u64],
 ) {
-    let clock = ManualClock::new();
     let mut config = RouterConfig::default();
     let d = &mut config.delivery_config;
     d.max_retries = max_retries;
@@ -579,19 +570,9 @@ fn retry_schedule(
     d.retry_backoff_multiplier = multiplier;
     d.max_retry_delay = Duration::from_millis(max_delay_ms);
     let policy = RetryPolicy::from_config(d).unwrap();
-    let system = MessageSystem::builder(config)
-        .mailbox_config(MailboxConfig {
-            max_messages: 1,
-            ..MailboxConfig::default()
-        })
-        .clock(Arc::new(clock.clone()))
-        .timer_driver(TimerDriver::Manual)
-        .build()
-        .unwrap();
+    let (system, clock) = manual_system(config, 1);
     let start = clock.now();
-    let pid = AgentPid::new();
-    system.register_agent(pid.clone()).unwrap();
-    let _mailbox = system.get_mailbox(&pid).unwrap();
+    let (pid, _mailbox) = registered(&system);
     system
         .send(&pid, AgentMessage::cast(AgentPid::nil(), "blocker"))
         .unwrap();

@@ -12,25 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use terraphim_agent_messaging::*;
 
-const DEADLINE: Duration = Duration::from_secs(10);
-
-/// A tiny xorshift generator (no `rand` dependency).
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> Self {
-        XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x % n
-    }
-}
+mod common;
+use common::{XorShift, DEADLINE};
 
 fn config(guarantee: DeliveryGuarantee, max_retries: u32) -> RouterConfig {
     let mut config = RouterConfig {

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -15,6 +15,10 @@ use terraphim_agent_messaging::{
 };
 
 use MessagePriority::{Critical, High, Low, Normal};
+
+mod common;
+use common::sync::within;
+use common::{wait_until, XorShift, PRIORITIES};
 
 // ===== helpers =====
 
@@ -48,54 +52,6 @@ fn tag(m: &AgentMessage) -> (u64, MessagePriority, u64) {
     *m.payload::<(u64, MessagePriority, u64)>()
         .expect("payload is (sender, priority, seq)")
 }
-
-/// Runs `f` on its own thread and fails the test if it does not finish within `secs`.
-fn within<R: Send + 'static>(secs: u64, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let (tx, rx) = mpsc::channel();
-    let worker = thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(r) => {
-            worker.join().unwrap();
-            r
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            // The closure panicked: surface its panic.
-            std::panic::resume_unwind(worker.join().unwrap_err())
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("hung for more than {secs} s"),
-    }
-}
-
-/// Polls `cond` until it holds, failing after a generous deadline.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// A tiny xorshift generator (no `rand` dependency).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-const PRIORITIES: [MessagePriority; 4] = [Low, Normal, High, Critical];
 
 // ===== a tiny executor =====
 
@@ -160,7 +116,7 @@ fn smoke() {
 fn priority_order() {
     let mb = mailbox();
     // Two senders, interleaved, every priority, in scrambled order.
-    let mut rng = XorShift(0x9E37_79B9);
+    let mut rng = XorShift::from_state(0x9E37_79B9);
     let mut seq = [[0u64; 4]; 2];
     let mut sent = 0;
     for _ in 0..400 {
@@ -1127,7 +1083,7 @@ fn dropped_count() -> usize {
 fn drops() {
     const RUNS: u64 = 100;
     const STEPS: usize = 2_000;
-    let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
+    let mut rng = XorShift::from_state(0x2545_F491_4F6C_DD1D);
     let mut next_id = 0u64;
     for run in 0..RUNS {
         let created_before = next_id;

@@ -17,22 +17,17 @@ use std::time::Duration;
 use proptest::prelude::*;
 use terraphim_agent_messaging::{
     AgentMailbox, AgentMessage, AgentPid, DeadLetter, DeadLetterReason, DeadMessage, MailboxConfig,
-    MailboxSender, MessagePriority, MessageSystem, MessagingError, RouterConfig, TimerDriver,
-    TrySendError,
+    MailboxSender, MessageSystem, MessagingError, RouterConfig, TimerDriver, TrySendError,
 };
+
+mod common;
+use common::PRIORITIES;
 
 /// Distinct logical senders (the `sender` of each message's payload).
 const SENDERS: usize = 3;
 
 /// `(sender, priority index, seq)`: what every message carries.
 type Tag = (usize, usize, u64);
-
-const PRIORITIES: [MessagePriority; 4] = [
-    MessagePriority::Low,
-    MessagePriority::Normal,
-    MessagePriority::High,
-    MessagePriority::Critical,
-];
 
 #[derive(Debug, Clone, Copy)]
 enum Via {

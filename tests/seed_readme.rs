@@ -7,14 +7,8 @@
 // The seed writes `let mut x = Default::default(); x.field = ..;`, kept as written.
 #![allow(clippy::field_reassign_with_default)]
 
-use std::time::Duration;
-
-/// Fails the test if `f` takes longer than `secs`.
-async fn within<F: std::future::Future>(secs: u64, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .expect("the example took too long")
-}
+mod common;
+use common::tokio::within;
 
 // ===== Quick Start =====
 

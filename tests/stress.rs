@@ -14,34 +14,8 @@ use terraphim_agent_messaging::{
     MessageSystem, MessagingError, RouterConfig, TrySendError,
 };
 
-const PRIORITIES: [MessagePriority; 4] = [
-    MessagePriority::Low,
-    MessagePriority::Normal,
-    MessagePriority::High,
-    MessagePriority::Critical,
-];
-
-/// A tiny xorshift generator (no `rand` dependency).
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> Self {
-        XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+mod common;
+use common::{XorShift, PRIORITIES};
 
 // ===== two producers, one mailbox =====
 

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -14,34 +14,13 @@ use terraphim_agent_messaging::{
     MessagingResult, RouterConfig, RouterStats, SystemInfo, TrySendError,
 };
 
+mod common;
+use common::sync::{register, within};
+
 // ===== helpers =====
 
 fn system() -> MessageSystem {
     MessageSystem::new(RouterConfig::default())
-}
-
-fn registered(system: &MessageSystem) -> AgentPid {
-    let pid = AgentPid::new();
-    system.register_agent(pid.clone()).unwrap();
-    pid
-}
-
-/// Runs `f` on its own thread and fails the test if it does not finish within `secs`.
-fn within<R: Send + 'static>(secs: u64, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let (tx, rx) = mpsc::channel();
-    let worker = thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(r) => {
-            worker.join().unwrap();
-            r
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            std::panic::resume_unwind(worker.join().unwrap_err())
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("hung for more than {secs} s"),
-    }
 }
 
 fn envelope(to: &AgentPid, payload: serde_json::Value) -> MessageEnvelope {
@@ -106,7 +85,7 @@ fn quick_start() {
 #[test]
 fn envelope_without_from_and_priority() {
     let system = system();
-    let to = registered(&system);
+    let to = register(&system);
     let mut low = envelope(&to, json!(1));
     low.delivery_options.priority = MessagePriority::Low;
     let mut critical = envelope(&to, json!(2));
@@ -126,7 +105,7 @@ fn envelope_without_from_and_priority() {
 #[test]
 fn send_cast_info_call() {
     let system = system();
-    let (from, to) = (registered(&system), registered(&system));
+    let (from, to) = (register(&system), register(&system));
     let cast = AgentMessage::cast(from.clone(), 7u64);
     let cast_id = cast.id().clone();
     system.send(&to, cast).unwrap();
@@ -193,7 +172,7 @@ fn spawn_doubler(system: &MessageSystem, pid: &AgentPid) -> thread::JoinHandle<u
 #[test]
 fn call_round_trip() {
     let system = system();
-    let (client, server) = (AgentPid::new(), registered(&system));
+    let (client, server) = (AgentPid::new(), register(&system));
     let worker = spawn_doubler(&system, &server);
     let s = system.clone();
     within(20, move || {
@@ -218,7 +197,7 @@ fn call_round_trip() {
 #[test]
 fn call_timeout() {
     let system = system();
-    let server = registered(&system);
+    let server = register(&system);
     let start = Instant::now();
     let r = system.call(AgentPid::new(), &server, 1u64, Duration::from_millis(50));
     assert!(matches!(r, Err(MessagingError::MessageTimeout(ref p)) if *p == server));
@@ -238,7 +217,7 @@ fn call_timeout() {
 #[test]
 fn call_zero_timeout() {
     let system = system();
-    let server = registered(&system);
+    let server = register(&system);
     let start = Instant::now();
     let r = system.call(AgentPid::new(), &server, 1u64, Duration::ZERO);
     assert!(matches!(r, Err(MessagingError::MessageTimeout(ref p)) if *p == server));
@@ -250,7 +229,7 @@ fn call_zero_timeout() {
 #[test]
 fn call_huge_timeout() {
     let system = system();
-    let server = registered(&system);
+    let server = register(&system);
     let worker = spawn_doubler(&system, &server);
     let s = system.clone();
     let n: u64 = within(10, move || {
@@ -265,7 +244,7 @@ fn call_huge_timeout() {
 #[test]
 fn call_dropped_by_callee() {
     let system = system();
-    let server = registered(&system);
+    let server = register(&system);
     let mb = system.get_mailbox(&server).unwrap();
     let dropper = thread::spawn(move || {
         let m = mb.receive().unwrap();
@@ -308,7 +287,7 @@ fn call_fails_when_callee_unregistered() {
     // The callee goes away with the call still queued and nobody to receive it: the
     // call is dead-lettered, and the caller must fail promptly, not wait out its timeout.
     let system = system();
-    let server = registered(&system);
+    let server = register(&system);
     let caller = queued_call(&system, &server);
     system.unregister_agent(&server).unwrap();
     let (r, took) = within(5, move || caller.join().unwrap());
@@ -334,7 +313,7 @@ fn call_fails_when_callee_unregistered() {
 #[test]
 fn call_fails_on_shutdown() {
     let system = system();
-    let server = registered(&system);
+    let server = register(&system);
     let caller = queued_call(&system, &server);
     system.shutdown().unwrap();
     let (r, took) = within(5, move || caller.join().unwrap());
@@ -359,7 +338,7 @@ fn call_unknown_agent() {
 #[test]
 fn sender_handle() {
     let system = system();
-    let pid = registered(&system);
+    let pid = register(&system);
     let tx = system.sender(&pid).unwrap();
     assert_eq!(tx.agent_id(), &pid);
     assert!(system.sender(&AgentPid::new()).is_none());
@@ -395,13 +374,13 @@ fn sender_handle() {
 #[test]
 fn stale_sender_never_reaches_new_agent() {
     let system = system();
-    let old = registered(&system);
+    let old = register(&system);
     let tx = system.sender(&old).unwrap();
     let old_id = agent_id(&system, &old).unwrap();
     system.unregister_agent(&old).unwrap();
 
     // A new agent takes the freed slot; the same pid registers again, too.
-    let new = registered(&system);
+    let new = register(&system);
     let new_id = agent_id(&system, &new).unwrap();
     assert_ne!(new_id, old_id, "the reused slot has a new generation");
     assert!(!is_live(&system, old_id, &old));
@@ -455,7 +434,7 @@ fn generation_wrap() {
     let mut stale = Vec::new();
     // Register/unregister one slot across the wrap: u32::MAX-2, u32::MAX-1, u32::MAX, 0, 1.
     for _ in 0..5 {
-        let pid = registered(&system);
+        let pid = register(&system);
         let id = agent_id(&system, &pid).unwrap();
         assert!(is_live(&system, id, &pid));
         for (old_id, old_pid) in &stale {
@@ -471,14 +450,14 @@ fn generation_wrap() {
     // keeps the stale id dead.
     let (first_id, first_pid) = stale[0].clone();
     set_next_generation(&system, u32::MAX - 2);
-    let reuse = registered(&system);
+    let reuse = register(&system);
     assert_eq!(agent_id(&system, &reuse), Some(first_id));
     assert!(is_live(&system, first_id, &reuse));
     assert!(!is_live(&system, first_id, &first_pid));
     // And a live neighbour slot keeps working across the wrap.
     set_next_generation(&system, u32::MAX);
-    let a = registered(&system);
-    let b = registered(&system);
+    let a = register(&system);
+    let b = register(&system);
     let (ia, ib) = (
         agent_id(&system, &a).unwrap(),
         agent_id(&system, &b).unwrap(),
@@ -498,7 +477,7 @@ fn generation_wrap() {
 #[test]
 fn duplicate_registration() {
     let system = system();
-    let pid = registered(&system);
+    let pid = register(&system);
     let tx = system.sender(&pid).unwrap();
     assert!(matches!(
         system.register_agent(pid.clone()),
@@ -569,7 +548,7 @@ fn unregister_unknown() {
         system.unregister_agent(&ghost),
         Err(MessagingError::AgentNotFound(ref p)) if *p == ghost
     ));
-    let pid = registered(&system);
+    let pid = register(&system);
     system.unregister_agent(&pid).unwrap();
     assert!(matches!(
         system.unregister_agent(&pid),
@@ -582,7 +561,7 @@ fn unregister_unknown() {
 #[test]
 fn unregister_dead_letters_queued() {
     let system = system();
-    let pid = registered(&system);
+    let pid = register(&system);
     let mut ids = Vec::new();
     for i in 0..10u64 {
         let m = AgentMessage::cast(AgentPid::nil(), i);
@@ -621,7 +600,7 @@ fn unregister_dead_letters_queued() {
 #[test]
 fn unregister_wakes_blocked_receiver() {
     let system = system();
-    let pid = registered(&system);
+    let pid = register(&system);
     let receiver = spawn_receiver(&system, &pid);
     system
         .send(&pid, AgentMessage::cast(AgentPid::nil(), 1u64))
@@ -651,7 +630,7 @@ fn unregister_wakes_blocked_receiver() {
 #[test]
 fn unregister_idle_blocked_receiver() {
     let system = system();
-    let pid = registered(&system);
+    let pid = register(&system);
     let receiver = spawn_receiver(&system, &pid);
     thread::sleep(Duration::from_millis(30));
     system.unregister_agent(&pid).unwrap();
@@ -665,12 +644,12 @@ fn unregister_idle_blocked_receiver() {
 #[test]
 fn shutdown() {
     let system = system();
-    let pids: Vec<_> = (0..3).map(|_| registered(&system)).collect();
+    let pids: Vec<_> = (0..3).map(|_| register(&system)).collect();
     let receivers: Vec<_> = pids.iter().map(|p| spawn_receiver(&system, p)).collect();
     system
         .send(&pids[0], AgentMessage::cast(AgentPid::nil(), 1u64))
         .unwrap();
-    let unreceived = registered(&system);
+    let unreceived = register(&system);
     system
         .send(&unreceived, AgentMessage::cast(AgentPid::nil(), 2u64))
         .unwrap();
@@ -724,8 +703,8 @@ fn shutdown() {
 #[test]
 fn stats_add_up() {
     let system = system();
-    let a = registered(&system);
-    let b = registered(&system);
+    let a = register(&system);
+    let b = register(&system);
     let (stats, mailboxes) = system.get_stats();
     assert_eq!(
         stats,
@@ -770,7 +749,7 @@ fn stats_with_metrics_off() {
         enable_metrics: false,
         ..RouterConfig::default()
     });
-    let a = registered(&system);
+    let a = register(&system);
     system
         .send(&a, AgentMessage::cast(AgentPid::nil(), 1u64))
         .unwrap();
@@ -841,7 +820,7 @@ fn bounded_mailboxes_from_builder() {
         })
         .build()
         .unwrap();
-    let pid = registered(&system);
+    let pid = register(&system);
     let tx = system.sender(&pid).unwrap();
     tx.try_send(
         AgentMessage::cast(AgentPid::nil(), 1u64),
@@ -936,8 +915,8 @@ fn custom_router() {
         .router(router.clone())
         .build()
         .unwrap();
-    let a = registered(&system);
-    let b = registered(&system);
+    let a = register(&system);
+    let b = register(&system);
     assert_eq!(router.registrations.load(SeqCst), 2);
     assert!(router.agents.lock().unwrap()[&a].same_mailbox(&system.sender(&a).unwrap()));
 
@@ -1031,7 +1010,7 @@ fn custom_router_defaults_and_refusal() {
         .router(Arc::new(EnvelopeOnly(CountingRouter::default())))
         .build()
         .unwrap();
-    let a = registered(&system);
+    let a = register(&system);
     assert!(matches!(
         system.send(&a, AgentMessage::cast(AgentPid::nil(), 1u64)),
         Err(MessagingError::DeliveryFailed(..))

@@ -5,7 +5,6 @@
 #![cfg(feature = "tokio")]
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,8 +14,11 @@ use terraphim_agent_messaging::tokio::{
     async_trait, AgentMailbox, AgentMessage, AgentPid, DeadLetterReason, DeliveryConfig,
     DeliveryGuarantee, DeliveryOptions, LoadBalance, MailboxConfig, MailboxManager, MailboxSender,
     MessageEnvelope, MessageId, MessagePriority, MessageRouter, MessageSystem, MessagingError,
-    MessagingResult, RouterConfig, RouterStats, TimerDriver,
+    MessagingResult, RouterConfig, RouterStats,
 };
+
+mod common;
+use common::tokio::{clocked_builder, manual_system, registered, within};
 
 /// Generates `$name::current_thread` and `$name::multi_thread` from one async body.
 macro_rules! both_runtimes {
@@ -41,20 +43,6 @@ macro_rules! both_runtimes {
 }
 
 // ===== helpers =====
-
-/// Fails the test if `f` takes longer than `secs`.
-async fn within<F: Future>(secs: u64, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .expect("timed out")
-}
-
-async fn registered(system: &MessageSystem) -> (AgentPid, AgentMailbox) {
-    let pid = AgentPid::new();
-    system.register_agent(pid.clone()).await.unwrap();
-    let mailbox = system.get_mailbox(&pid).await.unwrap();
-    (pid, mailbox)
-}
 
 /// A server task answering `u64` calls with their square until its mailbox closes;
 /// returns how many calls it answered.
@@ -698,18 +686,9 @@ fn fallback_outside_runtime() {
 /// An explicit `TimerDriver::Manual` starts no task; the caller turns the wheel.
 #[tokio::test(flavor = "current_thread")]
 async fn manual_driver() {
-    let clock = terraphim_agent_messaging::tokio::ManualClock::new();
     let mut config = RouterConfig::default();
     config.delivery_config.retry_delay = Duration::from_millis(100);
-    let system = MessageSystem::builder(config)
-        .mailbox_config(MailboxConfig {
-            max_messages: 1,
-            ..MailboxConfig::default()
-        })
-        .clock(Arc::new(clock.clone()))
-        .timer_driver(TimerDriver::Manual)
-        .build()
-        .unwrap();
+    let (system, clock) = manual_system(config, 1);
     assert!(!system.has_timer_task());
     let (pid, mailbox) = registered(&system).await;
     system
@@ -740,17 +719,10 @@ async fn manual_driver() {
 /// A custom clock does not make the timer task spin: it sleeps on the clock's terms.
 #[tokio::test(flavor = "current_thread")]
 async fn custom_clock_does_not_spin() {
-    let clock = terraphim_agent_messaging::tokio::ManualClock::new();
     let mut config = RouterConfig::default();
     config.delivery_config.retry_delay = Duration::from_millis(100);
-    let system = MessageSystem::builder(config)
-        .mailbox_config(MailboxConfig {
-            max_messages: 1,
-            ..MailboxConfig::default()
-        })
-        .clock(Arc::new(clock.clone()))
-        .build()
-        .unwrap();
+    let (builder, clock) = clocked_builder(config, 1);
+    let system = builder.build().unwrap();
     assert!(system.has_timer_task());
     let (pid, mailbox) = registered(&system).await;
     system

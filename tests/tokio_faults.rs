@@ -6,7 +6,6 @@
 #![cfg(feature = "tokio")]
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,14 +15,9 @@ use terraphim_agent_messaging::tokio::{
 };
 use tokio::task::JoinHandle;
 
-/// Generous bound for anything that should take milliseconds.
-const DEADLINE: Duration = Duration::from_secs(10);
-
-async fn within<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(DEADLINE, f)
-        .await
-        .expect("hung for more than 10 s")
-}
+mod common;
+use common::tokio::within;
+use common::DEADLINE;
 
 /// `(producer, seq)` of a message.
 type Tag = (u64, u64);
@@ -100,12 +94,12 @@ async fn handler_panic_fails_only_its_agent() {
     }
 
     // Only agent 0's task fails, with its panic.
-    let failed = within(tasks.remove(0)).await.unwrap_err();
+    let failed = within(10, tasks.remove(0)).await.unwrap_err();
     assert!(failed.is_panic(), "{failed:?}");
     // The call it died on fails at once (its reply sender went with the panic), not
     // after its 60 s timeout.
     let started = Instant::now();
-    match within(fatal).await {
+    match within(10, fatal).await {
         Err(MessagingError::DeliveryFailed(pid, _)) => assert_eq!(pid, pids[0]),
         other => panic!("{other:?}"),
     }
@@ -115,12 +109,15 @@ async fn handler_panic_fails_only_its_agent() {
     // The others keep receiving and replying; nothing is poisoned.
     for seq in 100..150 {
         for i in 1..3 {
-            let reply: u64 = within(system.call_typed(
-                client.clone(),
-                &pids[i],
-                (i as u64, seq),
-                Duration::from_secs(5),
-            ))
+            let reply: u64 = within(
+                10,
+                system.call_typed(
+                    client.clone(),
+                    &pids[i],
+                    (i as u64, seq),
+                    Duration::from_secs(5),
+                ),
+            )
             .await
             .unwrap();
             assert_eq!(reply, seq * 2);
@@ -139,9 +136,12 @@ async fn handler_panic_fails_only_its_agent() {
         None,
         Arc::clone(&newcomer_handled),
     );
-    let reply: u64 = within(system.call_typed(client.clone(), &newcomer, (9u64, 21u64), DEADLINE))
-        .await
-        .unwrap();
+    let reply: u64 = within(
+        10,
+        system.call_typed(client.clone(), &newcomer, (9u64, 21u64), DEADLINE),
+    )
+    .await
+    .unwrap();
     assert_eq!(reply, 42);
 
     // Agent 0's mailbox still accepts (nobody receives): a cast and a call queue up.
@@ -156,7 +156,7 @@ async fn handler_panic_fails_only_its_agent() {
 
     // Unregistering it dead-letters everything it never handled, and fails the call.
     system.unregister_agent(&pids[0]).await.unwrap();
-    match within(stuck_call).await {
+    match within(10, stuck_call).await {
         Err(MessagingError::DeliveryFailed(..)) => {}
         other => panic!("{other:?}"),
     }
@@ -181,9 +181,9 @@ async fn handler_panic_fails_only_its_agent() {
 
     system.shutdown().await.unwrap();
     for task in tasks {
-        within(task).await.unwrap();
+        within(10, task).await.unwrap();
     }
-    within(newcomer_task).await.unwrap();
+    within(10, newcomer_task).await.unwrap();
     for i in 1..3 {
         let got = handled[i].lock().unwrap().clone();
         let unique: HashSet<Tag> = got.iter().copied().collect();
@@ -258,7 +258,7 @@ async fn produce(
         .collect();
     let mut refused = Vec::new();
     for t in tasks {
-        refused.extend(within(t).await.unwrap());
+        refused.extend(within(10, t).await.unwrap());
     }
     (producers * per - refused.len() as u64, refused)
 }
@@ -357,7 +357,7 @@ async fn stress_mailbox_full_storm_retries() {
         producers * per
     );
     system.shutdown().await.unwrap();
-    within(receiving).await.unwrap();
+    within(10, receiving).await.unwrap();
     assert_eq!(
         tally.lock().unwrap().delivered.len() as u64,
         producers * per
@@ -398,7 +398,7 @@ async fn stress_storm_with_exhausted_retries_and_in_flight_limit() {
     assert!(dead >= refused.len());
     assert!(dead > 0, "this storm must exhaust some retries");
     system.shutdown().await.unwrap();
-    within(receiving).await.unwrap();
+    within(10, receiving).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,5 +464,5 @@ async fn breaker_trips_and_recovers() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     system.shutdown().await.unwrap();
-    within(receiving).await.unwrap();
+    within(10, receiving).await.unwrap();
 }

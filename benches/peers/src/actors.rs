@@ -74,7 +74,7 @@ pub fn ours_casts(producers: usize, n: usize, routed: bool, batched: bool) -> f6
             }
         };
         if batched {
-            let batch = crate::throughput::BATCH;
+            let batch = crate::contenders::BATCH;
             let mut buf = Vec::with_capacity(batch);
             while mailbox.receive_many(&mut buf, batch).is_ok() {
                 buf.drain(..).for_each(&mut handle);

@@ -15,6 +15,9 @@
 //! what its cases do and how they are timed.
 
 mod actors;
+/// The producer/consumer loop and the contenders, shared with the criterion benches.
+#[path = "../../common/contenders.rs"]
+mod contenders;
 mod harness;
 mod latency;
 mod memory;

@@ -89,7 +89,7 @@ fn retain_ours(n: usize) -> (u64, f64) {
     let batch = |start: usize, len: usize| {
         for i in start..start + len {
             system
-                .send_message(crate::routed::envelope(&from, &to, i))
+                .send_message(crate::contenders::envelope(&from, &to, i))
                 .expect("registered");
         }
         for _ in 0..len {

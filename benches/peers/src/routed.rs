@@ -3,6 +3,9 @@
 //!
 //! Every contender builds `MessageEnvelope::new(to, "bench", json!({"n": i}), default
 //! options).with_from(from)` per message in the producer and receives it in a consumer.
+//! Ours and the crossbeam ceiling are `benches/common/contenders.rs` (`routed`,
+//! `pre_resolved`, `crossbeam_envelope`), as in the criterion bench's `send_message`
+//! group.
 //!
 //! - ours, routed: producer thread `MessageSystem::send_message(envelope)`, consumer
 //!   thread `AgentMailbox::receive` on the agent's mailbox (`get_mailbox`).
@@ -21,22 +24,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::json;
-use terraphim_agent_messaging::{
-    AgentPid, DeliveryOptions, MessageEnvelope, MessageSystem, RouterConfig,
-};
+use terraphim_agent_messaging::{AgentPid, MessageSystem, RouterConfig};
 
+use crate::contenders;
 use crate::harness::{median_of, rate, Better, Results, Sizes};
-use crate::throughput::run;
-
-pub fn envelope(from: &AgentPid, to: &AgentPid, i: usize) -> MessageEnvelope {
-    MessageEnvelope::new(
-        to.clone(),
-        "bench".to_string(),
-        json!({ "n": i }),
-        DeliveryOptions::default(),
-    )
-    .with_from(from.clone())
-}
 
 pub fn ref_envelope(
     from: &reference::AgentPid,
@@ -57,38 +48,11 @@ fn ours(n: usize, pre_resolved: bool) -> f64 {
     let (from, to) = (AgentPid::new(), AgentPid::new());
     system.register_agent(to.clone()).expect("register");
     let mailbox = system.get_mailbox(&to).expect("registered");
-    let recv = |rx: &mut terraphim_agent_messaging::AgentMailbox| {
-        drop(black_box(rx.receive().expect("a message")));
-        1
-    };
     let elapsed = if pre_resolved {
         let sender = system.sender(&to).expect("registered");
-        run(
-            1,
-            n,
-            sender,
-            mailbox,
-            |tx, i| {
-                let envelope = envelope(&from, &to, i);
-                let priority = envelope.delivery_options.priority;
-                tx.try_send(envelope.into_message(), priority)
-                    .expect("open mailbox");
-            },
-            recv,
-        )
+        contenders::pre_resolved(sender, mailbox, &from, &to, n)
     } else {
-        run(
-            1,
-            n,
-            system.clone(),
-            mailbox,
-            |system, i| {
-                system
-                    .send_message(envelope(&from, &to, i))
-                    .expect("registered agent");
-            },
-            recv,
-        )
+        contenders::routed(system.clone(), mailbox, &from, &to, n)
     };
     system.shutdown().expect("shutdown");
     rate(n, elapsed)
@@ -141,21 +105,7 @@ pub fn one(n: usize, pre_resolved: bool) -> f64 {
 /// `send_message` can reach when the producer builds one JSON envelope per message.
 fn crossbeam_envelope(n: usize) -> f64 {
     let (from, to) = (AgentPid::new(), AgentPid::new());
-    let (tx, rx) = crossbeam_channel::unbounded::<MessageEnvelope>();
-    rate(
-        n,
-        run(
-            1,
-            n,
-            tx,
-            rx,
-            |tx, i| tx.send(envelope(&from, &to, i)).expect("rx alive"),
-            |rx| {
-                drop(black_box(rx.recv().expect("a message")));
-                1
-            },
-        ),
-    )
+    rate(n, contenders::crossbeam_envelope(&from, &to, n))
 }
 
 pub fn bench(sizes: &Sizes, results: &mut Results) {

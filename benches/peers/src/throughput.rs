@@ -4,112 +4,28 @@
 //!
 //! One run moves `n` messages through a fresh channel: `producers` threads each send
 //! `n / producers`, one consumer thread receives exactly `n` with the blocking receive;
-//! the clock runs from before the spawns to after the joins (as benches/mailbox.rs).
+//! the clock runs from before the spawns to after the joins. That loop ([`run`]) and the
+//! `AgentMessage` contenders are `benches/common/contenders.rs`, which the criterion
+//! bench `benches/mailbox.rs` runs too.
 //! tokio mpsc runs producers and consumer as tasks on one current-thread runtime (the
 //! producers never yield, so the queue fills and then drains: tokio's best case).
 
 use std::hint::black_box;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use terraphim_agent_messaging::{
-    AgentMailbox, AgentMessage, AgentPid, MailboxConfig, MessagePriority,
-};
+use terraphim_agent_messaging::{AgentMessage, AgentPid};
 
+use crate::contenders::{self, run};
 use crate::harness::{medians_interleaved, rate, Better, Results, Sizes};
 
-/// `producers` threads call `send(&tx, i)` for their share of `0..n`; one consumer calls
-/// `recv(&mut rx)`, which returns how many messages it took, until all `n` arrived.
-/// Returns spawn → join.
-pub fn run<T, R>(
-    producers: usize,
-    n: usize,
-    tx: T,
-    mut rx: R,
-    send: impl Fn(&T, usize) + Sync,
-    mut recv: impl FnMut(&mut R) -> usize + Send,
-) -> Duration
-where
-    T: Clone + Send,
-    R: Send,
-{
-    let per = n / producers;
-    let start = Instant::now();
-    thread::scope(|s| {
-        for p in 0..producers {
-            let tx = tx.clone();
-            let send = &send;
-            s.spawn(move || {
-                for i in p * per..(p + 1) * per {
-                    send(&tx, i);
-                }
-            });
-        }
-        drop(tx);
-        s.spawn(move || {
-            let mut got = 0;
-            while got < per * producers {
-                got += recv(&mut rx);
-            }
-        });
-    });
-    start.elapsed()
-}
-
-/// Ours; with `batched`, the receiver drains in batches of up to [`BATCH`]
+/// Ours; with `batched`, the receiver drains in batches of up to [`contenders::BATCH`]
 /// (`receive_many`), reported beside the per-message row (the target reads the latter).
 fn ours(producers: usize, n: usize, from: &AgentPid, batched: bool) -> f64 {
-    let mailbox = AgentMailbox::new(AgentPid::new(), MailboxConfig::default());
-    let mut buf = Vec::with_capacity(BATCH);
-    rate(
-        n,
-        run(
-            producers,
-            n,
-            mailbox.sender(),
-            mailbox,
-            |tx, i| {
-                tx.try_send(
-                    AgentMessage::cast(from.clone(), i as u64),
-                    MessagePriority::Normal,
-                )
-                .expect("open, unbounded mailbox");
-            },
-            move |rx| {
-                if !batched {
-                    drop(black_box(rx.receive().expect("a message")));
-                    return 1;
-                }
-                let got = rx.receive_many(&mut buf, BATCH).expect("messages");
-                buf.drain(..).for_each(|m| drop(black_box(m)));
-                got
-            },
-        ),
-    )
+    rate(n, contenders::ours(producers, n, from, batched))
 }
 
-/// The batch size of the `receive_many` rows.
-pub const BATCH: usize = 64;
-
 fn crossbeam_msg(producers: usize, n: usize, from: &AgentPid) -> f64 {
-    let (tx, rx) = crossbeam_channel::unbounded::<AgentMessage>();
-    rate(
-        n,
-        run(
-            producers,
-            n,
-            tx,
-            rx,
-            |tx, i| {
-                tx.send(AgentMessage::cast(from.clone(), i as u64))
-                    .expect("rx alive")
-            },
-            |rx| {
-                drop(black_box(rx.recv().expect("a message")));
-                1
-            },
-        ),
-    )
+    rate(n, contenders::crossbeam_msg(producers, n, from))
 }
 
 fn crossbeam_u64(producers: usize, n: usize) -> f64 {
@@ -131,24 +47,7 @@ fn crossbeam_u64(producers: usize, n: usize) -> f64 {
 }
 
 fn flume_msg(producers: usize, n: usize, from: &AgentPid) -> f64 {
-    let (tx, rx) = flume::unbounded::<AgentMessage>();
-    rate(
-        n,
-        run(
-            producers,
-            n,
-            tx,
-            rx,
-            |tx, i| {
-                tx.send(AgentMessage::cast(from.clone(), i as u64))
-                    .expect("rx alive")
-            },
-            |rx| {
-                drop(black_box(rx.recv().expect("a message")));
-                1
-            },
-        ),
-    )
+    rate(n, contenders::flume_msg(producers, n, from))
 }
 
 fn flume_u64(producers: usize, n: usize) -> f64 {
