@@ -87,6 +87,65 @@ impl MessageEnvelope {
     }
 }
 
+/// What an envelope keeps beside the cast it arrives as ([`MessageEnvelope::into_cast`]),
+/// so that a cast refused by a mailbox goes back into its envelope, for a retry or a
+/// dead letter, without the envelope ever being copied.
+#[derive(Debug)]
+pub(crate) struct EnvelopeRest {
+    to: AgentPid,
+    delivery_options: DeliveryOptions,
+    created_at: DateTime<Utc>,
+    attempts: u32,
+}
+
+impl MessageEnvelope {
+    /// [`into_message`](Self::into_message), keeping the rest.
+    #[inline]
+    pub(crate) fn into_cast(self) -> (AgentMessage, EnvelopeRest) {
+        let rest = EnvelopeRest {
+            to: self.to.clone(),
+            delivery_options: self.delivery_options.clone(),
+            created_at: self.created_at,
+            attempts: self.attempts,
+        };
+        (self.into_message(), rest)
+    }
+
+    /// The envelope a cast from [`into_cast`](Self::into_cast) came from; any other
+    /// message is handed back.
+    pub(crate) fn from_cast(
+        message: AgentMessage,
+        rest: EnvelopeRest,
+    ) -> Result<Self, AgentMessage> {
+        match message {
+            AgentMessage::Cast {
+                id,
+                from,
+                payload,
+                message_type: Some(message_type),
+            } => match payload.downcast::<serde_json::Value>() {
+                Ok(payload) => Ok(MessageEnvelope {
+                    id,
+                    from: (!from.is_nil()).then_some(from),
+                    to: rest.to,
+                    message_type,
+                    payload: *payload,
+                    delivery_options: rest.delivery_options,
+                    created_at: rest.created_at,
+                    attempts: rest.attempts,
+                }),
+                Err(payload) => Err(AgentMessage::Cast {
+                    id,
+                    from,
+                    payload,
+                    message_type: Some(message_type),
+                }),
+            },
+            other => Err(other),
+        }
+    }
+}
+
 /// A payload of a known type with its id and sender, for type-safe handlers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TypedMessage<T> {

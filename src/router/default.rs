@@ -17,7 +17,7 @@
 use super::{Destination, Push, Refusal};
 use crate::breaker::BreakerSettings;
 use crate::mailbox::shared::Shared;
-use crate::message::{AgentMessage, AgentPid, MessagePriority, Outgoing};
+use crate::message::{AgentMessage, AgentPid, MessageEnvelope, MessagePriority, Outgoing};
 use crate::stats::Counter;
 use crate::sync::Arc;
 use crate::table::{AgentTable, Target};
@@ -89,9 +89,36 @@ impl LocalRoutes {
 }
 
 impl Destination for LocalRoutes {
+    /// An envelope travels as its cast; one refused goes back into its envelope.
     #[inline]
     fn push(&self, to: &AgentPid, out: Outgoing, priority: MessagePriority) -> Push {
-        let mut message = Some(out.into_message());
+        match out {
+            Outgoing::Message(message) => self.push_message(to, message, priority),
+            Outgoing::Envelope(envelope) => {
+                let (cast, rest) = envelope.into_cast();
+                match self.push_message(to, cast, priority) {
+                    Push::Done => Push::Done,
+                    refused => refused.map_back(|out| match out {
+                        Outgoing::Message(cast) => MessageEnvelope::from_cast(cast, rest)
+                            .map_or_else(Outgoing::Message, Outgoing::Envelope),
+                        envelope => envelope,
+                    }),
+                }
+            }
+        }
+    }
+}
+
+impl LocalRoutes {
+    /// Looks `to` up and pushes `message` into its (or its group member's) mailbox.
+    #[inline]
+    fn push_message(
+        &self,
+        to: &AgentPid,
+        message: AgentMessage,
+        priority: MessagePriority,
+    ) -> Push {
+        let mut message = Some(message);
         let pushed = self.table.with_target(to, |target| match target {
             Target::Agent(mailbox) => self.push_into(mailbox, &mut message, priority),
             Target::Group(group) => group

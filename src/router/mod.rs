@@ -121,6 +121,20 @@ pub(crate) enum Push {
     Failed(Option<Outgoing>, MessagingError),
 }
 
+impl Push {
+    /// Applies `f` to the message handed back, if any.
+    #[inline]
+    pub(crate) fn map_back(self, f: impl FnOnce(Outgoing) -> Outgoing) -> Push {
+        match self {
+            Push::Done => Push::Done,
+            Push::Refused(out, refusal, retry_at) => Push::Refused(f(out), refusal, retry_at),
+            Push::Closed(out) => Push::Closed(f(out)),
+            Push::NotFound(out) => Push::NotFound(f(out)),
+            Push::Failed(out, e) => Push::Failed(out.map(f), e),
+        }
+    }
+}
+
 /// Where the delivery engine sends one attempt (see the module doc).
 pub(crate) trait Destination: Send + Sync {
     /// Pushes `out` to `to` at `priority`.
