@@ -407,11 +407,4 @@ impl Outgoing {
             Outgoing::Message(m) => m.id(),
         }
     }
-
-    pub(crate) fn into_message(self) -> AgentMessage {
-        match self {
-            Outgoing::Envelope(e) => e.into_message(),
-            Outgoing::Message(m) => m,
-        }
-    }
 }
