@@ -47,6 +47,35 @@
 //! - A bounded mailbox never holds more than `max_messages`.
 //! - Every message accepted is delivered, dead-lettered (see
 //!   [`MessageSystem::dead_letters`]) or still pending: nothing is dropped silently.
+//!
+//! # Layers
+//!
+//! The modules, bottom up. Each imports only from the layers below it (and from
+//! itself); `tests/layering.rs` fails the build when one reaches up.
+//!
+//! | layer | what |
+//! |---|---|
+//! | `sync` | the one import point for atomics, locks, threads and cells (loom or std) |
+//! | `stats` | striped counters |
+//! | `timer` | the wheel, the clock, and the timer service (clock + driver + its loop) |
+//! | `breaker` | one destination's circuit breaker (an atomic word) |
+//! | `wait` | the wait cell a receiver or a caller parks in |
+//! | `message` | pids, ids, messages, envelopes, the reply slot |
+//! | `error` | `MessagingError` |
+//! | `dead_letter` | the dead-letter store |
+//! | `mailbox` | lock-free priority lanes, the receiver claim, the handles |
+//! | `group` | groups of mailboxes and their balancing |
+//! | `table` | the slab of destinations by pid, and `MailboxManager` over it |
+//! | `router` | where one attempt goes: the table, or a custom router |
+//! | `delivery` | the delivery engine: guarantees, retries, acks, the ledger |
+//! | `system` | `MessageSystem`: everything wired together |
+//! | `tokio` | the async twins |
+//!
+//! A message's path: `MessageSystem::send_message` → the engine (`delivery`: dedupe,
+//! track if an ack is asked) → a `Destination` (`router`: lookup, group pick, breaker)
+//! → the `table` slot → the `mailbox` → a priority lane → the receiver. A refused push
+//! comes back to the engine, which parks it on the system's timer wheel; the timer
+//! service's loop (a thread, or a tokio task) fires it into the engine again.
 #![deny(unsafe_code)]
 #![warn(
     missing_docs,
@@ -152,15 +181,14 @@ pub use crate::delivery::{
 };
 pub use crate::error::{ErrorCategory, MessagingError, MessagingResult, TrySendError};
 pub use crate::group::LoadBalance;
-pub use crate::mailbox::{
-    AgentMailbox, MailboxConfig, MailboxManager, MailboxSender, MailboxStats, ReceiveFuture,
-};
+pub use crate::mailbox::{AgentMailbox, MailboxConfig, MailboxSender, MailboxStats, ReceiveFuture};
 pub use crate::message::{
     reply_channel, AgentMessage, AgentPid, DeliveryOptions, MessageEnvelope, MessageId,
     MessagePriority, Payload, ReplyError, ReplyReceiver, ReplySender, SystemInfo, TypedMessage,
 };
 pub use crate::router::{MessageRouter, RouterStats};
 pub use crate::system::{CallFuture, DefaultMessageRouter, MessageSystem, MessageSystemBuilder};
+pub use crate::table::manager::MailboxManager;
 pub use crate::table::AgentId;
 pub use crate::timer::driver::TimerDriver;
 pub use crate::timer::{

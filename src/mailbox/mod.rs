@@ -9,7 +9,10 @@
 //! 3. [`waiter`](self::waiter): the receiver's wait cell (parked thread or task waker).
 //! 4. [`shared`](self::shared): capacity, the receiver claim, close and drain, stats.
 //! 5. [`handle`](self::handle): the public [`AgentMailbox`] and [`MailboxSender`].
-//! 6. [`manager`](self::manager): [`MailboxManager`], mailboxes by pid.
+//! 6. [`handback`](self::handback): refused sends handed back to the delivery engine.
+//!
+//! Mailboxes by pid ([`MailboxManager`](crate::MailboxManager)) live a layer up, over
+//! the agent table.
 //!
 //! # Guarantees
 //!
@@ -24,7 +27,6 @@
 pub(crate) mod handback;
 pub(crate) mod handle;
 pub(crate) mod lane;
-pub(crate) mod manager;
 pub(crate) mod priority;
 pub(crate) mod shared;
 
@@ -33,7 +35,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use self::handle::{AgentMailbox, MailboxSender, ReceiveFuture};
-pub use self::manager::MailboxManager;
 use crate::message::AgentPid;
 
 /// Mailbox configuration: the seed's four fields.

@@ -32,12 +32,13 @@ use crate::delivery::engine::Engine;
 use crate::delivery::{DeliveryManager, DeliveryStats, RouterConfig};
 use crate::error::{MessagingError, MessagingResult};
 use crate::group::{Group, LoadBalance};
-use crate::mailbox::{AgentMailbox, MailboxManager, MailboxSender, MailboxStats};
+use crate::mailbox::{AgentMailbox, MailboxSender, MailboxStats};
 use crate::message::{
     AgentMessage, AgentPid, MessageEnvelope, MessageId, MessagePriority, Payload,
 };
 use crate::router::{MessageRouter, RouterStats, Routes};
 use crate::sync::{Arc, AtomicBool};
+use crate::table::manager::MailboxManager;
 use crate::table::InsertError;
 
 /// The messaging system: register agents, send, call, receive, observe.

@@ -2,14 +2,14 @@
 
 use std::fmt;
 
-use super::handle::{stats_of, AgentMailbox, MailboxSender};
-use super::shared::{Settings, Shared};
-use super::{MailboxConfig, MailboxStats};
+use super::{AgentTable, InsertError};
 use crate::dead_letter::DeadLetters;
 use crate::error::{MessagingError, MessagingResult};
+use crate::mailbox::handle::{stats_of, AgentMailbox, MailboxSender};
+use crate::mailbox::shared::{Settings, Shared};
+use crate::mailbox::{MailboxConfig, MailboxStats};
 use crate::message::AgentPid;
 use crate::sync::Arc;
-use crate::table::{AgentTable, InsertError};
 
 /// Creates, finds and removes agents' mailboxes.
 ///
