@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
-use terraphim_agent_messaging::{AgentPid, DeliveryOptions, MessageEnvelope};
+use terraphim_agent_messaging::{
+    AgentPid, DeliveryOptions, DeliveryRecord, DeliveryStatus, MessageEnvelope, MessageId,
+};
 
 /// An envelope to nobody in particular whose timeout is `timeout`.
 fn envelope_with_timeout(timeout: Duration) -> MessageEnvelope {
@@ -23,7 +25,7 @@ fn envelope_with_timeout(timeout: Duration) -> MessageEnvelope {
 // ===== MessageEnvelope::is_expired(now) =====
 
 #[test]
-fn expiry_boundary_is_inclusive_of_the_timeout() {
+fn expiry_at_exactly_the_timeout_is_not_yet_expired() {
     let envelope = envelope_with_timeout(Duration::from_secs(30));
     let deadline = envelope.created_at + TimeDelta::seconds(30);
 
@@ -73,4 +75,128 @@ fn expiry_now_reads_the_wall_clock() {
     let mut stale = envelope_with_timeout(Duration::from_secs(1));
     stale.created_at = Utc::now() - TimeDelta::seconds(2);
     assert!(stale.is_expired_now());
+}
+
+// ===== DeliveryRecord's own lifecycle =====
+
+/// Runs `step` on `record` and returns the wall-clock window it ran in.
+fn timed(
+    record: &mut DeliveryRecord,
+    step: impl FnOnce(&mut DeliveryRecord),
+) -> (DateTime<Utc>, DateTime<Utc>) {
+    let before = Utc::now();
+    step(record);
+    (before, Utc::now())
+}
+
+fn within(stamp: Option<DateTime<Utc>>, (from, to): (DateTime<Utc>, DateTime<Utc>)) -> bool {
+    stamp.is_some_and(|t| from <= t && t <= to)
+}
+
+#[test]
+fn record_lifecycle_sets_each_status_and_its_own_timestamp() {
+    let (id, from, to) = (MessageId::new(), AgentPid::new(), AgentPid::new());
+    let mut record = DeliveryRecord::new(id.clone(), Some(from.clone()), to.clone());
+    assert_eq!(record.status, DeliveryStatus::Pending);
+    assert_eq!((record.attempts, record.last_attempt), (0, None));
+    assert_eq!((record.delivered_at, record.acknowledged_at), (None, None));
+    assert_eq!(record.error_message, None);
+    assert!(!record.is_final_state());
+
+    let sent = timed(&mut record, DeliveryRecord::mark_in_transit);
+    assert_eq!(record.status, DeliveryStatus::InTransit);
+    assert_eq!(record.attempts, 1);
+    assert!(within(record.last_attempt, sent));
+    assert_eq!((record.delivered_at, record.acknowledged_at), (None, None));
+    assert!(!record.is_final_state());
+
+    let arrived = timed(&mut record, DeliveryRecord::mark_delivered);
+    assert_eq!(record.status, DeliveryStatus::Delivered);
+    assert!(within(record.delivered_at, arrived));
+    assert!(
+        within(record.last_attempt, sent),
+        "the attempt's time is kept"
+    );
+    assert_eq!(record.acknowledged_at, None);
+    assert_eq!(record.attempts, 1, "delivery is not another attempt");
+    assert!(!record.is_final_state());
+
+    let acked = timed(&mut record, DeliveryRecord::mark_acknowledged);
+    assert_eq!(record.status, DeliveryStatus::Acknowledged);
+    assert!(within(record.acknowledged_at, acked));
+    assert!(within(record.delivered_at, arrived));
+    assert!(record.last_attempt <= record.delivered_at);
+    assert!(record.delivered_at <= record.acknowledged_at);
+    assert!(record.is_final_state());
+
+    // Identity never changes along the way.
+    assert_eq!(record.message_id, id);
+    assert_eq!(record.from, Some(from));
+    assert_eq!(record.to, to);
+    assert_eq!(record.error_message, None);
+}
+
+#[test]
+fn record_failure_keeps_the_reason_and_a_retry_counts_again() {
+    let mut record = DeliveryRecord::new(MessageId::new(), None, AgentPid::new());
+    record.mark_in_transit();
+    let first_attempt = record.last_attempt;
+
+    record.mark_failed("mailbox full".to_string());
+    assert_eq!(record.status, DeliveryStatus::Failed("mailbox full".into()));
+    assert_eq!(record.error_message.as_deref(), Some("mailbox full"));
+    assert_eq!(record.last_attempt, first_attempt, "failing stamps nothing");
+    assert_eq!((record.delivered_at, record.acknowledged_at), (None, None));
+    assert!(record.is_final_state(), "1.x's notion: Failed is final");
+
+    std::thread::sleep(Duration::from_millis(2));
+    let retried = timed(&mut record, DeliveryRecord::mark_in_transit);
+    assert_eq!(record.status, DeliveryStatus::InTransit);
+    assert_eq!(record.attempts, 2);
+    assert!(within(record.last_attempt, retried));
+    assert!(record.last_attempt > first_attempt);
+    assert_eq!(
+        record.error_message.as_deref(),
+        Some("mailbox full"),
+        "the last failure's reason stays until the next one"
+    );
+
+    record.mark_failed("agent gone".to_string());
+    assert_eq!(record.error_message.as_deref(), Some("agent gone"));
+}
+
+#[test]
+fn record_expiry_is_final_and_stamps_nothing() {
+    let mut record = DeliveryRecord::new(MessageId::new(), None, AgentPid::new());
+    let created_at = record.created_at;
+    record.mark_expired();
+    assert_eq!(record.status, DeliveryStatus::Expired);
+    assert!(record.is_final_state());
+    assert_eq!(record.created_at, created_at);
+    assert_eq!(record.attempts, 0);
+    assert_eq!(record.last_attempt, None);
+    assert_eq!((record.delivered_at, record.acknowledged_at), (None, None));
+}
+
+#[test]
+fn record_setters_apply_whatever_the_status_like_1x() {
+    // A record the user owns is plain data: the setters do not guard terminal states
+    // (the DeliveryManager's mark_* do, for records it tracks).
+    let mut record = DeliveryRecord::new(MessageId::new(), None, AgentPid::new());
+    record.mark_acknowledged();
+    record.mark_failed("late failure".into());
+    assert_eq!(record.status, DeliveryStatus::Failed("late failure".into()));
+    assert!(record.acknowledged_at.is_some(), "earlier stamps stay");
+
+    record.mark_expired();
+    record.mark_delivered();
+    assert_eq!(record.status, DeliveryStatus::Delivered);
+
+    record.attempts = u32::MAX;
+    record.mark_in_transit();
+    assert_eq!(
+        record.attempts,
+        u32::MAX,
+        "saturates instead of overflowing"
+    );
 }
