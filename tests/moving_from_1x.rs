@@ -3,14 +3,16 @@
 //! the behaviour that table promises. Public API only.
 //!
 //! Sections: envelope expiry at an explicit time; `DeliveryRecord`'s own lifecycle;
-//! `from()` of an envelope without a sender.
+//! `MailboxStats`' counting hooks and the mailbox's own counting; `from()` of an
+//! envelope without a sender; then the same calls through `::tokio`.
 
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 use terraphim_agent_messaging::{
-    AgentPid, DeliveryOptions, DeliveryRecord, DeliveryStatus, MessageEnvelope, MessageId,
+    AgentMailbox, AgentMessage, AgentPid, DeliveryOptions, DeliveryRecord, DeliveryStatus,
+    MailboxConfig, MailboxStats, MessageEnvelope, MessageId, MessageSystem, RouterConfig,
 };
 
 /// An envelope to nobody in particular whose timeout is `timeout`.
@@ -199,4 +201,184 @@ fn record_setters_apply_whatever_the_status_like_1x() {
         u32::MAX,
         "saturates instead of overflowing"
     );
+}
+
+// ===== MailboxStats hooks =====
+
+#[test]
+fn stats_hooks_count_in_and_out_like_1x() {
+    let pid = AgentPid::new();
+    let mut stats = MailboxStats::new(pid.clone());
+    assert_eq!(stats.agent_id, pid);
+    assert_eq!(
+        (
+            stats.total_messages_received,
+            stats.total_messages_processed
+        ),
+        (0, 0)
+    );
+    assert_eq!(
+        (stats.current_queue_size, stats.max_queue_size_reached),
+        (0, 0)
+    );
+    assert_eq!(
+        (stats.last_message_received, stats.last_message_processed),
+        (None, None)
+    );
+    assert_eq!(stats.average_processing_time, Duration::ZERO);
+    assert_eq!(stats.messages_dead_lettered, 0);
+
+    let before = Utc::now();
+    for _ in 0..3 {
+        stats.record_message_received();
+    }
+    let received = (before, Utc::now());
+    assert_eq!(stats.total_messages_received, 3);
+    assert_eq!(stats.current_queue_size, 3);
+    assert_eq!(stats.max_queue_size_reached, 3);
+    assert!(within(stats.last_message_received, received));
+    assert_eq!(stats.last_message_processed, None);
+
+    let before = Utc::now();
+    stats.record_message_processed(Duration::from_millis(10));
+    stats.record_message_processed(Duration::from_millis(40));
+    let processed = (before, Utc::now());
+    assert_eq!(stats.total_messages_processed, 2);
+    assert_eq!(stats.current_queue_size, 1);
+    assert_eq!(stats.max_queue_size_reached, 3, "the high-water mark stays");
+    assert_eq!(stats.average_processing_time, Duration::from_millis(25));
+    assert!(within(stats.last_message_processed, processed));
+
+    stats.record_message_received();
+    assert_eq!(
+        (stats.current_queue_size, stats.max_queue_size_reached),
+        (2, 3)
+    );
+}
+
+#[test]
+fn stats_hooks_average_every_sample_equally() {
+    let mut stats = MailboxStats::new(AgentPid::new());
+    let samples = [7u64, 1, 1, 1, 5, 9, 3, 13];
+    for ms in samples {
+        stats.record_message_processed(Duration::from_millis(ms));
+    }
+    let mean = samples.iter().sum::<u64>() / samples.len() as u64; // 5 ms exactly
+    assert_eq!(stats.average_processing_time, Duration::from_millis(mean));
+    assert_eq!(stats.total_messages_processed, samples.len() as u64);
+}
+
+#[test]
+fn stats_hooks_never_underflow_or_overflow() {
+    let mut stats = MailboxStats::new(AgentPid::new());
+    stats.record_message_processed(Duration::MAX);
+    assert_eq!(
+        stats.current_queue_size, 0,
+        "out with nothing queued stays at 0"
+    );
+    assert_eq!(stats.average_processing_time, Duration::MAX);
+    stats.record_message_processed(Duration::MAX);
+    assert_eq!(stats.average_processing_time, Duration::MAX);
+    stats.record_message_processed(Duration::ZERO);
+    assert!(stats.average_processing_time < Duration::MAX);
+
+    stats.total_messages_received = u64::MAX;
+    stats.current_queue_size = usize::MAX;
+    stats.record_message_received();
+    assert_eq!(stats.total_messages_received, u64::MAX);
+    assert_eq!(stats.current_queue_size, usize::MAX);
+}
+
+#[test]
+fn a_mailbox_counts_every_way_out_without_hooks() {
+    let mailbox = AgentMailbox::new(AgentPid::new(), MailboxConfig::default());
+    for n in 0..5u32 {
+        mailbox
+            .send(AgentMessage::cast(AgentPid::new(), n))
+            .unwrap();
+    }
+    assert_eq!(mailbox.stats().total_messages_received, 5);
+    assert_eq!(mailbox.stats().current_queue_size, 5);
+
+    mailbox.receive().unwrap();
+    mailbox.try_receive().unwrap().unwrap();
+    mailbox.receive_timeout(Duration::from_secs(1)).unwrap();
+    let mut batch = Vec::new();
+    assert_eq!(mailbox.receive_many(&mut batch, 8).unwrap(), 2);
+
+    let stats = mailbox.stats();
+    assert_eq!(stats.total_messages_received, 5);
+    assert_eq!(stats.total_messages_processed, 5);
+    assert_eq!(stats.current_queue_size, 0);
+    assert!(stats.max_queue_size_reached >= 1);
+    assert!(stats.last_message_received.is_some());
+    assert!(stats.last_message_processed.is_some());
+}
+
+#[test]
+fn hooks_on_a_snapshot_change_the_copy_only() {
+    let mailbox = AgentMailbox::new(AgentPid::new(), MailboxConfig::default());
+    mailbox
+        .send(AgentMessage::cast(AgentPid::new(), "one"))
+        .unwrap();
+
+    let mut snapshot = mailbox.stats();
+    snapshot.record_message_received();
+    snapshot.record_message_processed(Duration::from_millis(3));
+    assert_eq!(snapshot.total_messages_received, 2);
+    assert_eq!(snapshot.total_messages_processed, 1);
+
+    let live = mailbox.stats();
+    assert_eq!(live.total_messages_received, 1);
+    assert_eq!(live.total_messages_processed, 0);
+    assert_eq!(live.current_queue_size, 1);
+}
+
+#[test]
+fn stats_serialised_by_1x_still_deserialise() {
+    // 1.x's MailboxStats had no `messages_dead_lettered`, its DeliveryStats no
+    // `duplicates`.
+    let pid = AgentPid::new();
+    let mailbox: MailboxStats = serde_json::from_value(json!({
+        "agent_id": pid,
+        "total_messages_received": 4,
+        "total_messages_processed": 3,
+        "current_queue_size": 1,
+        "max_queue_size_reached": 2,
+        "last_message_received": null,
+        "last_message_processed": null,
+        "average_processing_time": {"secs": 0, "nanos": 1500},
+    }))
+    .unwrap();
+    assert_eq!(mailbox.agent_id, pid);
+    assert_eq!(mailbox.total_messages_received, 4);
+    assert_eq!(mailbox.average_processing_time, Duration::from_nanos(1500));
+    assert_eq!(mailbox.messages_dead_lettered, 0);
+
+    let delivery: terraphim_agent_messaging::DeliveryStats = serde_json::from_value(json!({
+        "total_messages": 2, "pending": 0, "in_transit": 0, "delivered": 1,
+        "acknowledged": 1, "failed": 0, "expired": 0, "total_attempts": 2,
+    }))
+    .unwrap();
+    assert_eq!(delivery.total_messages, 2);
+    assert_eq!(delivery.duplicates, 0);
+}
+
+#[test]
+fn wait_for_shutdown_returns_once_the_mailbox_closes() {
+    let system = MessageSystem::new(RouterConfig::default());
+    let pid = AgentPid::new();
+    system.register_agent(pid.clone()).unwrap();
+    let mailbox = system.get_mailbox(&pid).unwrap();
+
+    let waiter = {
+        let mailbox = mailbox.clone();
+        std::thread::spawn(move || mailbox.wait_for_shutdown())
+    };
+    std::thread::sleep(Duration::from_millis(5));
+    assert!(!waiter.is_finished());
+    system.unregister_agent(&pid).unwrap();
+    waiter.join().unwrap();
+    assert!(mailbox.is_closed());
+    mailbox.wait_for_shutdown(); // already closed: returns at once
 }

@@ -235,7 +235,8 @@ pub struct DeliveryStats {
     /// Attempts summed over the records kept.
     pub total_attempts: u64,
     /// Exactly-once copies suppressed because their id was already delivered (system
-    /// statistics only).
+    /// statistics only; 0 when read from 1.x's serialised stats, which lack the field).
+    #[serde(default)]
     pub duplicates: u64,
 }
 
