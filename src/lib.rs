@@ -152,7 +152,8 @@ pub use crate::mailbox::{
 };
 pub use crate::message::{
     reply_channel, AgentMessage, AgentPid, DeliveryOptions, MessageEnvelope, MessageId,
-    MessagePriority, Payload, ReplyError, ReplyReceiver, ReplySender, SystemInfo, TypedMessage,
+    MessagePriority, Payload, ReplyError, ReplyReceiver, ReplySender, SupervisorId, SystemInfo,
+    TypedMessage,
 };
 pub use crate::router::{
     BreakerState, CircuitBreakerConfig, DefaultMessageRouter, LoadBalance, MessageRouter,

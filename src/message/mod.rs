@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use self::envelope::{MessageEnvelope, TypedMessage};
-pub use self::id::{AgentPid, MessageId};
+pub use self::id::{AgentPid, MessageId, SupervisorId};
 pub use self::reply::{reply_channel, Payload, ReplyError, ReplyReceiver, ReplySender};
 
 /// How urgently a message is delivered: a mailbox hands out `Critical` before `High`
