@@ -4,7 +4,8 @@
 //!
 //! Sections: envelope expiry at an explicit time; `DeliveryRecord`'s own lifecycle;
 //! `MailboxStats`' counting hooks and the mailbox's own counting; `from()` of an
-//! envelope without a sender; then the same calls through `::tokio`.
+//! envelope without a sender; pids and supervisor ids as 1.x built them; then the same
+//! calls through `::tokio`.
 
 use std::time::Duration;
 
@@ -12,8 +13,10 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 use terraphim_agent_messaging::{
     AgentMailbox, AgentMessage, AgentPid, DeliveryOptions, DeliveryRecord, DeliveryStatus,
-    MailboxConfig, MailboxStats, MessageEnvelope, MessageId, MessageSystem, RouterConfig,
+    MailboxConfig, MailboxStats, ManualClock, MessageEnvelope, MessageId, MessageSystem,
+    RouterConfig, SupervisorId, TimerDriver,
 };
+use uuid::Uuid;
 
 /// An envelope to nobody in particular whose timeout is `timeout`.
 fn envelope_with_timeout(timeout: Duration) -> MessageEnvelope {
@@ -381,4 +384,134 @@ fn wait_for_shutdown_returns_once_the_mailbox_closes() {
     waiter.join().unwrap();
     assert!(mailbox.is_closed());
     mailbox.wait_for_shutdown(); // already closed: returns at once
+}
+
+// ===== from() of a routed envelope =====
+
+/// An envelope to `to` without a sender (no `with_from`).
+fn anonymous(to: &AgentPid, n: u32) -> MessageEnvelope {
+    MessageEnvelope::new(
+        to.clone(),
+        "anonymous".into(),
+        json!({ "n": n }),
+        DeliveryOptions::default(),
+    )
+}
+
+#[test]
+fn from_of_an_envelope_without_a_sender_is_none() {
+    let system = MessageSystem::new(RouterConfig::default());
+    let pid = AgentPid::new();
+    system.register_agent(pid.clone()).unwrap();
+    let mailbox = system.get_mailbox(&pid).unwrap();
+
+    let envelope = anonymous(&pid, 1);
+    let id = envelope.id.clone();
+    system.send_message(envelope).unwrap();
+    let message = mailbox.receive().unwrap();
+
+    assert_eq!(message.from(), None, "no sender was given, none is made up");
+    assert_eq!(message.id(), &id);
+    assert_eq!(message.message_type(), Some("anonymous"));
+    match &message {
+        AgentMessage::Cast { from, .. } => assert!(from.is_nil(), "the field holds the nil pid"),
+        other => panic!("expected a cast, got {other:?}"),
+    }
+
+    // The one-line change for 1.x code that relied on a sender always being there: 1.x
+    // made up a fresh pid, and so does `unwrap_or_default`.
+    let sender: AgentPid = message.from().cloned().unwrap_or_default();
+    assert!(!sender.is_nil());
+    system.shutdown().unwrap();
+}
+
+#[test]
+fn from_of_an_envelope_with_a_sender_is_that_sender() {
+    let system = MessageSystem::new(RouterConfig::default());
+    let (from, to) = (AgentPid::new(), AgentPid::new());
+    system.register_agent(to.clone()).unwrap();
+    let mailbox = system.get_mailbox(&to).unwrap();
+
+    system
+        .send_message(anonymous(&to, 2).with_from(from.clone()))
+        .unwrap();
+    assert_eq!(mailbox.receive().unwrap().from(), Some(&from));
+    system.shutdown().unwrap();
+}
+
+#[test]
+fn from_stays_none_on_redelivery() {
+    // 1.x made up a different pid on each retry; here a retried copy has no sender either.
+    let clock = ManualClock::new();
+    let system = MessageSystem::builder(RouterConfig::default())
+        .mailbox_config(MailboxConfig {
+            max_messages: 1,
+            ..MailboxConfig::default()
+        })
+        .clock(std::sync::Arc::new(clock.clone()))
+        .timer_driver(TimerDriver::Manual)
+        .build()
+        .unwrap();
+    let pid = AgentPid::new();
+    system.register_agent(pid.clone()).unwrap();
+    let mailbox = system.get_mailbox(&pid).unwrap();
+
+    system.send_message(anonymous(&pid, 1)).unwrap(); // fills the mailbox
+    system.send_message(anonymous(&pid, 2)).unwrap(); // refused for now, retried later
+    let first = mailbox.receive().unwrap();
+    assert_eq!(first.from(), None);
+
+    clock.advance(Duration::from_secs(1));
+    system.run_due_timers();
+    let retried = mailbox.try_receive().unwrap().expect("redelivered");
+    assert_eq!(
+        retried.payload::<serde_json::Value>(),
+        Some(&json!({"n": 2}))
+    );
+    assert_eq!(retried.from(), None);
+    system.shutdown().unwrap();
+}
+
+#[test]
+fn from_of_built_messages_is_their_sender() {
+    let pid = AgentPid::new();
+    assert_eq!(AgentMessage::cast(pid.clone(), 1u8).from(), Some(&pid));
+    let (call, _reply) = AgentMessage::call(pid.clone(), 1u8, Duration::from_secs(1));
+    assert_eq!(call.from(), Some(&pid));
+    assert_eq!(AgentMessage::reply(pid.clone(), 1u8).from(), None);
+    assert_eq!(AgentMessage::ack(MessageId::new()).from(), None);
+    // The nil pid means "no sender" (what a routed envelope without one carries).
+    assert_eq!(AgentMessage::cast(AgentPid::nil(), 1u8).from(), None);
+}
+
+// ===== pids and supervisor ids, as 1.x built them =====
+
+#[test]
+fn agent_pid_wraps_a_public_uuid() {
+    let uuid = Uuid::new_v4();
+    let pid = AgentPid(uuid);
+    assert_eq!(pid.0, uuid);
+    assert_eq!(pid.as_str(), uuid.to_string());
+    assert_eq!(pid.to_string(), uuid.to_string());
+    assert_eq!(format!("{pid:?}"), format!("AgentPid({uuid})"));
+    assert_eq!(AgentPid(Uuid::nil()), AgentPid::nil());
+    // Serialised as 1.x did: the bare UUID string.
+    assert_eq!(serde_json::to_value(&pid).unwrap(), json!(uuid.to_string()));
+    let back: AgentPid = serde_json::from_value(json!(uuid.to_string())).unwrap();
+    assert_eq!(back, pid);
+}
+
+#[test]
+fn supervisor_id_is_a_uuid_newtype() {
+    let a = SupervisorId::new();
+    assert_ne!(a, SupervisorId::new());
+    assert_ne!(a, SupervisorId::default());
+    assert_eq!(a.as_str(), a.0.to_string());
+    assert_eq!(a.to_string(), a.0.to_string());
+    assert_eq!(format!("{a:?}"), format!("SupervisorId({})", a.0));
+    let json = serde_json::to_value(&a).unwrap();
+    assert_eq!(json, json!(a.0.to_string()));
+    assert_eq!(serde_json::from_value::<SupervisorId>(json).unwrap(), a);
+    let uuid = Uuid::new_v4();
+    assert_eq!(SupervisorId(uuid).0, uuid);
 }

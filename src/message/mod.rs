@@ -218,6 +218,10 @@ impl AgentMessage {
     }
 
     /// The sender, for calls and casts that have one.
+    ///
+    /// A cast routed from an envelope without [`with_from`](MessageEnvelope::with_from)
+    /// has none: `None` here, the nil pid in its `from` field. (1.x made up a fresh
+    /// pid instead; code that wants that writes `from().cloned().unwrap_or_default()`.)
     pub fn from(&self) -> Option<&AgentPid> {
         match self {
             AgentMessage::Call { from, .. } | AgentMessage::Cast { from, .. } if !from.is_nil() => {
