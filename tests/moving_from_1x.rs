@@ -4,17 +4,18 @@
 //!
 //! Sections: envelope expiry at an explicit time; `DeliveryRecord`'s own lifecycle;
 //! `MailboxStats`' counting hooks and the mailbox's own counting; `from()` of an
-//! envelope without a sender; pids and supervisor ids as 1.x built them; then the same
-//! calls through `::tokio`.
+//! envelope without a sender; pids and supervisor ids as 1.x built them; what changed on
+//! purpose in `DeliveryManager`; then the same calls through `::tokio`.
 
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 use terraphim_agent_messaging::{
-    AgentMailbox, AgentMessage, AgentPid, DeliveryOptions, DeliveryRecord, DeliveryStatus,
-    MailboxConfig, MailboxStats, ManualClock, MessageEnvelope, MessageId, MessageSystem,
-    RouterConfig, SupervisorId, TimerDriver,
+    AgentMailbox, AgentMessage, AgentPid, DeliveryConfig, DeliveryGuarantee, DeliveryManager,
+    DeliveryOptions, DeliveryRecord, DeliveryStatus, MailboxConfig, MailboxStats, ManualClock,
+    MessageEnvelope, MessageId, MessageSystem, MessagingError, RouterConfig, SupervisorId,
+    TimerDriver,
 };
 use uuid::Uuid;
 
@@ -514,4 +515,280 @@ fn supervisor_id_is_a_uuid_newtype() {
     assert_eq!(serde_json::from_value::<SupervisorId>(json).unwrap(), a);
     let uuid = Uuid::new_v4();
     assert_eq!(SupervisorId(uuid).0, uuid);
+}
+
+// ===== DeliveryManager: what changed on purpose =====
+
+fn tracked(manager: &DeliveryManager) -> MessageEnvelope {
+    let envelope = anonymous(&AgentPid::new(), 0);
+    manager.record_message(&envelope).unwrap();
+    envelope
+}
+
+#[test]
+fn max_retries_counts_retries_after_the_first_attempt() {
+    // 1.x stopped offering a failed message once `attempts == max_retries`, the first
+    // attempt included; here `max_retries` is what its name says.
+    let manager = DeliveryManager::new(DeliveryConfig {
+        max_retries: 2,
+        ..DeliveryConfig::default()
+    });
+    let e = tracked(&manager);
+    for attempt in 1..=3 {
+        manager.mark_in_transit(&e.id).unwrap();
+        manager.mark_failed(&e.id, "full".into()).unwrap();
+        let retry = manager.get_retry_candidates();
+        if attempt <= 2 {
+            assert_eq!(retry.len(), 1, "retry {attempt} of 2 is offered");
+            assert_eq!(retry[0].attempts, attempt);
+        } else {
+            assert!(retry.is_empty(), "1 attempt + 2 retries, then no more");
+        }
+    }
+}
+
+#[test]
+fn success_rate_counts_delivered_messages_too() {
+    // 1.x counted only acknowledged ones, so a delivered message that nobody acks (no
+    // `require_ack`) never counted as a success.
+    let manager = DeliveryManager::new(DeliveryConfig::default());
+    let delivered = tracked(&manager);
+    manager.mark_in_transit(&delivered.id).unwrap();
+    manager.mark_delivered(&delivered.id).unwrap();
+    let failed = tracked(&manager);
+    manager.mark_in_transit(&failed.id).unwrap();
+    manager.mark_failed(&failed.id, "gone".into()).unwrap();
+
+    let stats = manager.get_stats();
+    assert_eq!(
+        (stats.delivered, stats.failed, stats.total_messages),
+        (1, 1, 2)
+    );
+    assert_eq!(stats.success_rate(), 0.5);
+    assert_eq!(stats.failure_rate(), 0.5);
+    assert_eq!(stats.average_attempts(), 1.0);
+}
+
+#[test]
+fn unknown_ids_and_terminal_records() {
+    let manager = DeliveryManager::new(DeliveryConfig::default());
+    let stranger = MessageId::new();
+    // 1.x answered InvalidMessage("... not found ...").
+    assert!(matches!(
+        manager.mark_delivered(&stranger),
+        Err(MessagingError::UnknownMessage(id)) if id == stranger
+    ));
+
+    // An acknowledged record stays acknowledged (1.x let a late failure overwrite it).
+    let e = tracked(&manager);
+    manager.mark_in_transit(&e.id).unwrap();
+    manager.mark_acknowledged(&e.id).unwrap();
+    manager.mark_failed(&e.id, "late".into()).unwrap();
+    let record = manager.get_delivery_record(&e.id).unwrap();
+    assert_eq!(record.status, DeliveryStatus::Acknowledged);
+    assert_eq!(record.error_message, None);
+}
+
+#[test]
+fn exactly_once_records_an_id_once_as_1x_did() {
+    let manager = DeliveryManager::new(DeliveryConfig {
+        guarantee: DeliveryGuarantee::ExactlyOnce,
+        ..DeliveryConfig::default()
+    });
+    let e = tracked(&manager);
+    manager.record_message(&e).unwrap();
+    assert_eq!(manager.get_stats().total_messages, 1);
+}
+
+// ===== the same calls through ::tokio (the one `use` line a 1.x user changes) =====
+
+#[cfg(feature = "tokio")]
+mod tokio_flavour {
+    use std::time::Duration;
+
+    use chrono::{TimeDelta, Utc};
+    use serde_json::json;
+    use terraphim_agent_messaging::tokio::{
+        AgentMailbox, AgentMessage, AgentPid, DefaultMessageRouter, DeliveryConfig,
+        DeliveryManager, DeliveryOptions, DeliveryRecord, DeliveryStatus, MailboxConfig,
+        MailboxManager, MailboxStats, MessageEnvelope, MessageId, MessageRouter, MessageSystem,
+        RouterConfig, SupervisorId,
+    };
+
+    fn envelope(to: &AgentPid, timeout: Duration) -> MessageEnvelope {
+        let options = DeliveryOptions {
+            timeout,
+            ..DeliveryOptions::default()
+        };
+        MessageEnvelope::new(to.clone(), "job".into(), json!({"n": 1}), options)
+    }
+
+    #[test]
+    fn expiry_at_an_explicit_time() {
+        let e = envelope(&AgentPid::new(), Duration::from_millis(250));
+        let deadline = e.created_at + TimeDelta::milliseconds(250);
+        assert!(!e.is_expired(deadline));
+        assert!(e.is_expired(deadline + TimeDelta::milliseconds(1)));
+        assert!(!e.is_expired_now());
+    }
+
+    #[test]
+    fn record_lifecycle() {
+        let mut record = DeliveryRecord::new(MessageId::new(), None, AgentPid::new());
+        let before = Utc::now();
+        record.mark_in_transit();
+        record.mark_delivered();
+        record.mark_acknowledged();
+        let after = Utc::now();
+        assert_eq!(record.status, DeliveryStatus::Acknowledged);
+        assert_eq!(record.attempts, 1);
+        for stamp in [
+            record.last_attempt,
+            record.delivered_at,
+            record.acknowledged_at,
+        ] {
+            assert!(stamp.is_some_and(|t| before <= t && t <= after));
+        }
+        record.mark_failed("x".into());
+        assert_eq!(record.error_message.as_deref(), Some("x"));
+        record.mark_expired();
+        assert_eq!(record.status, DeliveryStatus::Expired);
+    }
+
+    #[tokio::test]
+    async fn from_of_a_routed_envelope() {
+        let system = MessageSystem::new(RouterConfig::default());
+        let (sender, receiver) = (AgentPid::new(), AgentPid::new());
+        system.register_agent(receiver.clone()).await.unwrap();
+        let mailbox = system.get_mailbox(&receiver).await.unwrap();
+
+        let without = envelope(&receiver, Duration::from_secs(30));
+        system.send_message(without).await.unwrap();
+        let with = envelope(&receiver, Duration::from_secs(30)).with_from(sender.clone());
+        system.send_message(with).await.unwrap();
+
+        let first = mailbox.receive().await.unwrap();
+        assert_eq!(first.from(), None);
+        assert!(!first.from().cloned().unwrap_or_default().is_nil());
+        assert_eq!(mailbox.receive().await.unwrap().from(), Some(&sender));
+        system.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn stats_hooks_and_the_mailbox_s_own_counting() {
+        let mut stats = MailboxStats::new(AgentPid::new());
+        stats.record_message_received();
+        stats.record_message_processed(Duration::from_micros(8));
+        assert_eq!(
+            (
+                stats.total_messages_received,
+                stats.total_messages_processed
+            ),
+            (1, 1)
+        );
+        assert_eq!(stats.average_processing_time, Duration::from_micros(8));
+
+        let mailbox = AgentMailbox::new(AgentPid::new(), MailboxConfig::default());
+        for n in 0..3u8 {
+            mailbox
+                .send(AgentMessage::cast(AgentPid::new(), n))
+                .await
+                .unwrap();
+        }
+        mailbox.receive().await.unwrap();
+        mailbox.try_receive().await.unwrap().unwrap();
+        mailbox
+            .receive_timeout(Duration::from_secs(1))
+            .await
+            .unwrap();
+        let mut snapshot = mailbox.stats().await;
+        assert_eq!(snapshot.total_messages_received, 3);
+        assert_eq!(snapshot.total_messages_processed, 3);
+        assert!(mailbox.is_empty().await);
+
+        snapshot.record_message_received();
+        assert_eq!(mailbox.stats().await.total_messages_received, 3, "a copy");
+    }
+
+    #[tokio::test]
+    async fn wait_for_shutdown_after_close() {
+        let mailbox = AgentMailbox::new(AgentPid::new(), MailboxConfig::default());
+        let waiting = {
+            let mailbox = mailbox.clone();
+            tokio::spawn(async move { mailbox.wait_for_shutdown().await })
+        };
+        mailbox.close();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woke after close")
+            .unwrap();
+        mailbox.wait_for_shutdown().await; // already closed
+    }
+
+    #[tokio::test]
+    async fn a_standalone_router_into_a_standalone_mailbox() {
+        // 1.x's DefaultMessageRouter, used on its own with a mailbox's sender.
+        let router = DefaultMessageRouter::new(RouterConfig::default());
+        let pid = AgentPid::new();
+        let mailbox = AgentMailbox::new(pid.clone(), MailboxConfig::default());
+        router
+            .register_agent(pid.clone(), mailbox.sender())
+            .await
+            .unwrap();
+        assert_eq!(router.get_stats().await.active_routes, 1);
+
+        router
+            .route_message(envelope(&pid, Duration::from_secs(30)))
+            .await
+            .unwrap();
+        let stats = router.get_stats().await;
+        assert_eq!((stats.messages_routed, stats.messages_delivered), (1, 1));
+        let message = mailbox.receive().await.unwrap();
+        assert_eq!(
+            message.payload::<serde_json::Value>(),
+            Some(&json!({"n": 1}))
+        );
+
+        router.unregister_agent(&pid).await.unwrap();
+        assert_eq!(router.get_stats().await.active_routes, 0);
+        router.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn delivery_manager_and_mailbox_manager_as_1x_called_them() {
+        let manager = DeliveryManager::new(DeliveryConfig::default());
+        let e = envelope(&AgentPid::new(), Duration::from_secs(30));
+        manager.record_message(&e).await.unwrap();
+        manager.mark_in_transit(&e.id).await.unwrap();
+        manager.mark_delivered(&e.id).await.unwrap();
+        manager.mark_acknowledged(&e.id).await.unwrap();
+        let record = manager.get_delivery_record(&e.id).await.unwrap();
+        assert_eq!(record.status, DeliveryStatus::Acknowledged);
+        assert!(record.is_final_state());
+        assert_eq!(manager.get_stats().await.acknowledged, 1);
+        assert_eq!(manager.calculate_retry_delay(0), Duration::from_millis(100));
+        assert_eq!(manager.calculate_retry_delay(100), Duration::from_secs(30));
+
+        let mailboxes = MailboxManager::new(MailboxConfig::default());
+        let pid = AgentPid::new();
+        let sender = mailboxes.create_mailbox(pid.clone()).await.unwrap();
+        sender
+            .send(AgentMessage::cast(AgentPid::new(), 5u8))
+            .await
+            .unwrap();
+        assert!(mailboxes.get_mailbox_sender(&pid).await.is_some());
+        let mailbox = mailboxes.get_mailbox(&pid).await.unwrap();
+        assert_eq!(mailbox.receive().await.unwrap().payload::<u8>(), Some(&5));
+        assert_eq!(mailboxes.get_all_stats().await.len(), 1);
+        mailboxes.remove_mailbox(&pid).await.unwrap();
+        assert!(mailboxes.list_agents().await.is_empty());
+        assert!(sender.is_closed());
+    }
+
+    #[test]
+    fn ids_through_the_tokio_paths() {
+        let uuid = uuid::Uuid::new_v4();
+        assert_eq!(AgentPid(uuid).0, uuid);
+        assert_eq!(SupervisorId(uuid).as_str(), uuid.to_string());
+    }
 }
