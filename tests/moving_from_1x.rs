@@ -14,8 +14,8 @@ use serde_json::json;
 use terraphim_agent_messaging::{
     AgentMailbox, AgentMessage, AgentPid, DeliveryConfig, DeliveryGuarantee, DeliveryManager,
     DeliveryOptions, DeliveryRecord, DeliveryStatus, MailboxConfig, MailboxStats, ManualClock,
-    MessageEnvelope, MessageId, MessageSystem, MessagingError, RouterConfig, SupervisorId,
-    TimerDriver,
+    MessageEnvelope, MessageId, MessagePriority, MessageSystem, MessagingError, RouterConfig,
+    SupervisorId, TimerDriver,
 };
 use uuid::Uuid;
 
@@ -366,6 +366,37 @@ fn stats_serialised_by_1x_still_deserialise() {
     .unwrap();
     assert_eq!(delivery.total_messages, 2);
     assert_eq!(delivery.duplicates, 0);
+}
+
+#[test]
+fn envelopes_and_records_keep_1x_s_json() {
+    // The field names and shapes 1.x wrote; each reads back and writes the same.
+    let (id, from, to) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let envelope = json!({
+        "id": id, "from": from, "to": to, "message_type": "job",
+        "payload": {"n": 1},
+        "delivery_options": {
+            "priority": "High", "timeout": {"secs": 30, "nanos": 0}, "require_ack": true,
+            "max_retries": 3, "retry_delay": {"secs": 0, "nanos": 100000000},
+        },
+        "created_at": "2025-01-02T03:04:05Z", "attempts": 2,
+    });
+    let read: MessageEnvelope = serde_json::from_value(envelope.clone()).unwrap();
+    assert_eq!(read.id, MessageId(id));
+    assert_eq!(read.from, Some(AgentPid(from)));
+    assert_eq!(read.delivery_options.priority, MessagePriority::High);
+    assert_eq!(read.attempts, 2);
+    assert_eq!(serde_json::to_value(&read).unwrap(), envelope);
+
+    let record = json!({
+        "message_id": id, "from": null, "to": to, "status": {"Failed": "full"},
+        "attempts": 1, "created_at": "2025-01-02T03:04:05Z",
+        "last_attempt": "2025-01-02T03:04:06Z", "delivered_at": null,
+        "acknowledged_at": null, "error_message": "full",
+    });
+    let read: DeliveryRecord = serde_json::from_value(record.clone()).unwrap();
+    assert_eq!(read.status, DeliveryStatus::Failed("full".into()));
+    assert_eq!(serde_json::to_value(&read).unwrap(), record);
 }
 
 #[test]
