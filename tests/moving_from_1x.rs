@@ -400,6 +400,29 @@ fn envelopes_and_records_keep_1x_s_json() {
 }
 
 #[test]
+fn configurations_keep_1x_s_json() {
+    let delivery = json!({
+        "guarantee": "ExactlyOnce", "max_retries": 5,
+        "retry_delay": {"secs": 0, "nanos": 250000000}, "retry_backoff_multiplier": 1.5,
+        "max_retry_delay": {"secs": 10, "nanos": 0},
+        "acknowledgment_timeout": {"secs": 2, "nanos": 0},
+        "cleanup_interval": {"secs": 60, "nanos": 0}, "max_delivery_records": 500,
+    });
+    let read: DeliveryConfig = serde_json::from_value(delivery.clone()).unwrap();
+    assert_eq!(read.guarantee, DeliveryGuarantee::ExactlyOnce);
+    assert_eq!(read.retry_delay, Duration::from_millis(250));
+    assert_eq!(serde_json::to_value(&read).unwrap(), delivery);
+
+    let mailbox = json!({
+        "max_messages": 8, "preserve_order": false, "enable_persistence": false,
+        "stats_interval": {"secs": 60, "nanos": 0},
+    });
+    let read: MailboxConfig = serde_json::from_value(mailbox.clone()).unwrap();
+    assert_eq!(read.max_messages, 8);
+    assert_eq!(serde_json::to_value(&read).unwrap(), mailbox);
+}
+
+#[test]
 fn wait_for_shutdown_returns_once_the_mailbox_closes() {
     let system = MessageSystem::new(RouterConfig::default());
     let pid = AgentPid::new();
