@@ -666,7 +666,7 @@ mod tokio_flavour {
         AgentMailbox, AgentMessage, AgentPid, DefaultMessageRouter, DeliveryConfig,
         DeliveryManager, DeliveryOptions, DeliveryRecord, DeliveryStatus, MailboxConfig,
         MailboxManager, MailboxStats, MessageEnvelope, MessageId, MessageRouter, MessageSystem,
-        RouterConfig, SupervisorId,
+        MessagingError, RouterConfig, SupervisorId,
     };
 
     fn envelope(to: &AgentPid, timeout: Duration) -> MessageEnvelope {
@@ -805,7 +805,20 @@ mod tokio_flavour {
 
         router.unregister_agent(&pid).await.unwrap();
         assert_eq!(router.get_stats().await.active_routes, 0);
+
+        // Changed on purpose: a sender must belong to the pid it is registered under,
+        // and a router that was shut down says so (1.x: AgentNotFound).
+        let other = AgentMailbox::new(AgentPid::new(), MailboxConfig::default());
+        assert!(router
+            .register_agent(pid.clone(), other.sender())
+            .await
+            .is_err());
         router.shutdown().await.unwrap();
+        let refused = router
+            .route_message(envelope(&pid, Duration::from_secs(30)))
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, MessagingError::System(_)), "{refused}");
     }
 
     #[tokio::test]
