@@ -184,7 +184,8 @@ pub use crate::group::LoadBalance;
 pub use crate::mailbox::{AgentMailbox, MailboxConfig, MailboxSender, MailboxStats, ReceiveFuture};
 pub use crate::message::{
     reply_channel, AgentMessage, AgentPid, DeliveryOptions, MessageEnvelope, MessageId,
-    MessagePriority, Payload, ReplyError, ReplyReceiver, ReplySender, SystemInfo, TypedMessage,
+    MessagePriority, Payload, ReplyError, ReplyReceiver, ReplySender, SupervisorId, SystemInfo,
+    TypedMessage,
 };
 pub use crate::router::{MessageRouter, RouterStats};
 pub use crate::system::{CallFuture, DefaultMessageRouter, MessageSystem, MessageSystemBuilder};

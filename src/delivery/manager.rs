@@ -147,6 +147,69 @@ impl DeliveryRecord {
     }
 }
 
+/// The record's own lifecycle, for a record you keep yourself (as in 1.x).
+///
+/// Each method sets the status and stamps its timestamp with the wall clock
+/// (`Utc::now()`); none touches another timestamp. They are plain setters: unlike
+/// [`DeliveryManager`]'s `mark_*`, which leave an `Acknowledged` or `Expired` record as
+/// it is, they apply whatever the current status.
+///
+/// | method | `status` | also sets |
+/// |---|---|---|
+/// | `mark_in_transit` | `InTransit` | `attempts += 1`, `last_attempt` |
+/// | `mark_delivered` | `Delivered` | `delivered_at` |
+/// | `mark_acknowledged` | `Acknowledged` | `acknowledged_at` |
+/// | `mark_failed(error)` | `Failed(error)` | `error_message = Some(error)` |
+/// | `mark_expired` | `Expired` | nothing |
+///
+/// # Examples
+///
+/// ```
+/// use terraphim_agent_messaging::{AgentPid, DeliveryRecord, DeliveryStatus, MessageId};
+///
+/// let mut record = DeliveryRecord::new(MessageId::new(), None, AgentPid::new());
+/// record.mark_in_transit();
+/// record.mark_delivered();
+/// record.mark_acknowledged();
+/// assert_eq!(record.status, DeliveryStatus::Acknowledged);
+/// assert_eq!(record.attempts, 1);
+/// assert!(record.last_attempt <= record.delivered_at);
+/// assert!(record.delivered_at <= record.acknowledged_at);
+/// assert!(record.is_final_state());
+/// ```
+impl DeliveryRecord {
+    /// An attempt starts: status `InTransit`, one more attempt (saturating), and
+    /// `last_attempt` is now.
+    pub fn mark_in_transit(&mut self) {
+        self.status = DeliveryStatus::InTransit;
+        self.attempts = self.attempts.saturating_add(1);
+        self.last_attempt = Some(Utc::now());
+    }
+
+    /// The message reached its mailbox: status `Delivered`, and `delivered_at` is now.
+    pub fn mark_delivered(&mut self) {
+        self.status = DeliveryStatus::Delivered;
+        self.delivered_at = Some(Utc::now());
+    }
+
+    /// The receiver acknowledged it: status `Acknowledged`, and `acknowledged_at` is now.
+    pub fn mark_acknowledged(&mut self) {
+        self.status = DeliveryStatus::Acknowledged;
+        self.acknowledged_at = Some(Utc::now());
+    }
+
+    /// The attempt failed: status `Failed(error)`, and `error_message` keeps `error`.
+    pub fn mark_failed(&mut self, error: String) {
+        self.error_message = Some(error.clone());
+        self.status = DeliveryStatus::Failed(error);
+    }
+
+    /// The message's time ran out: status `Expired`.
+    pub fn mark_expired(&mut self) {
+        self.status = DeliveryStatus::Expired;
+    }
+}
+
 /// Counts of messages by delivery status: of the records a [`DeliveryManager`] keeps,
 /// or, from `MessageSystem::delivery_stats`, of every message the system accepted.
 ///
@@ -173,7 +236,8 @@ pub struct DeliveryStats {
     /// Attempts summed over the records kept.
     pub total_attempts: u64,
     /// Exactly-once copies suppressed because their id was already delivered (system
-    /// statistics only).
+    /// statistics only; 0 when read from 1.x's serialised stats, which lack the field).
+    #[serde(default)]
     pub duplicates: u64,
 }
 

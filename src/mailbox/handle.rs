@@ -468,3 +468,23 @@ impl fmt::Debug for MailboxSender {
             .finish()
     }
 }
+
+/// How often [`AgentMailbox::wait_for_shutdown`] looks again, at most.
+const CLOSE_POLL_MAX: Duration = Duration::from_millis(20);
+
+impl AgentMailbox {
+    /// Blocks until the mailbox is closed (by [`close`](Self::close), by unregistering
+    /// its agent, or by the system's shutdown); returns at once if it already is.
+    /// Messages may still be queued: drain them with `receive` until `ChannelClosed`.
+    ///
+    /// The sync twin of 1.x's `wait_for_shutdown().await`. There is no close
+    /// notification to wait on, so it looks at the mailbox with a backoff from 1 ms up
+    /// to 20 ms: it returns at most ~20 ms after the close.
+    pub fn wait_for_shutdown(&self) {
+        let mut pause = Duration::from_millis(1);
+        while !self.is_closed() {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(CLOSE_POLL_MAX);
+        }
+    }
+}

@@ -105,6 +105,86 @@ pub struct MailboxStats {
     pub last_message_processed: Option<chrono::DateTime<chrono::Utc>>,
     /// Moving average of the time between handing out a message and the next receive.
     pub average_processing_time: Duration,
-    /// Messages left queued at close and moved to the dead letters.
+    /// Messages left queued at close and moved to the dead letters (0 when read from
+    /// 1.x's serialised stats, which lack the field).
+    #[serde(default)]
     pub messages_dead_lettered: u64,
+}
+
+/// Counting by hand, as 1.x's `MailboxStats` hooks did.
+///
+/// A mailbox keeps its own counters: every message it accepts counts as received, and
+/// every message that leaves it through any receive (`receive`, `receive_timeout`,
+/// `try_receive`, `receive_many`, `drain_until_closed`, the async twins) counts as
+/// processed, so no hook is needed to keep [`AgentMailbox::stats`] right. That method
+/// returns a copy, as in 1.x: calling these hooks on it changes the copy only.
+///
+/// They are for statistics kept by hand, e.g. by a custom [`MessageRouter`] with its own
+/// queues, or by an agent that hands received messages to workers and wants
+/// "processed" to mean "handled": start from [`MailboxStats::new`] (or a snapshot) and
+/// call [`record_message_received`](Self::record_message_received) and
+/// [`record_message_processed`](Self::record_message_processed) as messages come and go.
+///
+/// [`MessageRouter`]: crate::MessageRouter
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use terraphim_agent_messaging::{AgentPid, MailboxStats};
+///
+/// let mut stats = MailboxStats::new(AgentPid::new());
+/// stats.record_message_received();
+/// stats.record_message_received();
+/// stats.record_message_processed(Duration::from_millis(10));
+/// stats.record_message_processed(Duration::from_millis(30));
+/// assert_eq!(stats.total_messages_processed, 2);
+/// assert_eq!(stats.current_queue_size, 0);
+/// assert_eq!(stats.max_queue_size_reached, 2);
+/// assert_eq!(stats.average_processing_time, Duration::from_millis(20));
+/// ```
+impl MailboxStats {
+    /// Empty statistics for `agent_id`: every counter 0, no timestamps.
+    pub fn new(agent_id: AgentPid) -> Self {
+        MailboxStats {
+            agent_id,
+            total_messages_received: 0,
+            total_messages_processed: 0,
+            current_queue_size: 0,
+            max_queue_size_reached: 0,
+            last_message_received: None,
+            last_message_processed: None,
+            average_processing_time: Duration::ZERO,
+            messages_dead_lettered: 0,
+        }
+    }
+
+    /// Counts a message in: one more received and queued, the high-water mark follows,
+    /// and `last_message_received` is now (wall clock). Counters saturate.
+    pub fn record_message_received(&mut self) {
+        self.total_messages_received = self.total_messages_received.saturating_add(1);
+        self.current_queue_size = self.current_queue_size.saturating_add(1);
+        self.max_queue_size_reached = self.max_queue_size_reached.max(self.current_queue_size);
+        self.last_message_received = Some(chrono::Utc::now());
+    }
+
+    /// Counts a message out after `processing_time`: one more processed, one fewer
+    /// queued (never below 0), `last_message_processed` is now (wall clock), and
+    /// `average_processing_time` takes in the sample as a running mean:
+    /// `(average × (n − 1) + processing_time) / n`, `n` the new
+    /// `total_messages_processed` (from `MailboxStats::new`, the mean of the samples).
+    pub fn record_message_processed(&mut self, processing_time: Duration) {
+        self.total_messages_processed = self.total_messages_processed.saturating_add(1);
+        self.current_queue_size = self.current_queue_size.saturating_sub(1);
+        self.last_message_processed = Some(chrono::Utc::now());
+        // Running mean: mean += (sample - mean) / n, in nanoseconds. Each term stays
+        // between the old mean and the sample, so nothing overflows.
+        let n = i128::from(self.total_messages_processed);
+        let mean = self.average_processing_time.as_nanos() as i128;
+        let sample = processing_time.as_nanos() as i128;
+        let next = (mean + (sample - mean) / n) as u128;
+        const NANOS_PER_SEC: u128 = 1_000_000_000;
+        self.average_processing_time =
+            Duration::new((next / NANOS_PER_SEC) as u64, (next % NANOS_PER_SEC) as u32);
+    }
 }

@@ -68,12 +68,38 @@ impl MessageEnvelope {
         self.attempts >= self.delivery_options.max_retries
     }
 
-    /// Whether `delivery_options.timeout` has passed since `created_at` (wall clock).
-    pub fn is_expired(&self) -> bool {
-        let elapsed = (Utc::now() - self.created_at)
+    /// Whether the envelope has expired at `now`: more than `delivery_options.timeout`
+    /// has passed since `created_at`.
+    ///
+    /// The boundary is not expired: at `now = created_at + timeout` this is `false`, and
+    /// it turns `true` just after. A `now` before `created_at` counts as no time passed.
+    /// Passing the time in (as 1.x did) makes the boundary testable; for the wall clock
+    /// use [`is_expired_now`](Self::is_expired_now).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use chrono::TimeDelta;
+    /// use terraphim_agent_messaging::{AgentPid, DeliveryOptions, MessageEnvelope};
+    ///
+    /// let options = DeliveryOptions { timeout: Duration::from_secs(5), ..Default::default() };
+    /// let envelope = MessageEnvelope::new(AgentPid::new(), "job".into(), serde_json::json!(1), options);
+    /// let deadline = envelope.created_at + TimeDelta::seconds(5);
+    /// assert!(!envelope.is_expired(deadline));
+    /// assert!(envelope.is_expired(deadline + TimeDelta::nanoseconds(1)));
+    /// ```
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        let waited = now
+            .signed_duration_since(self.created_at)
             .to_std()
             .unwrap_or(Duration::ZERO);
-        elapsed > self.delivery_options.timeout
+        waited > self.delivery_options.timeout
+    }
+
+    /// [`is_expired`](Self::is_expired) at the wall clock's `Utc::now()`.
+    pub fn is_expired_now(&self) -> bool {
+        self.is_expired(Utc::now())
     }
 
     /// The cast this envelope arrives as, keeping its id, sender and type.

@@ -59,7 +59,11 @@ fn next_uuid() -> Uuid {
 /// assert_eq!(a.to_string().len(), 36); // displayed as a UUID
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct AgentPid(Uuid);
+pub struct AgentPid(
+    /// The UUID, public as in 1.x: `AgentPid(uuid)` and `pid.0` work. `AgentPid(Uuid::nil())`
+    /// is [`AgentPid::nil`], "no sender".
+    pub Uuid,
+);
 
 impl AgentPid {
     /// A fresh pid.
@@ -150,6 +154,57 @@ impl fmt::Display for MessageId {
 impl fmt::Debug for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "MessageId({})", self.0)
+    }
+}
+
+/// The identifier of a supervisor, as 1.x re-exported it from `terraphim_agent_supervisor`.
+///
+/// Kept so 1.x code that names it compiles; nothing in this crate uses it. It is this
+/// crate's own type: a `terraphim_agent_supervisor::SupervisorId` converts with
+/// `SupervisorId(their_id.0)`.
+///
+/// # Examples
+///
+/// ```
+/// use terraphim_agent_messaging::SupervisorId;
+///
+/// let id = SupervisorId::new();
+/// assert_ne!(id, SupervisorId::new());
+/// assert_eq!(id.as_str(), id.to_string());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SupervisorId(
+    /// The UUID.
+    pub Uuid,
+);
+
+impl SupervisorId {
+    /// A fresh id (no system call).
+    pub fn new() -> Self {
+        SupervisorId(next_uuid())
+    }
+
+    /// The id as a hyphenated UUID string.
+    pub fn as_str(&self) -> String {
+        self.0.to_string()
+    }
+}
+
+impl Default for SupervisorId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for SupervisorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for SupervisorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SupervisorId({})", self.0)
     }
 }
 

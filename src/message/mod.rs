@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use self::envelope::{MessageEnvelope, TypedMessage};
-pub use self::id::{AgentPid, MessageId};
+pub use self::id::{AgentPid, MessageId, SupervisorId};
 pub use self::reply::{reply_channel, Payload, ReplyError, ReplyReceiver, ReplySender};
 
 /// How urgently a message is delivered: a mailbox hands out `Critical` before `High`
@@ -218,6 +218,10 @@ impl AgentMessage {
     }
 
     /// The sender, for calls and casts that have one.
+    ///
+    /// A cast routed from an envelope without [`with_from`](MessageEnvelope::with_from)
+    /// has none: `None` here, the nil pid in its `from` field. (1.x made up a fresh
+    /// pid instead; code that wants that writes `from().cloned().unwrap_or_default()`.)
     pub fn from(&self) -> Option<&AgentPid> {
         match self {
             AgentMessage::Call { from, .. } | AgentMessage::Cast { from, .. } if !from.is_nil() => {

@@ -83,6 +83,6 @@ pub use crate::{
     ErrorCategory, LoadBalance, MailboxConfig, MailboxStats, ManualClock, MessageEnvelope,
     MessageId, MessagePriority, MessagingError, MessagingResult, Payload, ReceiveFuture,
     ReplyError, ReplyReceiver, ReplySender, RescheduleError, RetryPolicy, RouterConfig,
-    RouterStats, SystemClock, SystemInfo, TickSource, TimerDriver, TimerKey, TimerWheel,
-    TrySendError, TypedMessage, TICK,
+    RouterStats, SupervisorId, SystemClock, SystemInfo, TickSource, TimerDriver, TimerKey,
+    TimerWheel, TrySendError, TypedMessage, TICK,
 };
