@@ -449,7 +449,7 @@ impl Engine {
         let ledger = self.delivery_stats();
         RouterStats {
             messages_routed: ledger.total_messages,
-            messages_delivered: ledger.delivered + ledger.acknowledged + ledger.in_transit,
+            messages_delivered: ledger.delivered + ledger.acknowledged,
             messages_failed: ledger.failed + ledger.expired,
             active_routes,
             retry_attempts: self.tracker.counters.retries.get(),

@@ -211,29 +211,40 @@ impl DeliveryRecord {
 }
 
 /// Counts of messages by delivery status: of the records a [`DeliveryManager`] keeps,
-/// or, from `MessageSystem::delivery_stats`, of every message the system accepted.
+/// or, from `MessageSystem::delivery_stats` (and the system's own
+/// `delivery_manager().get_stats()`), of every message the system accepted.
 ///
-/// For a system the ledger adds up: `total_messages = delivered + acknowledged + failed
-/// + expired + duplicates + pending + in_transit`, where `delivered` counts messages
-/// that reached a mailbox and needed no ack, `pending` those waiting for a retry and
-/// `in_transit` those delivered but waiting for their ack.
+/// Each field has one meaning, read off the [`DeliveryStatus`] of a record; a system's
+/// records (`delivery_manager().get_delivery_record`) carry the same statuses:
+///
+/// | field | a message that is… | in a system |
+/// |---|---|---|
+/// | `pending` | waiting for an attempt (`Pending`) | waiting on the wheel for a retry |
+/// | `in_transit` | sent, its outcome not known yet (`InTransit`) | in a mailbox, waiting for its ack |
+/// | `delivered` | delivered (`Delivered`) | in a mailbox, no ack asked: final |
+/// | `acknowledged` | acknowledged (`Acknowledged`) | final |
+/// | `failed` / `expired` | given up on (`Failed`, `Expired`) | final, each in the dead letters |
+///
+/// For a system the ledger adds up: `total_messages = pending + in_transit + delivered
+/// + acknowledged + failed + expired + duplicates`. `RouterStats` counts the same
+/// messages (see its table); `MailboxStats` counts copies, per mailbox.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryStats {
-    /// Records kept.
+    /// Messages counted (records kept; or messages a system accepted).
     pub total_messages: u64,
-    /// `Pending` records.
+    /// Waiting for an attempt.
     pub pending: u64,
-    /// `InTransit` records.
+    /// Sent, outcome (the ack) not known yet.
     pub in_transit: u64,
-    /// `Delivered` records.
+    /// Delivered (and final, in a system).
     pub delivered: u64,
-    /// `Acknowledged` records.
+    /// Acknowledged.
     pub acknowledged: u64,
-    /// `Failed` records.
+    /// Given up on.
     pub failed: u64,
-    /// `Expired` records.
+    /// Expired before delivery.
     pub expired: u64,
-    /// Attempts summed over the records kept.
+    /// Attempts, summed.
     pub total_attempts: u64,
     /// Exactly-once copies suppressed because their id was already delivered (system
     /// statistics only; 0 when read from 1.x's serialised stats, which lack the field).

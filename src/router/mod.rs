@@ -35,9 +35,12 @@ use crate::message::{AgentMessage, AgentPid, MessageEnvelope, MessagePriority, O
 /// | field | in `DeliveryStats` terms |
 /// |---|---|
 /// | `messages_routed` | `total_messages` |
-/// | `messages_delivered` | `delivered + acknowledged + in_transit`: reached a mailbox |
+/// | `messages_delivered` | `delivered + acknowledged`: delivered, and final |
 /// | `messages_failed` | `failed + expired`: given up on, each in the dead letters |
-/// | `messages_pending` | `pending + in_transit`: not yet final |
+/// | `messages_pending` | `pending + in_transit`: not yet final (waiting for a retry or an ack) |
+///
+/// so that `messages_routed = messages_delivered + messages_failed + messages_pending`
+/// plus the exactly-once duplicates suppressed.
 /// | `retry_attempts` | `total_attempts - (total_messages - duplicates)`: attempts after the first |
 ///
 /// With a custom router, `MessageSystem::get_stats` reports the router's own
@@ -46,7 +49,8 @@ use crate::message::{AgentMessage, AgentPid, MessageEnvelope, MessagePriority, O
 pub struct RouterStats {
     /// Messages accepted for routing.
     pub messages_routed: u64,
-    /// Messages that reached a mailbox (each counted once, however many copies).
+    /// Messages delivered and final: no ack asked, or acknowledged (each counted once,
+    /// however many copies).
     pub messages_delivered: u64,
     /// Messages given up on (dead-lettered).
     pub messages_failed: u64,
