@@ -252,6 +252,73 @@ fn a_forwarding_router_gets_breakers() {
     system.shutdown().unwrap();
 }
 
+/// A router that copies every built message to all its agents and answers `Ok`
+/// whatever the mailboxes say.
+#[derive(Default)]
+struct CopyToAll(Forwarding);
+
+impl MessageRouter for CopyToAll {
+    fn route_message(&self, envelope: MessageEnvelope) -> MessagingResult<()> {
+        self.0.route_message(envelope)
+    }
+    fn register_agent(&self, agent_id: AgentPid, sender: MailboxSender) -> MessagingResult<()> {
+        self.0.register_agent(agent_id, sender)
+    }
+    fn unregister_agent(&self, agent_id: &AgentPid) -> MessagingResult<()> {
+        self.0.unregister_agent(agent_id)
+    }
+    fn get_stats(&self) -> RouterStats {
+        self.0.get_stats()
+    }
+    fn shutdown(&self) -> MessagingResult<()> {
+        Ok(())
+    }
+    fn route(
+        &self,
+        _: &AgentPid,
+        message: AgentMessage,
+        priority: MessagePriority,
+    ) -> MessagingResult<()> {
+        let AgentMessage::Cast { from, payload, .. } = message else {
+            return Err(MessagingError::InvalidMessage("casts only".into()));
+        };
+        let n = *payload.downcast::<u64>().unwrap();
+        let senders: Vec<_> = self.0.routes.lock().unwrap().values().cloned().collect();
+        for sender in senders {
+            let _ = sender.send_with_priority(AgentMessage::cast(from.clone(), n), priority);
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_refused_send_inside_a_router_that_answers_ok_is_dead_lettered_not_lost() {
+    let (system, _clock) = routed(
+        Arc::new(CopyToAll::default()),
+        DeliveryGuarantee::AtLeastOnce,
+        1,
+    );
+    let (a, mailbox_a) = registered(&system);
+    let (_b, mailbox_b) = registered(&system);
+    system
+        .send(&a, AgentMessage::cast(AgentPid::nil(), 1u64))
+        .unwrap();
+    // Both mailboxes are full now: the second copy to each is refused inside `route`,
+    // which answers Ok. The first refused send was parked for the engine, the second
+    // dead-lettered by `send` itself; the engine buries the parked one.
+    system
+        .send(&a, AgentMessage::cast(AgentPid::nil(), 2u64))
+        .unwrap();
+    let dead = system.dead_letters();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(dead
+        .iter()
+        .all(|d| d.reason == terraphim_agent_messaging::DeadLetterReason::MailboxFull));
+    assert_eq!(mailbox_a.queue_size(), 1);
+    assert_eq!(mailbox_b.queue_size(), 1);
+    system.shutdown().unwrap();
+}
+
 #[test]
 fn the_system_delivery_manager_lists_exactly_the_wheel() {
     let (system, clock) = manual_system(config(DeliveryGuarantee::AtLeastOnce), 1);
