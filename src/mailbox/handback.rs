@@ -9,29 +9,60 @@
 //! # Invariants
 //!
 //! - Outside a scope nothing is parked: `send` dead-letters as documented.
+//! - At most one message is parked per scope (the attempt's own); a second refused
+//!   `send` in the same scope dead-letters as usual.
+//! - A parked message the engine does not take back (the router answered `Ok`) is
+//!   buried where `send` would have put it ([`Parked::bury`]): never dropped.
 //! - Scopes nest (a router that routes through another system): each restores the
 //!   slot of the scope around it, so a message is handed back to the attempt that made
 //!   it, never to an outer one.
 
 use std::cell::RefCell;
 
-use crate::message::AgentMessage;
+use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
+use crate::message::{AgentMessage, AgentPid};
+use crate::sync::Arc;
+
+/// A refused message, with where `send` would have dead-lettered it.
+pub(crate) struct Parked {
+    message: AgentMessage,
+    to: AgentPid,
+    reason: DeadLetterReason,
+    store: Arc<DeadLetters>,
+}
+
+impl Parked {
+    /// The message, taken back by the engine.
+    pub(crate) fn into_message(self) -> AgentMessage {
+        self.message
+    }
+
+    /// Dead-letters it as `send` would have.
+    pub(crate) fn bury(self) {
+        let letter = DeadLetter::message(self.to, self.message.disarm(), self.reason);
+        self.store.push(letter);
+    }
+}
 
 thread_local! {
     /// `None`: no scope. `Some(None)`: a scope, nothing parked yet.
-    static SLOT: RefCell<Option<Option<AgentMessage>>> = const { RefCell::new(None) };
+    static SLOT: RefCell<Option<Option<Parked>>> = const { RefCell::new(None) };
 }
 
 /// Runs `attempt` with refused sends handed back; returns its result and the message
 /// a refused `send` parked, if any.
-pub(crate) fn scope<R>(attempt: impl FnOnce() -> R) -> (R, Option<AgentMessage>) {
+pub(crate) fn scope<R>(attempt: impl FnOnce() -> R) -> (R, Option<Parked>) {
     let outer = SLOT.with(|slot| slot.replace(Some(None)));
     // Restored on unwind too, so a panicking router cannot leave a scope open.
-    struct Restore(Option<Option<AgentMessage>>);
+    struct Restore(Option<Option<Parked>>);
     impl Drop for Restore {
         fn drop(&mut self) {
             let outer = self.0.take();
-            SLOT.with(|slot| *slot.borrow_mut() = outer);
+            let inner = SLOT.with(|slot| std::mem::replace(&mut *slot.borrow_mut(), outer));
+            // Unwinding out of the attempt: nobody takes the parked message back.
+            if let Some(Some(parked)) = inner {
+                parked.bury();
+            }
         }
     }
     let restore = Restore(outer);
@@ -43,10 +74,20 @@ pub(crate) fn scope<R>(attempt: impl FnOnce() -> R) -> (R, Option<AgentMessage>)
 
 /// Parks a refused message for the engine's attempt in progress on this thread, or
 /// hands it back when there is none (or one is parked already).
-pub(crate) fn park(message: AgentMessage) -> Result<(), AgentMessage> {
+pub(crate) fn park(
+    message: AgentMessage,
+    to: &AgentPid,
+    reason: DeadLetterReason,
+    store: &Arc<DeadLetters>,
+) -> Result<(), AgentMessage> {
     SLOT.with(|slot| match slot.borrow_mut().as_mut() {
         Some(parked @ None) => {
-            *parked = Some(message);
+            *parked = Some(Parked {
+                message,
+                to: to.clone(),
+                reason,
+                store: store.clone(),
+            });
             Ok(())
         }
         _ => Err(message),

@@ -345,8 +345,11 @@ impl Shared {
             };
             // Sent on the delivery engine's behalf (a custom router): the engine
             // settles it.
-            if let Err(message) = super::handback::park(e.into_inner()) {
-                self.settings.dead_letters.push(DeadLetter::message(
+            let store = &self.settings.dead_letters;
+            if let Err(message) =
+                super::handback::park(e.into_inner(), &self.pid, reason.clone(), store)
+            {
+                store.push(DeadLetter::message(
                     self.pid.clone(),
                     message.disarm(),
                     reason,

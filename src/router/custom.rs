@@ -19,7 +19,8 @@
 //! engine instead of dead-lettering it).
 //!
 //! Breakers are kept per destination pid, beside the router (the table keeps them in
-//! the mailbox, where the fast path finds them).
+//! the mailbox, where the fast path finds them): a pid gets one at its first failure,
+//! and loses it when it is unregistered.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -27,7 +28,7 @@ use std::hash::BuildHasherDefault;
 use ahash::AHasher;
 
 use super::{Destination, MessageRouter, Push, Refusal};
-use crate::breaker::{Breaker, BreakerSettings};
+use crate::breaker::{Admission, Breaker, BreakerSettings};
 use crate::error::MessagingError;
 use crate::mailbox::handback;
 use crate::message::{AgentPid, MessagePriority, Outgoing};
@@ -68,8 +69,14 @@ impl CustomRoutes {
         &self.router
     }
 
-    fn breaker_of(&self, to: &AgentPid) -> std::sync::Arc<Breaker> {
-        lock(&self.breakers).entry(to.clone()).or_default().clone()
+    /// `to`'s breaker, if it has one (a pid gets one at its first failure).
+    fn breaker_of(&self, to: &AgentPid) -> Option<std::sync::Arc<Breaker>> {
+        lock(&self.breakers).get(to).cloned()
+    }
+
+    /// Forgets `pid`'s breaker (it was unregistered).
+    pub(crate) fn forget(&self, pid: &AgentPid) {
+        lock(&self.breakers).remove(pid);
     }
 
     /// Calls the router once; returns its answer and the message to hand back.
@@ -79,16 +86,29 @@ impl CustomRoutes {
         out: Outgoing,
         priority: MessagePriority,
     ) -> (Result<(), MessagingError>, Option<Outgoing>) {
-        match out {
+        let (result, kept, parked) = match out {
             Outgoing::Envelope(envelope) => {
                 let copy = envelope.clone();
-                let (result, _parked) = handback::scope(|| self.router.route_message(envelope));
-                (result, Some(Outgoing::Envelope(copy)))
+                let (result, parked) = handback::scope(|| self.router.route_message(envelope));
+                (result, Some(Outgoing::Envelope(copy)), parked)
             }
             Outgoing::Message(message) => {
                 let (result, parked) = handback::scope(|| self.router.route(to, message, priority));
-                (result, parked.map(Outgoing::Message))
+                (result, None, parked)
             }
+        };
+        match (result.is_ok(), kept, parked) {
+            // The router answered `Ok` although a `send` inside it was refused: that
+            // message is buried as the `send` would have done.
+            (true, kept, Some(parked)) => {
+                parked.bury();
+                (result, kept)
+            }
+            // Refused, and the engine kept a copy of the envelope: the copy stands for
+            // the cast the refused `send` parked.
+            (false, Some(kept), _) => (result, Some(kept)),
+            (false, None, Some(parked)) => (result, Some(Outgoing::Message(parked.into_message()))),
+            (_, kept, None) => (result, kept),
         }
     }
 }
@@ -100,7 +120,11 @@ impl Destination for CustomRoutes {
             Some(settings) => {
                 let breaker = self.breaker_of(to);
                 let seed = out.id().0.as_u64_pair().1;
-                match settings.admit(&breaker, now, seed) {
+                let admission = match &breaker {
+                    Some(breaker) => settings.admit(breaker, now, seed),
+                    None => Ok(Admission::Allowed),
+                };
+                match admission {
                     Ok(admission) => Some((settings, breaker, admission)),
                     Err(retry_at) => return Push::Refused(out, Refusal::CircuitOpen, retry_at),
                 }
@@ -118,8 +142,18 @@ impl Destination for CustomRoutes {
         };
         if let Some((settings, breaker, admission)) = guarded {
             let failed = refusal.is_some();
-            if (result.is_ok() || failed) && settings.record(&breaker, admission, !failed, now) {
-                self.breaker_trips.incr();
+            // A pid gets a breaker at its first failure; a success needs one only to
+            // close it.
+            let breaker = match breaker {
+                Some(breaker) => Some(breaker),
+                None if failed => Some(lock(&self.breakers).entry(to.clone()).or_default().clone()),
+                None => None,
+            };
+            if let Some(breaker) = breaker {
+                if (result.is_ok() || failed) && settings.record(&breaker, admission, !failed, now)
+                {
+                    self.breaker_trips.incr();
+                }
             }
         }
         match (result, back) {

@@ -162,6 +162,13 @@ impl Destination for Routes {
 }
 
 impl Routes {
+    /// Forgets what the routes keep about `pid` (it was unregistered).
+    pub(crate) fn forget(&self, pid: &AgentPid) {
+        if let Routes::Custom(custom) = self {
+            custom.forget(pid);
+        }
+    }
+
     /// Times a destination's breaker opened.
     pub(crate) fn breaker_trips(&self) -> u64 {
         match self {

@@ -141,6 +141,7 @@ impl MessageSystem {
             router.unregister_agent(agent_id)?;
         }
         self.inner.mailboxes.remove_mailbox(agent_id)?;
+        self.inner.engine.routes().forget(agent_id);
         // A member that goes away leaves its groups.
         for group in self.inner.mailboxes.table().groups() {
             let _ = group.leave(agent_id);
