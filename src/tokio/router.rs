@@ -144,8 +144,8 @@ impl MessageRouter for DefaultMessageRouter {
 /// A routing future is polled in place, with the mailbox handback active in every poll.
 /// Routers over the system's mailboxes complete in their first poll (the mailboxes'
 /// sends never wait). One that waits on something real is driven to completion on the
-/// calling thread (through `block_in_place` on a multi-thread runtime): it must not wait
-/// on a task of a current-thread runtime it is called from.
+/// calling thread, which it blocks meanwhile: such a router must not wait on a task
+/// that only the calling thread's runtime would run.
 pub(crate) struct PolledRouter {
     router: Arc<dyn MessageRouter>,
 }
@@ -164,24 +164,15 @@ impl PolledRouter {
         if let Poll::Ready(result) = attempt.as_mut().poll(&mut Context::from_waker(waker)) {
             return result;
         }
-        let mut finish = move || {
-            let thread = std::thread::current();
-            let waker = std::task::Waker::from(Arc::new(Unpark(thread)));
-            let mut cx = Context::from_waker(&waker);
-            loop {
-                if let Poll::Ready(result) = attempt.as_mut().poll(&mut cx) {
-                    return result;
-                }
-                std::thread::park();
+        // Pending: drive it to completion here, parking between polls.
+        let thread = std::thread::current();
+        let waker = std::task::Waker::from(Arc::new(Unpark(thread)));
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            if let Poll::Ready(result) = attempt.as_mut().poll(&mut cx) {
+                return result;
             }
-        };
-        match ::tokio::runtime::Handle::try_current() {
-            Ok(handle)
-                if handle.runtime_flavor() == ::tokio::runtime::RuntimeFlavor::MultiThread =>
-            {
-                ::tokio::task::block_in_place(finish)
-            }
-            _ => finish(),
+            std::thread::park();
         }
     }
 }
