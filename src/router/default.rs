@@ -52,10 +52,9 @@ impl LocalRoutes {
     fn push_into(
         &self,
         mailbox: &Shared,
-        message: &mut Option<AgentMessage>,
+        message: AgentMessage,
         priority: MessagePriority,
     ) -> Push {
-        let message = message.take().expect("pushed once");
         let now = || self.timers.now();
         let admission = match &self.breaker {
             Some(settings) => {
@@ -118,19 +117,22 @@ impl LocalRoutes {
         message: AgentMessage,
         priority: MessagePriority,
     ) -> Push {
-        let mut message = Some(message);
-        let pushed = self.table.with_target(to, |target| match target {
-            Target::Agent(mailbox) => self.push_into(mailbox, &mut message, priority),
-            Target::Group(group) => group
-                .with_member(|member| self.push_into(member.shared(), &mut message, priority))
-                .unwrap_or_else(|_| {
+        let Some(found) = self.table.lookup(to) else {
+            return Push::NotFound(Outgoing::Message(message));
+        };
+        match found.target() {
+            Target::Agent(mailbox) => self.push_into(mailbox, message, priority),
+            Target::Group(group) => {
+                let mut message = Some(message);
+                let pushed = group.with_member(|member| {
+                    let message = message.take().expect("pushed once");
+                    self.push_into(member.shared(), message, priority)
+                });
+                pushed.unwrap_or_else(|_| {
                     let message = message.take().expect("not yet pushed");
                     Push::Refused(Outgoing::Message(message), Refusal::EmptyGroup, 0)
-                }),
-        });
-        match pushed {
-            Some(push) => push,
-            None => Push::NotFound(Outgoing::Message(message.take().expect("not yet pushed"))),
+                })
+            }
         }
     }
 }

@@ -30,7 +30,9 @@ use slab::Slab;
 use crate::group::Group;
 use crate::mailbox::shared::Shared;
 use crate::message::AgentPid;
-use crate::sync::{read_sharded as read, write_sharded as write, Arc, ShardedLock};
+use crate::sync::{
+    read_sharded as read, write_sharded as write, Arc, ShardedLock, ShardedLockReadGuard,
+};
 
 /// A registration's generation: `u8` under loom (the models force a wrap), `u32`
 /// otherwise.
@@ -119,6 +121,21 @@ impl Inner {
             .find_entry(hashed, |&i| slots[i as usize].pid() == pid)
             .ok()?;
         Some(entry.remove().0)
+    }
+}
+
+/// A destination found by [`AgentTable::lookup`]: the table stays read-locked (no
+/// unregister can free the slot) while this lives.
+pub(crate) struct Found<'a> {
+    inner: ShardedLockReadGuard<'a, Inner>,
+    index: u32,
+}
+
+impl Found<'_> {
+    /// The destination.
+    #[inline]
+    pub(crate) fn target(&self) -> &Target {
+        &self.inner.slots[self.index as usize].target
     }
 }
 
@@ -217,6 +234,14 @@ impl AgentTable {
                 mailbox.close();
             }
         }
+    }
+
+    /// `pid`'s destination, held under the read lock until the returned guard drops.
+    #[inline]
+    pub(crate) fn lookup(&self, pid: &AgentPid) -> Option<Found<'_>> {
+        let inner = read(&self.inner);
+        let index = inner.find(pid)?;
+        Some(Found { inner, index })
     }
 
     /// Runs `f` on `pid`'s destination under the read lock.
