@@ -142,7 +142,7 @@ impl MessageSystem {
         }
         self.inner.mailboxes.remove_mailbox(agent_id)?;
         self.inner.engine.routes().forget(agent_id);
-        // A member that goes away leaves its groups.
+        // A member that goes away leaves its groups (O(groups), not O(agents)).
         for group in self.inner.mailboxes.table().groups() {
             let _ = group.leave(agent_id);
         }

@@ -6,6 +6,8 @@
 //! - `by_pid` holds `index` iff `slots[index]` is occupied; it is a hash table of bare
 //!   slot indices hashed by the slot's pid (the pid lives once, in the mailbox or
 //!   group), which keeps an idle agent's table cost to a slab slot plus 4 bytes.
+//! - `groups` holds exactly the groups that occupy slots, so that an agent's
+//!   unregister visits the groups (to leave them), never every slot.
 //! - Every insert takes a fresh `generation` from a wrapping counter; an [`AgentId`]
 //!   (slot index + generation) names one registration, so a stale id fails its lookup
 //!   after the slot is reused. Lookups by id also compare the pid, which keeps them
@@ -95,6 +97,8 @@ struct Inner {
     next_generation: Generation,
     /// Occupied slots holding agents (the rest hold groups).
     agents: usize,
+    /// The groups, apart: an agent leaving its groups visits these, not every slot.
+    groups: Vec<Arc<Group>>,
 }
 
 impl Inner {
@@ -181,7 +185,10 @@ impl AgentTable {
         let index = u32::try_from(entry.key()).map_err(|_| InsertError::Full)?;
         let generation = inner.next_generation;
         inner.next_generation = generation.wrapping_add(1);
-        inner.agents += usize::from(matches!(target, Target::Agent(_)));
+        match &target {
+            Target::Agent(_) => inner.agents += 1,
+            Target::Group(group) => inner.groups.push(group.clone()),
+        }
         let hashed = inner.keys.hash_one(&pid);
         entry.insert(Entry {
             pid,
@@ -200,7 +207,10 @@ impl AgentTable {
         let mut inner = write(&self.inner);
         let index = inner.unindex(pid)?;
         let target = inner.slots.remove(index as usize).target;
-        inner.agents -= usize::from(matches!(target, Target::Agent(_)));
+        match &target {
+            Target::Agent(_) => inner.agents -= 1,
+            Target::Group(group) => inner.groups.retain(|g| !Arc::ptr_eq(g, group)),
+        }
         Some(target)
     }
 
@@ -224,6 +234,7 @@ impl AgentTable {
         let mut inner = write(&self.inner);
         inner.by_pid.clear();
         inner.agents = 0;
+        inner.groups.clear();
         inner.slots.drain().map(|e| e.target).collect()
     }
 
@@ -313,16 +324,9 @@ impl AgentTable {
         }
     }
 
-    /// Every group.
+    /// Every group (O(groups): the agents are not visited).
     pub(crate) fn groups(&self) -> Vec<Arc<Group>> {
-        read(&self.inner)
-            .slots
-            .iter()
-            .filter_map(|(_, e)| match &e.target {
-                Target::Group(group) => Some(group.clone()),
-                Target::Agent(_) => None,
-            })
-            .collect()
+        read(&self.inner).groups.clone()
     }
 
     /// Every registered agent's pid.
