@@ -115,6 +115,12 @@ impl Dedupe {
     pub(crate) fn len(&self) -> usize {
         self.seen.len()
     }
+
+    /// Slots allocated (map and queue), whatever is in them.
+    #[cfg(test)]
+    fn allocated(&self) -> usize {
+        self.seen.capacity() + self.order.capacity()
+    }
 }
 
 #[cfg(all(test, not(loom)))]
@@ -139,6 +145,47 @@ mod tests {
         assert_eq!(d.reserve(&id, 0), Reservation::Fresh);
         d.rollback(&id);
         assert_eq!(d.reserve(&id, 1), Reservation::Fresh);
+    }
+
+    #[test]
+    fn a_reservation_never_settled_expires_with_the_window() {
+        // A push that never committed nor rolled back (its thread unwound in a custom
+        // router): the id must not stay a "duplicate", nor in memory, forever.
+        let mut d = Dedupe::new(100, 10);
+        let id = MessageId::new();
+        assert_eq!(d.reserve(&id, 0), Reservation::Fresh);
+        assert_eq!(d.reserve(&id, 99), Reservation::Duplicate);
+        assert_eq!(d.reserve(&id, 100), Reservation::Fresh);
+        d.rollback(&id);
+        d.expire(1_000);
+        assert_eq!(d.len(), 0);
+    }
+
+    #[test]
+    fn capacity_never_evicts_a_reservation_in_flight() {
+        let mut d = Dedupe::new(u64::MAX, 2);
+        let in_flight = MessageId::new();
+        assert_eq!(d.reserve(&in_flight, 0), Reservation::Fresh);
+        for _ in 0..5 {
+            let id = MessageId::new();
+            assert_eq!(d.reserve(&id, 0), Reservation::Fresh);
+            d.commit(&id, 0);
+        }
+        assert_eq!(d.reserve(&in_flight, 0), Reservation::Duplicate);
+    }
+
+    #[test]
+    fn the_map_shrinks_after_a_spike() {
+        let mut d = Dedupe::new(10, 100_000);
+        for _ in 0..50_000 {
+            let id = MessageId::new();
+            d.reserve(&id, 0);
+            d.commit(&id, 0);
+        }
+        let peak = d.allocated();
+        d.expire(10);
+        assert_eq!(d.len(), 0);
+        assert!(d.allocated() * 16 < peak, "{} of {peak} slots kept", d.allocated());
     }
 
     #[test]
