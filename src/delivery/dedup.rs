@@ -13,12 +13,20 @@
 //! and at most `capacity` ids (`DeliveryConfig::max_delivery_records`) are remembered at
 //! once: past that the oldest leave the window early. Ids are committed in time order,
 //! so expiry pops from the front of a queue: O(1) amortised per id.
+//!
+//! A reservation lasts at most two windows: a push is synchronous, so one still
+//! unsettled after a window lost its thread (a custom router that unwound); a sweep of
+//! the map once per window (O(ids), amortised O(1) per id) forgets it rather than
+//! keeping it a duplicate forever. Capacity never evicts a reservation (that would let
+//! a concurrent copy push). Once expiry has emptied most of the map and the queue,
+//! their memory is given back.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasherDefault;
 
 use ahash::AHasher;
 
+use super::shrink;
 use crate::message::MessageId;
 
 type IdMap<V> = std::collections::HashMap<MessageId, V, BuildHasherDefault<AHasher>>;
@@ -26,8 +34,8 @@ type IdMap<V> = std::collections::HashMap<MessageId, V, BuildHasherDefault<AHash
 /// What the window knows of an id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Seen {
-    /// A push is in progress.
-    Reserved,
+    /// A push is in progress; stale after this tick.
+    Reserved { until: u64 },
     /// Accepted by a mailbox; remembered until this tick.
     Committed { until: u64 },
 }
@@ -49,6 +57,8 @@ pub(crate) struct Dedupe {
     seen: IdMap<Seen>,
     /// Committed ids in commit order, with their expiry tick.
     order: VecDeque<(u64, MessageId)>,
+    /// When the next sweep for stale reservations is due.
+    next_sweep: u64,
 }
 
 impl Dedupe {
@@ -58,6 +68,7 @@ impl Dedupe {
             capacity: capacity.max(1),
             seen: IdMap::default(),
             order: VecDeque::new(),
+            next_sweep: window_ticks.max(1),
         }
     }
 
@@ -66,7 +77,8 @@ impl Dedupe {
         match self.seen.get(id) {
             Some(_) => Reservation::Duplicate,
             None => {
-                self.seen.insert(id.clone(), Seen::Reserved);
+                let until = now.saturating_add(self.window);
+                self.seen.insert(id.clone(), Seen::Reserved { until });
                 Reservation::Fresh
             }
         }
@@ -84,12 +96,13 @@ impl Dedupe {
     }
 
     pub(crate) fn rollback(&mut self, id: &MessageId) {
-        if self.seen.get(id) == Some(&Seen::Reserved) {
+        if matches!(self.seen.get(id), Some(Seen::Reserved { .. })) {
             self.seen.remove(id);
         }
     }
 
-    /// Forgets ids whose window has passed.
+    /// Forgets ids whose window has passed, and stale reservations; gives memory
+    /// back once most of it is empty.
     pub(crate) fn expire(&mut self, now: u64) {
         while let Some(&(until, _)) = self.order.front() {
             if until > now {
@@ -98,6 +111,21 @@ impl Dedupe {
             let (until, id) = self.order.pop_front().expect("front exists");
             self.forget(&id, until);
         }
+        if now >= self.next_sweep {
+            self.next_sweep = now.saturating_add(self.window);
+            self.seen
+                .retain(|_, seen| !matches!(seen, Seen::Reserved { until } if *until <= now));
+        }
+        shrink(
+            &mut self.seen,
+            |m| (m.len(), m.capacity()),
+            |m, n| m.shrink_to(n),
+        );
+        shrink(
+            &mut self.order,
+            |q| (q.len(), q.capacity()),
+            |q, n| q.shrink_to(n),
+        );
     }
 
     /// Removes `id` if its committed entry expires no later than `until` (a later
@@ -185,7 +213,11 @@ mod tests {
         let peak = d.allocated();
         d.expire(10);
         assert_eq!(d.len(), 0);
-        assert!(d.allocated() * 16 < peak, "{} of {peak} slots kept", d.allocated());
+        assert!(
+            d.allocated() * 16 < peak,
+            "{} of {peak} slots kept",
+            d.allocated()
+        );
     }
 
     #[test]

@@ -95,3 +95,17 @@ impl Default for RouterConfig {
         }
     }
 }
+
+/// Halves what a collection holds once it is under a quarter full (and past a small
+/// floor, so a quiet window does not reallocate at every expiry).
+pub(crate) fn shrink<C>(
+    c: &mut C,
+    size: impl Fn(&C) -> (usize, usize),
+    to: impl Fn(&mut C, usize),
+) {
+    const FLOOR: usize = 64;
+    let (len, capacity) = size(c);
+    if capacity > FLOOR && len < capacity / 4 {
+        to(c, (len * 2).max(FLOOR));
+    }
+}

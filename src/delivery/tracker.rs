@@ -22,6 +22,7 @@ use ahash::AHasher;
 
 use super::dedup::{Dedupe, Reservation};
 use super::retry::RetryPolicy;
+use super::shrink;
 use chrono::{DateTime, Utc};
 
 use super::manager::{DeliveryRecord, DeliveryStatus};
@@ -369,6 +370,17 @@ impl Tracker {
         }
         let next = state.wheel.next_deadline();
         self.timers.planned(next);
+        // After a spike the maps keep their peak capacity: give it back.
+        shrink(
+            &mut state.by_id,
+            |m| (m.len(), m.capacity()),
+            |m, n| m.shrink_to(n),
+        );
+        shrink(
+            &mut state.firing,
+            |m| (m.len(), m.capacity()),
+            |m, n| m.shrink_to(n),
+        );
         drop(state);
         lock(&self.dedupe).expire(now);
         (due, next)
