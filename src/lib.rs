@@ -57,6 +57,7 @@
 //! |---|---|
 //! | `sync` | the one import point for atomics, locks, threads and cells (loom or std) |
 //! | `stats` | striped counters |
+//! | `observe` | `tracing` events and spans, `metrics` counters, gauges and histograms: every one defined here, nothing compiled without the features |
 //! | `timer` | the wheel, the clock, and the timer service (clock + driver + its loop) |
 //! | `breaker` | one destination's circuit breaker (an atomic word) |
 //! | `wait` | the wait cell a receiver or a caller parks in |
@@ -98,6 +99,7 @@ mod error;
 mod group;
 mod mailbox;
 mod message;
+mod observe;
 mod router;
 mod stats;
 mod system;
