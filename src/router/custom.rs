@@ -27,6 +27,8 @@ use std::hash::BuildHasherDefault;
 use ahash::AHasher;
 
 use super::{Destination, MessageRouter, Push, Refusal};
+#[cfg(feature = "metrics")]
+use crate::breaker::BreakerState;
 use crate::breaker::{Breaker, BreakerSettings};
 use crate::error::MessagingError;
 use crate::mailbox::handback;
@@ -72,6 +74,14 @@ impl CustomRoutes {
         lock(&self.breakers).entry(to.clone()).or_default().clone()
     }
 
+    /// Breakers open or half-open (the `metrics` gauge).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn open_breakers(&self) -> u64 {
+        let breakers = lock(&self.breakers);
+        let open = breakers.values().filter(|b| b.state() != BreakerState::Closed);
+        open.count() as u64
+    }
+
     /// Calls the router once; returns its answer and the message to hand back.
     fn attempt(
         &self,
@@ -100,7 +110,7 @@ impl Destination for CustomRoutes {
             Some(settings) => {
                 let breaker = self.breaker_of(to);
                 let seed = out.id().0.as_u64_pair().1;
-                match settings.admit(&breaker, now, seed) {
+                match settings.admit(&breaker, now, seed, to) {
                     Ok(admission) => Some((settings, breaker, admission)),
                     Err(retry_at) => return Push::Refused(out, Refusal::CircuitOpen, retry_at),
                 }
@@ -118,7 +128,8 @@ impl Destination for CustomRoutes {
         };
         if let Some((settings, breaker, admission)) = guarded {
             let failed = refusal.is_some();
-            if (result.is_ok() || failed) && settings.record(&breaker, admission, !failed, now) {
+            let recorded = result.is_ok() || failed;
+            if recorded && settings.record(&breaker, admission, !failed, now, to) {
                 self.breaker_trips.incr();
             }
         }
