@@ -281,10 +281,10 @@ impl Meters {
             let mut last = lock(&self.published);
             let now = read();
             describe();
+            // Every counter is touched, by 0 if need be, so that it shows from the first
+            // publish.
             let grew = |name: &'static str, old: u64, new: u64| {
-                if new > old {
-                    metrics::counter!(name).increment(new - old);
-                }
+                metrics::counter!(name).increment(new.saturating_sub(old));
             };
             let was = &last.snapshot;
             grew(SENT, was.sent, now.sent);
@@ -293,12 +293,8 @@ impl Meters {
             grew(BREAKER_TRIPS, was.breaker_trips, now.breaker_trips);
             for (i, &(reason, count)) in now.dead_letters.iter().enumerate() {
                 let old = was.dead_letters.get(i).map_or(0, |&(_, n)| n);
-                if count > old {
-                    metrics::counter!(DEAD_LETTERS, "reason" => reason).increment(count - old);
-                } else if was.dead_letters.is_empty() {
-                    // Make every reason show from the first publish, at zero.
-                    metrics::counter!(DEAD_LETTERS, "reason" => reason).increment(0);
-                }
+                let grown = count.saturating_sub(old);
+                metrics::counter!(DEAD_LETTERS, "reason" => reason).increment(grown);
             }
             let moved = |name: &'static str, old: u64, new: u64| {
                 let gauge = metrics::gauge!(name);
