@@ -134,9 +134,11 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                     .parse::<SocketAddr>()
                     .map_err(|_| format!("--metrics-addr: `{value}` is not an address"))?;
                 if !cfg!(feature = "metrics") {
-                    return Err("--metrics-addr needs the metrics feature: cargo run --release \
+                    return Err(
+                        "--metrics-addr needs the metrics feature: cargo run --release \
                         --example swarm --features tracing,metrics -- --metrics-addr ADDR"
-                        .into());
+                            .into(),
+                    );
                 }
                 args.metrics_addr = Some(addr);
             }
@@ -170,7 +172,9 @@ fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
             .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
     }
     #[cfg(not(feature = "metrics"))]
-    Err(format!("cannot serve metrics on {addr}: built without the metrics feature"))
+    Err(format!(
+        "cannot serve metrics on {addr}: built without the metrics feature"
+    ))
 }
 
 // ===== the swarm =====
@@ -771,10 +775,7 @@ fn main() -> ExitCode {
     if let (Some(addr), false) = (args.metrics_addr, args.linger.is_zero()) {
         // The final numbers stay up for a scrape (the library published them at
         // shutdown).
-        println!(
-            "serving http://{addr}/metrics for {:.0?} more",
-            args.linger
-        );
+        println!("serving http://{addr}/metrics for {:.0?} more", args.linger);
         let _ = std::io::stdout().flush();
         thread::sleep(args.linger);
     }

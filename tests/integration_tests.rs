@@ -142,7 +142,12 @@ async fn calls_across_tasks() {
         }
     });
     let echoed: String = system
-        .call_typed(client.clone(), &server, "ping".to_string(), Duration::from_secs(5))
+        .call_typed(
+            client.clone(),
+            &server,
+            "ping".to_string(),
+            Duration::from_secs(5),
+        )
         .await
         .unwrap();
     assert_eq!(echoed, "ping");
@@ -204,7 +209,11 @@ fn the_guarantees_table() {
         assert!(mailbox.try_receive().unwrap().is_some());
         advance(Duration::from_secs(1));
         let retried = mailbox.try_receive().unwrap().is_some();
-        assert_eq!(retried, guarantee != DeliveryGuarantee::AtMostOnce, "{guarantee:?}");
+        assert_eq!(
+            retried,
+            guarantee != DeliveryGuarantee::AtMostOnce,
+            "{guarantee:?}"
+        );
 
         // Destination unknown: an error for every guarantee.
         let nobody = system.send_message(envelope(&AgentPid::new(), 3));
@@ -231,12 +240,20 @@ fn the_guarantees_table() {
         assert!(mailbox.try_receive().unwrap().is_some());
         system.send_message(twice).unwrap();
         let again = mailbox.try_receive().unwrap().is_some();
-        assert_eq!(again, guarantee != DeliveryGuarantee::ExactlyOnce, "{guarantee:?}");
+        assert_eq!(
+            again,
+            guarantee != DeliveryGuarantee::ExactlyOnce,
+            "{guarantee:?}"
+        );
 
         // The ledger adds up: every message accepted is accounted for once.
         system.shutdown().unwrap();
         let l = system.delivery_stats();
         let settled = l.delivered + l.acknowledged + l.failed + l.expired + l.duplicates;
-        assert_eq!(settled + l.pending + l.in_transit, l.total_messages, "{guarantee:?}");
+        assert_eq!(
+            settled + l.pending + l.in_transit,
+            l.total_messages,
+            "{guarantee:?}"
+        );
     }
 }

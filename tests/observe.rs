@@ -161,13 +161,19 @@ mod events {
         let refusals = mine.iter().filter(|e| e.message == "refused").count();
         assert_eq!(refusals, 4, "the first attempt and three retries");
 
-        let dead: Vec<_> = events.iter().filter(|e| e.message == "dead letter").collect();
+        let dead: Vec<_> = events
+            .iter()
+            .filter(|e| e.message == "dead letter")
+            .collect();
         assert_eq!(dead.len(), 1, "{events:#?}");
         let dead = dead[0];
         assert_eq!(dead.level, Level::WARN);
         assert_eq!(dead.target, format!("{CRATE}::dead_letter"));
         assert_eq!(dead.field("message_id"), Some(id.to_string().as_str()));
-        assert_eq!(dead.field("reason"), Some("retries exhausted: mailbox full"));
+        assert_eq!(
+            dead.field("reason"),
+            Some("retries exhausted: mailbox full")
+        );
         assert_eq!(dead.field("attempts"), Some("4"));
         assert_eq!(dead.field("to"), Some(pid.to_string().as_str()));
         // The message's own events, in order: it was routed before every refusal.
@@ -215,9 +221,14 @@ mod events {
             .iter()
             .filter(|e| e.target.ends_with("::breaker"))
             .all(|e| e.field("to") == Some(pid.as_str())));
-        let opened = events.iter().find(|e| e.message == "circuit breaker opened");
+        let opened = events
+            .iter()
+            .find(|e| e.message == "circuit breaker opened");
         assert_eq!(opened.and_then(|e| e.field("trips")), Some("1"));
-        assert_eq!(mailbox.try_receive().unwrap().map(|m| m.kind()), Some("cast"));
+        assert_eq!(
+            mailbox.try_receive().unwrap().map(|m| m.kind()),
+            Some("cast")
+        );
     }
 
     /// A server thread that answers one call with its payload.
@@ -245,7 +256,10 @@ mod events {
         assert_eq!(span.get("from"), Some(&client.to_string()));
         assert_eq!(span.get("to"), Some(&server.to_string()));
         assert_eq!(span.get("timeout").map(String::as_str), Some("5s"));
-        assert_eq!(inside[0].field("message_id"), span.get("message_id").map(|s| s.as_str()));
+        assert_eq!(
+            inside[0].field("message_id"),
+            span.get("message_id").map(|s| s.as_str())
+        );
         assert!(inside.iter().all(|e| e.target.starts_with(CRATE)));
         let after = events.last().expect("the test's own event");
         assert_eq!(after.message, "after the call");
@@ -293,14 +307,16 @@ mod events {
     fn a_call_that_times_out_says_so_in_its_span() {
         let (system, _clock) = manual_system(RouterConfig::default(), 0);
         let (server, _mailbox) = registered(&system); // nobody answers
-        let (answer, events) = capture(|| {
-            system.call(AgentPid::new(), &server, 1u64, Duration::from_millis(10))
-        });
+        let (answer, events) =
+            capture(|| system.call(AgentPid::new(), &server, 1u64, Duration::from_millis(10)));
         assert!(matches!(answer, Err(MessagingError::MessageTimeout(_))));
         let timed_out = events.iter().find(|e| e.message == "call timed out");
         let timed_out = timed_out.expect("a timeout event");
         assert_eq!(timed_out.level, Level::DEBUG);
-        assert_eq!(timed_out.spans.first().map(|(n, _)| n.as_str()), Some("call"));
+        assert_eq!(
+            timed_out.spans.first().map(|(n, _)| n.as_str()),
+            Some("call")
+        );
     }
 
     /// The seed README's Quick Start, in the sync flavour: a clean run logs nothing at
@@ -367,7 +383,9 @@ mod metrics {
     /// The rendered samples, by series (`name{labels}`).
     fn samples(handle: &PrometheusHandle) -> BTreeMap<String, f64> {
         let text = handle.render();
-        let lines = text.lines().filter(|l| !l.starts_with('#') && !l.is_empty());
+        let lines = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty());
         lines
             .filter_map(|line| {
                 let (series, value) = line.rsplit_once(' ')?;
@@ -394,7 +412,8 @@ mod metrics {
                 MessageEnvelope::new(worker.clone(), "job".into(), json!(n), Default::default());
             let _ = system.send_message(envelope);
         }
-        let nobody = MessageEnvelope::new(AgentPid::new(), "job".into(), json!(9), Default::default());
+        let nobody =
+            MessageEnvelope::new(AgentPid::new(), "job".into(), json!(9), Default::default());
         assert!(system.send_message(nobody).is_err());
         let call = system.call(AgentPid::new(), &callee, 1u64, Duration::from_millis(1));
         assert!(matches!(call, Err(MessagingError::MessageTimeout(_))));
@@ -433,8 +452,14 @@ mod metrics {
             assert_eq!(get(&s, "agent_messaging_agents"), 3.0);
             assert_eq!(get(&s, "agent_messaging_queued_messages"), 2.0);
             assert_eq!(get(&s, "agent_messaging_pending_messages"), 0.0);
-            assert_eq!(get(&s, r#"agent_messaging_mailbox_depth{agent="idle"}"#), 0.0);
-            assert_eq!(get(&s, r#"agent_messaging_mailbox_depth{agent="worker"}"#), 1.0);
+            assert_eq!(
+                get(&s, r#"agent_messaging_mailbox_depth{agent="idle"}"#),
+                0.0
+            );
+            assert_eq!(
+                get(&s, r#"agent_messaging_mailbox_depth{agent="worker"}"#),
+                1.0
+            );
 
             // The worker's message was the first pushed into its mailbox (a sampled
             // push), so its wait is timed when it is received.
@@ -443,13 +468,20 @@ mod metrics {
             let s = samples(&handle);
             assert_eq!(get(&s, "agent_messaging_queued_messages"), 1.0);
             assert_eq!(get(&s, "agent_messaging_mailbox_wait_seconds_count"), 1.0);
-            assert_eq!(get(&s, "agent_messaging_messages_sent_total"), 5.0, "no double count");
+            assert_eq!(
+                get(&s, "agent_messaging_messages_sent_total"),
+                5.0,
+                "no double count"
+            );
 
             system.shutdown().unwrap();
             let s = samples(&handle);
             assert_eq!(get(&s, "agent_messaging_agents"), 0.0);
             assert_eq!(get(&s, "agent_messaging_queued_messages"), 0.0);
-            assert_eq!(get(&s, r#"agent_messaging_mailbox_depth{agent="worker"}"#), 0.0);
+            assert_eq!(
+                get(&s, r#"agent_messaging_mailbox_depth{agent="worker"}"#),
+                0.0
+            );
             assert_eq!(get(&s, "agent_messaging_messages_sent_total"), 5.0);
         });
     }
@@ -470,7 +502,11 @@ mod metrics {
             assert_eq!(get(&s, "agent_messaging_agents"), 4.0);
             one.shutdown().unwrap();
             let s = samples(&handle);
-            assert_eq!(get(&s, "agent_messaging_agents"), 2.0, "two's agents are left");
+            assert_eq!(
+                get(&s, "agent_messaging_agents"),
+                2.0,
+                "two's agents are left"
+            );
             assert_eq!(get(&s, "agent_messaging_queued_messages"), 2.0);
         });
     }

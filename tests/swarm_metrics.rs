@@ -51,7 +51,13 @@ fn swarm_binary() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target = profile_dir().parent().unwrap().join("swarm-metrics-test");
     let mut cargo = Command::new(env!("CARGO"))
-        .args(["build", "--example", "swarm", "--features", "tracing,metrics"])
+        .args([
+            "build",
+            "--example",
+            "swarm",
+            "--features",
+            "tracing,metrics",
+        ])
         .arg("--manifest-path")
         .arg(manifest.join("Cargo.toml"))
         .env("CARGO_TARGET_DIR", &target)
@@ -71,7 +77,11 @@ fn swarm_binary() -> PathBuf {
         thread::sleep(Duration::from_millis(200));
     }
     let built = example_in(&target.join("debug"));
-    assert!(has_features(&built), "{} lacks the features", built.display());
+    assert!(
+        has_features(&built),
+        "{} lacks the features",
+        built.display()
+    );
     built
 }
 
@@ -148,7 +158,10 @@ fn read_until(lines: &Receiver<String>, out: &mut Vec<String>, done: impl Fn(&st
                     return;
                 }
             }
-            Err(e) => panic!("the demo stopped talking ({e:?}); its output:\n{}", out.join("\n")),
+            Err(e) => panic!(
+                "the demo stopped talking ({e:?}); its output:\n{}",
+                out.join("\n")
+            ),
         }
     }
 }
@@ -186,7 +199,9 @@ fn reason_label(printed: &str) -> &'static str {
         ("system shut down", "shutdown"),
     ];
     let found = kinds.iter().find(|(text, _)| printed.starts_with(text));
-    found.unwrap_or_else(|| panic!("unknown reason `{printed}`")).1
+    found
+        .unwrap_or_else(|| panic!("unknown reason `{printed}`"))
+        .1
 }
 
 /// Kills the child when the test ends, however it ends.
@@ -204,7 +219,14 @@ fn the_swarm_serves_metrics_that_match_its_ledger() {
     let swarm = swarm_binary();
     let port = free_port();
     let child = Command::new(&swarm)
-        .args(["--duration", "2", "--messages", "100000000", "--agents", "4"])
+        .args([
+            "--duration",
+            "2",
+            "--messages",
+            "100000000",
+            "--agents",
+            "4",
+        ])
         .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
         .args(["--linger", "60"])
         .env_remove("RUST_LOG")
@@ -248,7 +270,10 @@ fn the_swarm_serves_metrics_that_match_its_ledger() {
         sample(&s, "agent_messaging_messages_delivered_total"),
         ledger("delivered") + ledger("acknowledged")
     );
-    assert_eq!(sample(&s, "agent_messaging_retries_total"), ledger("retries"));
+    assert_eq!(
+        sample(&s, "agent_messaging_retries_total"),
+        ledger("retries")
+    );
     assert_eq!(
         sample(&s, "agent_messaging_breaker_trips_total"),
         ledger("breaker trips")
@@ -275,7 +300,10 @@ fn the_swarm_serves_metrics_that_match_its_ledger() {
         .position(|l| l.get(2..36).is_some_and(|n| n.trim() == "dead letters"))
         .unwrap();
     let mut by_label: BTreeMap<&str, u64> = BTreeMap::new();
-    for line in report[at + 1..].iter().take_while(|l| l.starts_with("    ")) {
+    for line in report[at + 1..]
+        .iter()
+        .take_while(|l| l.starts_with("    "))
+    {
         let (reason, count) = line.trim().rsplit_once(' ').expect("reason and count");
         *by_label.entry(reason_label(reason.trim())).or_default() += number(count);
     }

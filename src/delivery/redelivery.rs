@@ -166,7 +166,12 @@ impl Engine {
         }
         let delay = tracked.policy.delay(tracked.attempts - 1);
         let deadline = self.tracker.after(delay).max(retry_at);
-        events::retry_scheduled(&tracked.to, &tracked.payload, tracked.attempts.saturating_add(1), delay);
+        events::retry_scheduled(
+            &tracked.to,
+            &tracked.payload,
+            tracked.attempts.saturating_add(1),
+            delay,
+        );
         self.track(tracked, deadline).map(|_| ())
     }
 

@@ -77,19 +77,67 @@ pub(crate) const MAILBOX_WAIT: &str = "agent_messaging_mailbox_wait_seconds";
 #[cfg(feature = "metrics")]
 const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (SENT, Kind::Counter, "Messages accepted for delivery."),
-    (DELIVERED, Kind::Counter, "Messages delivered and final (no ack asked, or acknowledged)."),
-    (RETRIES, Kind::Counter, "Delivery attempts after the first, redeliveries included."),
-    (REDELIVERIES, Kind::Counter, "Redeliveries after a missing acknowledgement."),
-    (DEAD_LETTERS, Kind::Counter, "Messages given up on, by reason."),
-    (BREAKER_TRIPS, Kind::Counter, "Times a destination's circuit breaker opened."),
-    (CALLS, Kind::Counter, "Calls by outcome: ok, timeout, failed."),
+    (
+        DELIVERED,
+        Kind::Counter,
+        "Messages delivered and final (no ack asked, or acknowledged).",
+    ),
+    (
+        RETRIES,
+        Kind::Counter,
+        "Delivery attempts after the first, redeliveries included.",
+    ),
+    (
+        REDELIVERIES,
+        Kind::Counter,
+        "Redeliveries after a missing acknowledgement.",
+    ),
+    (
+        DEAD_LETTERS,
+        Kind::Counter,
+        "Messages given up on, by reason.",
+    ),
+    (
+        BREAKER_TRIPS,
+        Kind::Counter,
+        "Times a destination's circuit breaker opened.",
+    ),
+    (
+        CALLS,
+        Kind::Counter,
+        "Calls by outcome: ok, timeout, failed.",
+    ),
     (AGENTS, Kind::Gauge, "Registered agents."),
-    (QUEUED, Kind::Gauge, "Messages queued in mailboxes, all agents."),
-    (PENDING, Kind::Gauge, "Messages waiting for a retry or an acknowledgement."),
-    (OPEN_BREAKERS, Kind::Gauge, "Circuit breakers open or half-open."),
-    (MAILBOX_DEPTH, Kind::Gauge, "Queue length of an agent named with watch_depth."),
-    (CALL_DURATION, Kind::Histogram, "Round trip of answered calls (1 call in 8)."),
-    (MAILBOX_WAIT, Kind::Histogram, "Time from push to receive (1 message in 64 per mailbox)."),
+    (
+        QUEUED,
+        Kind::Gauge,
+        "Messages queued in mailboxes, all agents.",
+    ),
+    (
+        PENDING,
+        Kind::Gauge,
+        "Messages waiting for a retry or an acknowledgement.",
+    ),
+    (
+        OPEN_BREAKERS,
+        Kind::Gauge,
+        "Circuit breakers open or half-open.",
+    ),
+    (
+        MAILBOX_DEPTH,
+        Kind::Gauge,
+        "Queue length of an agent named with watch_depth.",
+    ),
+    (
+        CALL_DURATION,
+        Kind::Histogram,
+        "Round trip of answered calls (1 call in 8).",
+    ),
+    (
+        MAILBOX_WAIT,
+        Kind::Histogram,
+        "Time from push to receive (1 message in 64 per mailbox).",
+    ),
 ];
 
 #[cfg(feature = "metrics")]
@@ -262,7 +310,12 @@ impl Meters {
             now >= next
                 && self
                     .next_publish
-                    .compare_exchange(next, now.saturating_add(PUBLISH_EVERY_TICKS), Relaxed, Relaxed)
+                    .compare_exchange(
+                        next,
+                        now.saturating_add(PUBLISH_EVERY_TICKS),
+                        Relaxed,
+                        Relaxed,
+                    )
                     .is_ok()
         }
         #[cfg(not(feature = "metrics"))]

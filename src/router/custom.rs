@@ -78,7 +78,9 @@ impl CustomRoutes {
     #[cfg(feature = "metrics")]
     pub(crate) fn open_breakers(&self) -> u64 {
         let breakers = lock(&self.breakers);
-        let open = breakers.values().filter(|b| b.state() != BreakerState::Closed);
+        let open = breakers
+            .values()
+            .filter(|b| b.state() != BreakerState::Closed);
         open.count() as u64
     }
 

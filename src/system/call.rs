@@ -83,7 +83,12 @@ impl Future for CallFuture {
         this.cancel_timer();
         if let CallState::Waiting(waiting) = std::mem::replace(&mut this.state, CallState::Done) {
             let _in_call = waiting.span.enter();
-            observe_call(&waiting.engine, &this.to, outcome.as_ref().map(|_| ()), waiting.clock);
+            observe_call(
+                &waiting.engine,
+                &this.to,
+                outcome.as_ref().map(|_| ()),
+                waiting.clock,
+            );
         }
         Poll::Ready(outcome)
     }

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 pub use self::builder::MessageSystemBuilder;
 pub use self::call::CallFuture;
-use self::call::{observe_call, Waiting};
 pub(crate) use self::call::{downcast_reply, reply_error};
+use self::call::{observe_call, Waiting};
 pub use self::default_router::DefaultMessageRouter;
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::delivery::engine::Engine;
