@@ -48,6 +48,16 @@
 //! - Every message accepted is delivered, dead-lettered (see
 //!   [`MessageSystem::dead_letters`]) or still pending: nothing is dropped silently.
 //!
+//! # Observability
+//!
+//! Two cargo features, off by default, make a running system visible through the
+//! ecosystem's facades: `tracing` (spans around calls; events for registrations,
+//! routing, refusals, retries, redeliveries, dead letters, breaker transitions and
+//! shutdown, with message ids and types as fields) and `metrics` (counters, gauges
+//! and histograms for any recorder; `MessageSystem::publish_metrics`,
+//! `MessageSystem::watch_depth`). The README lists every event and metric. Without
+//! the features neither crate is compiled in.
+//!
 //! # Layers
 //!
 //! The modules, bottom up. Each imports only from the layers below it (and from

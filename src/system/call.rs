@@ -14,7 +14,7 @@ use crate::observe::events::{self, CallSpan};
 use crate::observe::meters::{CallOutcome, CallTimer};
 use crate::timer::TimerKey;
 
-/// The future of [`MessageSystem::call_async`].
+/// The future of [`MessageSystem::call_async`](crate::MessageSystem::call_async).
 pub struct CallFuture {
     state: CallState,
     to: AgentPid,
