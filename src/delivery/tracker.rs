@@ -403,9 +403,9 @@ impl Tracker {
     }
 
     /// The envelopes of every tracked message (waiting on the wheel for a retry or
-    /// for its ack), soonest deadline first, each with `attempts` set to the attempts
-    /// made. Built messages (`MessageSystem::send`) have no envelope and are not
-    /// listed; [`record`](Self::record) shows them.
+    /// for its ack), soonest deadline first (ties in no set order), each with
+    /// `attempts` set to the attempts made. Built messages (`MessageSystem::send`) have
+    /// no envelope and are not listed; [`record`](Self::record) shows them.
     pub(crate) fn retry_candidates(&self) -> Vec<MessageEnvelope> {
         let state = lock(&self.state);
         let mut due: Vec<(u64, MessageEnvelope)> = state
