@@ -19,7 +19,7 @@
 //!
 //! # How numbers reach the recorder
 //!
-//! Nothing on a per-message path calls the recorder. Counters and gauges are read from
+//! No counter or gauge touches the recorder on a per-message path: they are read from
 //! what the system keeps anyway (the ledger, the agent table, the tracker) and
 //! *published*: at most once a second from the timer loop, at shutdown (gauges to
 //! zero), and on `MessageSystem::publish_metrics`. A publish adds to each counter what
