@@ -4,6 +4,8 @@
 //! ```text
 //! cargo run --release --example swarm
 //! cargo run --release --example swarm -- --agents 8 --messages 1000000 --duration 20
+//! cargo run --release --example swarm --features tracing,metrics -- --metrics-addr 127.0.0.1:9000
+//! RUST_LOG=debug cargo run --release --example swarm --features tracing
 //! ```
 //!
 //! - The coordinator casts envelopes (JSON payloads, mixed priorities, some asking for an
@@ -15,9 +17,14 @@
 //!   retried with backoff, its breaker opens, and what runs out of retries is
 //!   dead-lettered. Nothing is lost: the delivery ledger must balance at the end (the
 //!   exit code is 1 if it does not).
+//! - With the `metrics` feature and `--metrics-addr`, the system's metrics are served
+//!   as Prometheus text at `http://ADDR/metrics` while it runs (and `--linger` seconds
+//!   after the report); with `tracing`, `RUST_LOG` selects the events printed to
+//!   stderr (e.g. `RUST_LOG=terraphim_agent_messaging=debug`).
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -60,7 +67,11 @@ usage: cargo run --release --example swarm -- [options]
   --messages N      tasks to hand out, calls and casts together (default 100000)
   --duration SECS   stop handing out tasks after this long (default 10)
   --work-us N       simulated work per task in microseconds (default 30)
-  -h, --help        this text";
+  --metrics-addr A  serve Prometheus metrics at http://A/metrics (feature metrics)
+  --linger SECS     with --metrics-addr: keep serving this long after the report
+  -h, --help        this text
+
+  RUST_LOG=debug    print the library's events to stderr (feature tracing)";
 
 // ===== arguments =====
 
@@ -69,6 +80,8 @@ struct Args {
     messages: u64,
     duration: Duration,
     work: Duration,
+    metrics_addr: Option<SocketAddr>,
+    linger: Duration,
 }
 
 /// `Ok(None)` means `--help`.
@@ -78,6 +91,8 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
         messages: 100_000,
         duration: Duration::from_secs(10),
         work: Duration::from_micros(30),
+        metrics_addr: None,
+        linger: Duration::ZERO,
     };
     while let Some(arg) = argv.next() {
         if arg == "-h" || arg == "--help" {
@@ -97,20 +112,69 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                 .parse::<u64>()
                 .map_err(|_| format!("{flag}: `{value}` is not a whole number"))
         };
+        let seconds = || match value.parse::<f64>() {
+            Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+                Ok(Duration::from_secs_f64(secs.min(86_400.0)))
+            }
+            _ => Err(format!("{flag}: `{value}` is not a number of seconds")),
+        };
         match flag.as_str() {
             "--agents" => args.agents = number()?.clamp(2, 1024) as usize,
             "--messages" => args.messages = number()?.max(1),
             "--work-us" => args.work = Duration::from_micros(number()?),
-            "--duration" => match value.parse::<f64>() {
-                Ok(secs) if secs.is_finite() && secs > 0.0 => {
-                    args.duration = Duration::from_secs_f64(secs.min(86_400.0))
+            "--duration" => {
+                args.duration = seconds()?;
+                if args.duration.is_zero() {
+                    return Err("--duration must be positive".into());
                 }
-                _ => return Err(format!("--duration: `{value}` is not a positive number")),
-            },
+            }
+            "--linger" => args.linger = seconds()?,
+            "--metrics-addr" => {
+                let addr = value
+                    .parse::<SocketAddr>()
+                    .map_err(|_| format!("--metrics-addr: `{value}` is not an address"))?;
+                if !cfg!(feature = "metrics") {
+                    return Err(
+                        "--metrics-addr needs the metrics feature: cargo run --release \
+                        --example swarm --features tracing,metrics -- --metrics-addr ADDR"
+                            .into(),
+                    );
+                }
+                args.metrics_addr = Some(addr);
+            }
             _ => return Err(format!("unknown option {flag}")),
         }
     }
     Ok(Some(args))
+}
+
+// ===== observing =====
+
+/// `RUST_LOG` picks the library's events to print on stderr (feature `tracing`).
+fn init_logging() {
+    #[cfg(feature = "tracing")]
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+}
+
+/// Serves the metrics recorder's Prometheus text at `http://addr/metrics` (feature
+/// `metrics`), on a thread of the exporter's own.
+fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
+    #[cfg(feature = "metrics")]
+    {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
+    }
+    #[cfg(not(feature = "metrics"))]
+    Err(format!(
+        "cannot serve metrics on {addr}: built without the metrics feature"
+    ))
 }
 
 // ===== the swarm =====
@@ -624,6 +688,8 @@ fn main() -> ExitCode {
         Ok(Some(args)) => args,
         Ok(None) => {
             println!("{USAGE}");
+            let (tracing, metrics) = (cfg!(feature = "tracing"), cfg!(feature = "metrics"));
+            println!("\nbuilt with: tracing={tracing} metrics={metrics}");
             return ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -631,6 +697,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging();
+    if let Some(addr) = args.metrics_addr {
+        if let Err(e) = serve_metrics(addr) {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let swarm = match Swarm::new(args.agents, args.work) {
         Ok(swarm) => Arc::new(swarm),
         Err(e) => {
@@ -638,6 +711,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The flaky worker's queue length, by name (a label per pid would make one series
+    // per agent).
+    #[cfg(feature = "metrics")]
+    swarm.system.watch_depth(&swarm.flaky, "flaky");
     println!(
         "swarm: {} workers in a least-loaded group + 1 flaky, {} tasks, at most {:.0?}",
         args.agents - 1,
@@ -647,6 +724,9 @@ fn main() -> ExitCode {
     println!(
         "       mailboxes of {MAILBOX_CAPACITY}, at-least-once (3 retries), breaker at 3 refusals"
     );
+    if let Some(addr) = args.metrics_addr {
+        println!("       metrics at http://{addr}/metrics");
+    }
     let workers: Vec<_> = (swarm.workers.iter().cloned())
         .map(|pid| spawn_worker(swarm.clone(), pid))
         .collect();
@@ -691,7 +771,15 @@ fn main() -> ExitCode {
     for worker in workers {
         worker.join().expect("worker panicked");
     }
-    if report(&swarm, run, &mut latencies, &mailboxes) {
+    let balanced = report(&swarm, run, &mut latencies, &mailboxes);
+    if let (Some(addr), false) = (args.metrics_addr, args.linger.is_zero()) {
+        // The final numbers stay up for a scrape (the library published them at
+        // shutdown).
+        println!("serving http://{addr}/metrics for {:.0?} more", args.linger);
+        let _ = std::io::stdout().flush();
+        thread::sleep(args.linger);
+    }
+    if balanced {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

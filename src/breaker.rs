@@ -44,11 +44,13 @@
 //! A closed breaker with no failures is the word 0. No other data is published through
 //! the word, so the orderings below only order the breaker's own transitions.
 
+use std::fmt::Display;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::observe::events;
 use crate::sync::AtomicU64;
 
 /// When a destination's breaker opens and how long it stays open.
@@ -108,7 +110,9 @@ impl CircuitBreakerConfig {
 }
 
 /// A system's breaker settings in ticks, and the admission rule every destination
-/// kind applies around a push (the mailbox table and custom routers alike).
+/// kind applies around a push (the mailbox table and custom routers alike). Both
+/// report the transitions they cause, naming the destination `to`: opened (`WARN`),
+/// half-open and closed (`INFO`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BreakerSettings {
     threshold: u32,
@@ -136,6 +140,7 @@ impl BreakerSettings {
         breaker: &Breaker,
         now: impl FnOnce() -> u64,
         seed: u64,
+        to: &impl Display,
     ) -> Result<Admission, u64> {
         if breaker.state() == BreakerState::Closed {
             return Ok(Admission::Allowed);
@@ -148,6 +153,10 @@ impl BreakerSettings {
             Admission::Rejected { retry_at } => {
                 let jitter = seed % (self.reset_ticks / 4 + 1);
                 Err(retry_at.saturating_add(jitter))
+            }
+            Admission::Probe => {
+                events::breaker_half_open(to);
+                Ok(Admission::Probe)
             }
             admission => Ok(admission),
         }
@@ -162,14 +171,22 @@ impl BreakerSettings {
         admission: Admission,
         accepted: bool,
         now: impl FnOnce() -> u64,
+        to: &impl Display,
     ) -> bool {
         if accepted {
             breaker.on_success(admission);
+            if admission == Admission::Probe {
+                events::breaker_closed(to);
+            }
             return false;
         }
         let was_open = breaker.state() == BreakerState::Open;
         breaker.on_failure(admission, now(), self.threshold);
-        !was_open && breaker.state() == BreakerState::Open
+        let tripped = !was_open && breaker.state() == BreakerState::Open;
+        if tripped {
+            events::breaker_opened(to, breaker.trips());
+        }
+        tripped
     }
 }
 

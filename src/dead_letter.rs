@@ -8,7 +8,10 @@ use std::collections::VecDeque;
 use std::fmt;
 
 use crate::message::{AgentMessage, AgentPid, MessageEnvelope, MessageId, Outgoing};
+use crate::observe::{self, Traced};
 use crate::stats::Counter;
+#[cfg(feature = "metrics")]
+use crate::sync::AtomicU64;
 use crate::sync::{lock, Mutex};
 
 /// Why a message was given up on.
@@ -52,6 +55,53 @@ impl fmt::Display for DeadLetterReason {
     }
 }
 
+impl DeadLetterReason {
+    /// Every [`label`](Self::label), in declaration order.
+    pub const LABELS: [&'static str; 9] = [
+        "mailbox_full",
+        "mailbox_closed",
+        "agent_not_found",
+        "retries_exhausted",
+        "not_acknowledged",
+        "expired",
+        "circuit_open",
+        "overloaded",
+        "shutdown",
+    ];
+
+    /// The reason's kind without its details, in snake case: a metric label
+    /// (`agent_messaging_dead_letters_total{reason="..."}`), one of
+    /// [`LABELS`](Self::LABELS).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use terraphim_agent_messaging::DeadLetterReason;
+    ///
+    /// let reason = DeadLetterReason::RetriesExhausted("mailbox full".into());
+    /// assert_eq!(reason.label(), "retries_exhausted");
+    /// assert_eq!(reason.to_string(), "retries exhausted: mailbox full");
+    /// ```
+    pub fn label(&self) -> &'static str {
+        Self::LABELS[self.index()]
+    }
+
+    /// The position of the reason's kind in [`LABELS`](Self::LABELS).
+    fn index(&self) -> usize {
+        match self {
+            DeadLetterReason::MailboxFull => 0,
+            DeadLetterReason::MailboxClosed => 1,
+            DeadLetterReason::AgentNotFound => 2,
+            DeadLetterReason::RetriesExhausted(_) => 3,
+            DeadLetterReason::NotAcknowledged => 4,
+            DeadLetterReason::Expired => 5,
+            DeadLetterReason::CircuitOpen => 6,
+            DeadLetterReason::Overloaded(_) => 7,
+            DeadLetterReason::Shutdown => 8,
+        }
+    }
+}
+
 /// The message itself, in the form the system held it.
 #[derive(Debug)]
 pub enum DeadMessage {
@@ -67,6 +117,19 @@ impl DeadMessage {
         match self {
             DeadMessage::Envelope(e) => &e.id,
             DeadMessage::Message(m) => m.id(),
+        }
+    }
+}
+
+impl Traced for DeadMessage {
+    fn message_id(&self) -> &dyn fmt::Display {
+        self.id()
+    }
+
+    fn message_type(&self) -> &str {
+        match self {
+            DeadMessage::Envelope(e) => &e.message_type,
+            DeadMessage::Message(m) => Traced::message_type(m),
         }
     }
 }
@@ -116,12 +179,29 @@ pub(crate) struct DeadLetters {
     queue: Mutex<VecDeque<DeadLetter>>,
     /// Every dead letter ever pushed (the queue is drained by readers).
     total: Counter,
+    /// Dead letters by reason, in the order of `DeadLetterReason::LABELS` (pushes are
+    /// rare and take the queue's lock anyway: plain atomics suffice).
+    #[cfg(feature = "metrics")]
+    by_reason: [AtomicU64; 9],
 }
 
 impl DeadLetters {
     pub(crate) fn push(&self, letter: DeadLetter) {
+        observe::events::dead_letter(&letter.to, &letter.message, &letter.reason, letter.attempts);
+        #[cfg(feature = "metrics")]
+        self.by_reason[letter.reason.index()].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.total.incr();
         lock(&self.queue).push_back(letter);
+    }
+
+    /// Dead letters ever recorded, by reason label (for the metrics).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn by_reason(&self) -> Vec<(&'static str, u64)> {
+        let counts = self
+            .by_reason
+            .iter()
+            .map(|n| n.load(std::sync::atomic::Ordering::Relaxed));
+        DeadLetterReason::LABELS.into_iter().zip(counts).collect()
     }
 
     /// Takes every dead letter queued so far.

@@ -48,6 +48,16 @@
 //! - Every message accepted is delivered, dead-lettered (see
 //!   [`MessageSystem::dead_letters`]) or still pending: nothing is dropped silently.
 //!
+//! # Observability
+//!
+//! Two cargo features, off by default, make a running system visible through the
+//! ecosystem's facades: `tracing` (spans around calls; events for registrations,
+//! routing, refusals, retries, redeliveries, dead letters, breaker transitions and
+//! shutdown, with message ids and types as fields) and `metrics` (counters, gauges
+//! and histograms for any recorder; `MessageSystem::publish_metrics`,
+//! `MessageSystem::watch_depth`). The README lists every event and metric. Without
+//! the features neither crate is compiled in.
+//!
 //! # Layers
 //!
 //! The modules, bottom up. Each imports only from the layers below it (and from
@@ -57,6 +67,7 @@
 //! |---|---|
 //! | `sync` | the one import point for atomics, locks, threads and cells (loom or std) |
 //! | `stats` | striped counters |
+//! | `observe` | `tracing` events and spans, `metrics` counters, gauges and histograms: every one defined here, nothing compiled without the features |
 //! | `timer` | the wheel, the clock, and the timer service (clock + driver + its loop) |
 //! | `breaker` | one destination's circuit breaker (an atomic word) |
 //! | `wait` | the wait cell a receiver or a caller parks in |
@@ -98,6 +109,7 @@ mod error;
 mod group;
 mod mailbox;
 mod message;
+mod observe;
 mod router;
 mod stats;
 mod system;

@@ -12,6 +12,9 @@
 //!
 //! The fast path (destination found, accepted, no ack asked) costs one push and one
 //! striped counter: no allocation beyond the message, no clock read, no tracking.
+//! With the `tracing` feature it adds one `TRACE` event (`routing`), a relaxed load
+//! when nobody listens; refusals, retries and give-ups are reported from the slow paths
+//! (see `crate::observe`).
 //!
 //! | push outcome | `AtMostOnce` | `AtLeastOnce` / `ExactlyOnce` |
 //! |---|---|---|
@@ -42,9 +45,12 @@ use crate::message::{
     AgentMessage, AgentPid, DeliveryOptions, MessageEnvelope, MessageId, MessagePriority, Outgoing,
     ReplyReceiver,
 };
+use crate::observe::events;
+use crate::observe::meters::{CallOutcome, Meters};
 use crate::router::{Destination, Push, Refusal, RouterStats, Routes};
 use crate::stats::Counter;
 use crate::sync::Arc;
+use crate::table::AgentTable;
 use crate::timer::service::TimerService;
 use crate::timer::TimerKey;
 
@@ -81,6 +87,14 @@ pub(crate) struct Engine {
     pub(super) routes: Routes,
     pub(crate) tracker: Tracker,
     pub(super) dead_letters: Arc<DeadLetters>,
+    /// The system's agents and groups, read for the `metrics` gauges.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(super) table: Arc<AgentTable>,
+    /// What the system counts for the `metrics` recorder (zero-sized without it).
+    pub(super) meters: Meters,
+    /// Agents whose queue length is published, by the name given to `watch_depth`.
+    #[cfg(feature = "metrics")]
+    pub(super) watched: crate::sync::Mutex<Vec<(String, AgentPid)>>,
 }
 
 impl Engine {
@@ -89,6 +103,7 @@ impl Engine {
     pub(crate) fn new(
         config: RouterConfig,
         routes: Routes,
+        table: Arc<AgentTable>,
         timers: std::sync::Arc<TimerService>,
         dead_letters: Arc<DeadLetters>,
     ) -> MessagingResult<Self> {
@@ -107,6 +122,10 @@ impl Engine {
             routes,
             tracker,
             dead_letters,
+            table,
+            meters: Meters::default(),
+            #[cfg(feature = "metrics")]
+            watched: Default::default(),
             config,
         })
     }
@@ -131,6 +150,15 @@ impl Engine {
     pub(super) fn count(&self, counter: &Counter) {
         if self.config.enable_metrics {
             counter.incr();
+        }
+    }
+
+    /// Counts a call's outcome for the `metrics` recorder, unless `enable_metrics` is
+    /// off.
+    #[inline]
+    pub(crate) fn count_call(&self, outcome: CallOutcome) {
+        if self.config.enable_metrics {
+            self.meters.call_ended(outcome);
         }
     }
 
@@ -174,6 +202,7 @@ impl Engine {
             DeliveryGuarantee::ExactlyOnce => {
                 let id = out.id().clone();
                 if self.tracker.reserve(&id) == Reservation::Duplicate {
+                    events::duplicate(to, &out);
                     self.count(&counters.accepted_otherwise);
                     self.count(&counters.duplicates);
                     return Ok(());
@@ -191,6 +220,7 @@ impl Engine {
             let tracked = self.tracked(to, out, options, Stage::AwaitAck);
             return self.first_acked_attempt(tracked, reserved.as_ref());
         }
+        events::routing(to, &out, 1);
         match self.routes.push(to, out, options.priority) {
             Push::Done => {
                 if let Some(id) = &reserved {
@@ -217,6 +247,7 @@ impl Engine {
         failed: Push,
         options: &DeliveryOptions,
     ) -> MessagingResult<()> {
+        refused(to, &failed, 1);
         match failed {
             Push::Done => unreachable!("handled by dispatch"),
             Push::NotFound(out) => {
@@ -283,17 +314,19 @@ impl Engine {
             unreachable!("only envelopes ask for acks")
         };
         let copy = Outgoing::Envelope(envelope.clone());
-        let (to, priority) = (tracked.to.clone(), tracked.priority);
+        let (to, priority, attempt) = (tracked.to.clone(), tracked.priority, tracked.attempts);
         tracked.stage = Stage::AwaitAck;
         let ack = self.config.delivery_config.acknowledgment_timeout;
         let key = match self.track(tracked, self.tracker.after(ack)) {
             Ok(key) => key,
             Err(e) => return AckedPush::NotTracked(e),
         };
+        events::routing(&to, &copy, attempt);
         let failed = match self.routes.push(&to, copy, priority) {
             Push::Done => return AckedPush::Delivered,
             failed => failed,
         };
+        refused(&to, &failed, attempt);
         // Take it back to retry; gone means it was acknowledged meanwhile (through an
         // earlier copy), which settles it.
         let Some(mut tracked) = self.tracker.untrack(key) else {
@@ -416,6 +449,7 @@ impl Engine {
     /// Ends tracking of `id` (`MessageSystem::acknowledge`).
     pub(crate) fn acknowledge(&self, id: &MessageId) -> MessagingResult<()> {
         if self.tracker.acknowledge(id) {
+            events::acknowledged(id);
             self.count(&self.tracker.counters.acknowledged);
             Ok(())
         } else {
@@ -491,6 +525,14 @@ impl Engine {
     /// Records a dead letter.
     pub(super) fn bury(&self, letter: DeadLetter) {
         self.dead_letters.push(letter);
+    }
+}
+
+/// Reports a push that did not deliver (its message came back, or the router kept it).
+#[inline]
+pub(super) fn refused(to: &AgentPid, pushed: &Push, attempt: u32) {
+    if let Some(message) = pushed.message() {
+        events::refused(to, message, attempt, pushed.reason());
     }
 }
 

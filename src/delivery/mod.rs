@@ -9,6 +9,7 @@
 pub(crate) mod dedup;
 pub(crate) mod engine;
 pub(crate) mod manager;
+mod meters;
 mod redelivery;
 pub(crate) mod retry;
 pub(crate) mod tracker;

@@ -17,11 +17,12 @@
 use std::time::Instant;
 
 use super::dedup::Reservation;
-use super::engine::{AckedPush, Engine, TrackFailed};
+use super::engine::{refused, AckedPush, Engine, TrackFailed};
 use super::tracker::{Due, Stage, Tracked};
 use super::DeliveryGuarantee;
 use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadMessage};
 use crate::message::{AgentPid, MessageId, Outgoing};
+use crate::observe::events;
 use crate::router::{Destination, Push, Refusal};
 use crate::timer::service::{Fire, TimerService};
 
@@ -39,6 +40,9 @@ impl Engine {
                 }
             }
         }
+        if self.meters.due(|| self.tracker.now()) {
+            self.publish_metrics(false);
+        }
         self.tracker.next_deadline()
     }
 
@@ -54,9 +58,14 @@ impl Engine {
             }
             tracked.attempts = tracked.attempts.saturating_add(1);
             self.count(&counters.retries);
+            if self.config.enable_metrics {
+                self.meters.redelivered();
+            }
             // Exactly-once: the mailbox already accepted this id inside the window, so a
             // second copy is suppressed; the attempt still counts.
-            if self.guarantee == DeliveryGuarantee::ExactlyOnce {
+            let suppressed = self.guarantee == DeliveryGuarantee::ExactlyOnce;
+            events::redelivery(&to, &tracked.payload, tracked.attempts, suppressed);
+            if suppressed {
                 let ack = self.config.delivery_config.acknowledgment_timeout;
                 let _ = self.track(tracked, self.tracker.after(ack));
                 return;
@@ -73,6 +82,7 @@ impl Engine {
             DeliveryGuarantee::ExactlyOnce => {
                 let id = tracked.payload.id().clone();
                 if self.tracker.reserve(&id) == Reservation::Duplicate {
+                    events::duplicate(&to, &tracked.payload);
                     self.count(&counters.duplicates);
                     return;
                 }
@@ -86,8 +96,10 @@ impl Engine {
             return self.after_acked_push(self.push_acked(tracked), reserved.as_ref());
         }
         let attempts = tracked.attempts;
+        events::routing(&to, &tracked.payload, attempts);
         // The payload moves out for the push and back in if it is refused.
         let pushed = self.routes.push(&to, tracked.payload, tracked.priority);
+        refused(&to, &pushed, attempts);
         if let Some(id) = &reserved {
             match pushed {
                 Push::Done => self.tracker.commit(id),
@@ -154,6 +166,12 @@ impl Engine {
         }
         let delay = tracked.policy.delay(tracked.attempts - 1);
         let deadline = self.tracker.after(delay).max(retry_at);
+        events::retry_scheduled(
+            &tracked.to,
+            &tracked.payload,
+            tracked.attempts.saturating_add(1),
+            delay,
+        );
         self.track(tracked, deadline).map(|_| ())
     }
 

@@ -338,6 +338,12 @@ impl<'a, T> Lanes<'a, T> {
         }
     }
 
+    /// Whether only the `Normal` lane exists (so the lanes hand out in push order).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn normal_only(self) -> bool {
+        self.extra().is_none()
+    }
+
     /// Messages ever pushed, over all lanes.
     pub(crate) fn pushed(self) -> usize {
         self.normal().pushed()

@@ -27,7 +27,8 @@ use crate::sync::{fence, Arc, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Spi
 use crate::wait::WaitCell;
 
 /// Timestamps and processing times are sampled once per this many messages, so the
-/// send and receive paths read no clock for the other 63.
+/// send and receive paths read no clock for the other 63. The same samples time a
+/// message's wait in the mailbox for the `metrics` feature.
 pub(crate) const SAMPLE_EVERY: usize = 64;
 
 /// Settings shared by every mailbox of one system (one pointer per mailbox).
@@ -102,6 +103,14 @@ struct Sampled {
     avg_processing: AtomicU64,
     /// High-water mark of the queue length.
     max_len: AtomicUsize,
+    /// `metrics`: one message being timed from push to receive, as (the pop count at
+    /// which it will be received, nanos since epoch + 1 when pushed). Exact while only
+    /// the `Normal` lane exists (pushes are received in order); with priorities, the
+    /// count is the total pushed so far, and the wait measured is that of whichever
+    /// message is received at that count. Producers and the receiver only `try_lock`
+    /// it, on their sampled (1 in 64) paths.
+    #[cfg(feature = "metrics")]
+    wait_mark: crate::sync::Mutex<Option<(usize, u64)>>,
 }
 
 /// One mailbox.
@@ -274,7 +283,7 @@ impl Shared {
             Ok(before) => {
                 self.waiter.wake();
                 if before % SAMPLE_EVERY == 0 {
-                    self.sample_received();
+                    self.sample_received(before, priority);
                 }
                 Ok(())
             }
@@ -304,13 +313,27 @@ impl Shared {
         }
     }
 
+    /// A sampled push: `before` messages had entered `priority`'s lane before it.
     #[cold]
-    fn sample_received(&self) {
+    fn sample_received(&self, before: usize, priority: MessagePriority) {
         let sampled = self.sampled();
-        sampled
-            .last_received
-            .store(self.settings.nanos_since_epoch(), Relaxed);
+        let now = self.settings.nanos_since_epoch();
+        sampled.last_received.store(now, Relaxed);
         record_max(&sampled.max_len, self.sampled_len(0));
+        #[cfg(feature = "metrics")]
+        if let Ok(mut mark) = sampled.wait_mark.try_lock() {
+            if mark.is_none() {
+                let lanes = self.lanes();
+                let at = if priority == MessagePriority::Normal && lanes.normal_only() {
+                    before
+                } else {
+                    lanes.pushed().saturating_sub(1)
+                };
+                *mark = Some((at, now));
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (before, priority);
     }
 
     /// The queue length for `max_len`, plus `extra` messages just taken. A snapshot
@@ -426,7 +449,7 @@ impl Shared {
         let pops = self.pops.load(Relaxed);
         self.pops.store(pops.wrapping_add(1), Relaxed);
         if pops % SAMPLE_EVERY == 0 {
-            self.sample_processed();
+            self.sample_processed(pops);
         }
     }
 
@@ -442,13 +465,26 @@ impl Shared {
         }
     }
 
+    /// A sampled pop: `pops` messages had been popped before this one.
     #[cold]
-    fn sample_processed(&self) {
+    fn sample_processed(&self, pops: usize) {
         let now = self.settings.nanos_since_epoch();
         let sampled = self.sampled();
         sampled.last_processed.store(now, Relaxed);
         sampled.sample_start.store(now, Relaxed);
         record_max(&sampled.max_len, self.sampled_len(1));
+        #[cfg(feature = "metrics")]
+        if let Ok(mut mark) = sampled.wait_mark.try_lock() {
+            // Reached the marked message's place (wrapping compare: `pops >= at`).
+            if let Some((at, pushed)) = *mark {
+                if pops.wrapping_sub(at) <= usize::MAX / 2 {
+                    *mark = None;
+                    crate::observe::meters::mailbox_wait(now.saturating_sub(pushed));
+                }
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = pops;
     }
 
     #[cold]

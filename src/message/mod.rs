@@ -412,3 +412,28 @@ impl Outgoing {
         }
     }
 }
+
+// ===== what the events say about a message =====
+
+impl crate::observe::Traced for AgentMessage {
+    fn message_id(&self) -> &dyn fmt::Display {
+        self.id()
+    }
+
+    fn message_type(&self) -> &str {
+        AgentMessage::message_type(self).unwrap_or(self.kind())
+    }
+}
+
+impl crate::observe::Traced for Outgoing {
+    fn message_id(&self) -> &dyn fmt::Display {
+        self.id()
+    }
+
+    fn message_type(&self) -> &str {
+        match self {
+            Outgoing::Envelope(e) => &e.message_type,
+            Outgoing::Message(m) => crate::observe::Traced::message_type(m),
+        }
+    }
+}

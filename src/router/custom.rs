@@ -28,6 +28,8 @@ use std::hash::BuildHasherDefault;
 use ahash::AHasher;
 
 use super::{Destination, MessageRouter, Push, Refusal};
+#[cfg(feature = "metrics")]
+use crate::breaker::BreakerState;
 use crate::breaker::{Admission, Breaker, BreakerSettings};
 use crate::error::MessagingError;
 use crate::mailbox::handback;
@@ -79,6 +81,16 @@ impl CustomRoutes {
         lock(&self.breakers).remove(pid);
     }
 
+    /// Breakers open or half-open (the `metrics` gauge).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn open_breakers(&self) -> u64 {
+        let breakers = lock(&self.breakers);
+        let open = breakers
+            .values()
+            .filter(|b| b.state() != BreakerState::Closed);
+        open.count() as u64
+    }
+
     /// Calls the router once; returns its answer and the message to hand back.
     fn attempt(
         &self,
@@ -121,7 +133,7 @@ impl Destination for CustomRoutes {
                 let breaker = self.breaker_of(to);
                 let seed = out.id().0.as_u64_pair().1;
                 let admission = match &breaker {
-                    Some(breaker) => settings.admit(breaker, now, seed),
+                    Some(breaker) => settings.admit(breaker, now, seed, to),
                     None => Ok(Admission::Allowed),
                 };
                 match admission {
@@ -150,8 +162,8 @@ impl Destination for CustomRoutes {
                 None => None,
             };
             if let Some(breaker) = breaker {
-                if (result.is_ok() || failed) && settings.record(&breaker, admission, !failed, now)
-                {
+                let recorded = result.is_ok() || failed;
+                if recorded && settings.record(&breaker, admission, !failed, now, to) {
                     self.breaker_trips.incr();
                 }
             }

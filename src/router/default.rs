@@ -18,6 +18,7 @@ use super::{Destination, Push, Refusal};
 use crate::breaker::BreakerSettings;
 use crate::mailbox::shared::Shared;
 use crate::message::{AgentMessage, AgentPid, MessageEnvelope, MessagePriority, Outgoing};
+use crate::observe::events;
 use crate::stats::Counter;
 use crate::sync::Arc;
 use crate::table::{AgentTable, Target};
@@ -59,7 +60,7 @@ impl LocalRoutes {
         let admission = match &self.breaker {
             Some(settings) => {
                 let seed = message.id().0.as_u64_pair().1;
-                match settings.admit(&mailbox.breaker, now, seed) {
+                match settings.admit(&mailbox.breaker, now, seed, &mailbox.pid) {
                     Ok(admission) => Some((settings, admission)),
                     Err(retry_at) => {
                         let out = Outgoing::Message(message);
@@ -73,7 +74,9 @@ impl LocalRoutes {
         if let Some((settings, admission)) = admission {
             // A closed mailbox is not a delivery failure: the agent is gone.
             let closed = matches!(pushed, Err(crate::TrySendError::Closed(_)));
-            if !closed && settings.record(&mailbox.breaker, admission, pushed.is_ok(), now) {
+            let accepted = pushed.is_ok();
+            if !closed && settings.record(&mailbox.breaker, admission, accepted, now, &mailbox.pid)
+            {
                 self.breaker_trips.incr();
             }
         }
@@ -126,6 +129,7 @@ impl LocalRoutes {
                 let mut message = Some(message);
                 let pushed = group.with_member(|member| {
                     let message = message.take().expect("pushed once");
+                    events::group_pick(to, &member.shared().pid, &message);
                     self.push_into(member.shared(), message, priority)
                 });
                 pushed.unwrap_or_else(|_| {

@@ -111,6 +111,17 @@ pub(crate) enum Refusal {
     EmptyGroup,
 }
 
+impl Refusal {
+    /// The refusal in words (an event's `reason`).
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Refusal::MailboxFull => "mailbox full",
+            Refusal::CircuitOpen => "circuit open",
+            Refusal::EmptyGroup => "empty group",
+        }
+    }
+}
+
 /// What one push did. Every outcome but `Done` hands the message back.
 pub(crate) enum Push {
     /// Accepted by a mailbox (or by a custom router).
@@ -126,6 +137,26 @@ pub(crate) enum Push {
 }
 
 impl Push {
+    /// The message handed back, if any.
+    pub(crate) fn message(&self) -> Option<&Outgoing> {
+        match self {
+            Push::Done | Push::Failed(None, _) => None,
+            Push::Refused(out, ..) | Push::Closed(out) | Push::NotFound(out) => Some(out),
+            Push::Failed(Some(out), _) => Some(out),
+        }
+    }
+
+    /// Why the push did not deliver, in words (an event's `reason`; empty for `Done`).
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            Push::Done => "",
+            Push::Refused(_, refusal, _) => refusal.as_str(),
+            Push::Closed(_) => "mailbox closed",
+            Push::NotFound(_) => "agent not found",
+            Push::Failed(..) => "router error",
+        }
+    }
+
     /// Applies `f` to the message handed back, if any.
     #[inline]
     pub(crate) fn map_back(self, f: impl FnOnce(Outgoing) -> Outgoing) -> Push {

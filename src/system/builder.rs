@@ -131,7 +131,7 @@ impl MessageSystemBuilder {
         });
         let routes = match self.router {
             Some(router) => Routes::Custom(CustomRoutes::new(router, breaker, timers.clone())),
-            None => Routes::Local(LocalRoutes::new(table, breaker, timers.clone())),
+            None => Routes::Local(LocalRoutes::new(table.clone(), breaker, timers.clone())),
         };
         // A refused retry policy is reported by every operation; the engine runs on the
         // defaults meanwhile (keeping the guarantee).
@@ -143,11 +143,18 @@ impl MessageSystemBuilder {
                 ..Default::default()
             };
         }
-        let engine = Engine::new(engine_config, routes, timers.clone(), dead_letters.clone())
-            .expect("the retry policy was checked above");
+        let engine = Engine::new(
+            engine_config,
+            routes,
+            table,
+            timers.clone(),
+            dead_letters.clone(),
+        )
+        .expect("the retry policy was checked above");
         let engine = std::sync::Arc::new(engine);
         let fire: std::sync::Arc<dyn Fire> = engine.clone();
         timers.attach(std::sync::Arc::downgrade(&fire));
+        engine.start_metering();
         MessageSystem {
             inner: std::sync::Arc::new(Inner {
                 config: self.config,

@@ -1,4 +1,5 @@
-//! [`CallFuture`]: a call awaited on any executor, its timeout on the system's wheel.
+//! [`CallFuture`]: a call awaited on any executor, its timeout on the system's wheel;
+//! and what every call reports when it ends (`observe_call`), in both flavours.
 
 use std::any::Any;
 use std::fmt;
@@ -9,31 +10,37 @@ use std::task::{Context, Poll};
 use crate::delivery::engine::Engine;
 use crate::error::{MessagingError, MessagingResult};
 use crate::message::{AgentPid, Payload, ReplyError, ReplyReceiver};
+use crate::observe::events::{self, CallSpan};
+use crate::observe::meters::{CallOutcome, CallTimer};
 use crate::timer::TimerKey;
 
-/// The future of [`MessageSystem::call_async`].
+/// The future of [`MessageSystem::call_async`](crate::MessageSystem::call_async).
 pub struct CallFuture {
     state: CallState,
     to: AgentPid,
 }
 
 enum CallState {
-    Waiting {
-        reply: ReplyReceiver,
-        timer: Option<(TimerKey, std::sync::Arc<Engine>)>,
-    },
+    Waiting(Waiting),
     Failed(MessagingError),
     Done,
 }
 
+/// A call sent, its reply awaited.
+pub(super) struct Waiting {
+    pub(super) reply: ReplyReceiver,
+    /// The call's timeout on the system's wheel (`None`: it had passed already).
+    pub(super) timer: Option<TimerKey>,
+    pub(super) engine: std::sync::Arc<Engine>,
+    /// Entered on every poll, so the reply is awaited inside the call's span.
+    pub(super) span: CallSpan,
+    pub(super) clock: CallTimer,
+}
+
 impl CallFuture {
-    pub(super) fn waiting(
-        to: AgentPid,
-        reply: ReplyReceiver,
-        timer: Option<(TimerKey, std::sync::Arc<Engine>)>,
-    ) -> Self {
+    pub(super) fn waiting(to: AgentPid, waiting: Waiting) -> Self {
         CallFuture {
-            state: CallState::Waiting { reply, timer },
+            state: CallState::Waiting(waiting),
             to,
         }
     }
@@ -46,9 +53,9 @@ impl CallFuture {
     }
 
     fn cancel_timer(&mut self) {
-        if let CallState::Waiting { timer, .. } = &mut self.state {
-            if let Some((key, engine)) = timer.take() {
-                engine.cancel_call_timeout(key);
+        if let CallState::Waiting(waiting) = &mut self.state {
+            if let Some(key) = waiting.timer.take() {
+                waiting.engine.cancel_call_timeout(key);
             }
         }
     }
@@ -60,10 +67,13 @@ impl Future for CallFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let outcome = match &mut this.state {
-            CallState::Waiting { reply, .. } => match Pin::new(reply).poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(r) => r.map_err(|e| reply_error(&this.to, e)),
-            },
+            CallState::Waiting(waiting) => {
+                let _in_call = waiting.span.enter();
+                match Pin::new(&mut waiting.reply).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(r) => r.map_err(|e| reply_error(&this.to, e)),
+                }
+            }
             CallState::Failed(_) => match std::mem::replace(&mut this.state, CallState::Done) {
                 CallState::Failed(e) => return Poll::Ready(Err(e)),
                 _ => unreachable!("matched Failed"),
@@ -71,7 +81,15 @@ impl Future for CallFuture {
             CallState::Done => panic!("CallFuture polled after completion"),
         };
         this.cancel_timer();
-        this.state = CallState::Done;
+        if let CallState::Waiting(waiting) = std::mem::replace(&mut this.state, CallState::Done) {
+            let _in_call = waiting.span.enter();
+            observe_call(
+                &waiting.engine,
+                &this.to,
+                outcome.as_ref().map(|_| ()),
+                waiting.clock,
+            );
+        }
         Poll::Ready(outcome)
     }
 }
@@ -79,6 +97,32 @@ impl Future for CallFuture {
 impl Drop for CallFuture {
     fn drop(&mut self) {
         self.cancel_timer();
+    }
+}
+
+/// Reports how a call to `to` ended (inside its span, if the caller entered it): its
+/// event, its outcome counter and, for an answered call picked for timing, its round
+/// trip. A call future dropped before it resolves reports nothing.
+pub(crate) fn observe_call(
+    engine: &Engine,
+    to: &AgentPid,
+    outcome: Result<(), &MessagingError>,
+    clock: CallTimer,
+) {
+    match outcome {
+        Ok(()) => {
+            events::call_answered(to);
+            clock.answered();
+            engine.count_call(CallOutcome::Ok);
+        }
+        Err(MessagingError::MessageTimeout(_)) => {
+            events::call_timed_out(to);
+            engine.count_call(CallOutcome::Timeout);
+        }
+        Err(e) => {
+            events::call_failed(to, e);
+            engine.count_call(CallOutcome::Failed);
+        }
     }
 }
 

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 pub use self::builder::MessageSystemBuilder;
 pub use self::call::CallFuture;
 pub(crate) use self::call::{downcast_reply, reply_error};
+use self::call::{observe_call, Waiting};
 pub use self::default_router::DefaultMessageRouter;
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::delivery::engine::Engine;
@@ -36,6 +37,8 @@ use crate::mailbox::{AgentMailbox, MailboxSender, MailboxStats};
 use crate::message::{
     AgentMessage, AgentPid, MessageEnvelope, MessageId, MessagePriority, Payload,
 };
+use crate::observe::events::{self, CallSpan, Ledger};
+use crate::observe::meters::CallTimer;
 use crate::router::{MessageRouter, RouterStats, Routes};
 use crate::sync::{Arc, AtomicBool};
 use crate::table::manager::MailboxManager;
@@ -130,6 +133,7 @@ impl MessageSystem {
                 return Err(e);
             }
         }
+        events::registered(&agent_id);
         Ok(())
     }
 
@@ -146,6 +150,7 @@ impl MessageSystem {
         for group in self.inner.mailboxes.table().groups() {
             let _ = group.leave(agent_id);
         }
+        events::unregistered(agent_id);
         Ok(())
     }
 
@@ -158,7 +163,10 @@ impl MessageSystem {
         let pid = AgentPid::new();
         let group = Arc::new(Group::new(pid.clone(), strategy));
         match self.inner.mailboxes.table().insert_group(group) {
-            Ok(_) => Ok(pid),
+            Ok(_) => {
+                events::group_created(&pid, &strategy);
+                Ok(pid)
+            }
             Err(InsertError::Duplicate) => Err(MessagingError::DuplicateAgent(pid)),
             Err(InsertError::Full) => Err(MessagingError::System("agent table full".into())),
         }
@@ -170,12 +178,16 @@ impl MessageSystem {
         let sender = self
             .sender(member)
             .ok_or_else(|| MessagingError::AgentNotFound(member.clone()))?;
-        self.group(group)?.join(sender)
+        self.group(group)?.join(sender)?;
+        events::group_joined(group, member);
+        Ok(())
     }
 
     /// Removes `member` from `group`.
     pub fn leave_group(&self, group: &AgentPid, member: &AgentPid) -> MessagingResult<()> {
-        self.group(group)?.leave(member)
+        self.group(group)?.leave(member)?;
+        events::group_left(group, member);
+        Ok(())
     }
 
     /// The members of `group`.
@@ -225,6 +237,9 @@ impl MessageSystem {
     ///
     /// No reply within `timeout` gives `MessageTimeout(to)`; a zero timeout fails at
     /// once without sending. A callee that drops the call gives `DeliveryFailed`.
+    ///
+    /// With the `tracing` feature the call runs in a `call` span (`TRACE`) with its
+    /// message id, `from`, `to` and `timeout`, from the send to the reply.
     pub fn call<T: Any + Send>(
         &self,
         from: AgentPid,
@@ -232,12 +247,21 @@ impl MessageSystem {
         payload: T,
         timeout: Duration,
     ) -> MessagingResult<Payload> {
+        let engine = &self.inner.engine;
         if timeout.is_zero() {
-            return Err(MessagingError::MessageTimeout(to.clone()));
+            let timed_out = MessagingError::MessageTimeout(to.clone());
+            observe_call(engine, to, Err(&timed_out), CallTimer::none());
+            return Err(timed_out);
         }
         let (message, reply) = AgentMessage::call(from, payload, timeout);
-        self.send(to, message)?;
-        reply.recv_timeout(timeout).map_err(|e| reply_error(to, e))
+        let span = CallSpan::new(message.id(), message.from(), to, timeout);
+        let _in_call = span.enter();
+        let clock = CallTimer::start(message.id().0.as_u64_pair().1);
+        let answer = self
+            .send(to, message)
+            .and_then(|()| reply.recv_timeout(timeout).map_err(|e| reply_error(to, e)));
+        observe_call(engine, to, answer.as_ref().map(|_| ()), clock);
+        answer
     }
 
     /// Calls `to` without blocking: a future, on any executor, that resolves to the
@@ -257,16 +281,32 @@ impl MessageSystem {
         timeout: Duration,
     ) -> CallFuture {
         let to = to.clone();
+        let engine = &self.inner.engine;
         if timeout.is_zero() {
-            return CallFuture::failed(MessagingError::MessageTimeout(to));
+            let timed_out = MessagingError::MessageTimeout(to.clone());
+            observe_call(engine, &to, Err(&timed_out), CallTimer::none());
+            return CallFuture::failed(timed_out);
         }
         let (message, reply) = AgentMessage::call(from, payload, timeout);
-        if let Err(e) = self.send(&to, message) {
+        let span = CallSpan::new(message.id(), message.from(), &to, timeout);
+        let clock = CallTimer::start(message.id().0.as_u64_pair().1);
+        let sent = {
+            let _in_call = span.enter();
+            self.send(&to, message)
+                .inspect_err(|e| observe_call(engine, &to, Err(e), CallTimer::none()))
+        };
+        if let Err(e) = sent {
             return CallFuture::failed(e);
         }
-        let engine = &self.inner.engine;
         let timer = engine.schedule_call_timeout(&reply, timeout);
-        CallFuture::waiting(to, reply, timer.map(|key| (key, engine.clone())))
+        let waiting = Waiting {
+            reply,
+            timer,
+            engine: engine.clone(),
+            span,
+            clock,
+        };
+        CallFuture::waiting(to, waiting)
     }
 
     /// [`call`](Self::call), downcasting the reply to `R`.
@@ -349,6 +389,9 @@ impl MessageSystem {
 
     /// Stops the system: later operations fail, every mailbox closes (receivers drain
     /// what is queued, then get `ChannelClosed`). Idempotent.
+    ///
+    /// With the `tracing` feature it logs the delivery ledger (`INFO`); with `metrics`
+    /// it publishes the final counters and sets the system's gauges to zero.
     pub fn shutdown(&self) -> MessagingResult<()> {
         if self.inner.shut_down.swap(true, AcqRel) {
             return Ok(());
@@ -359,7 +402,45 @@ impl MessageSystem {
         };
         self.inner.engine.stop();
         self.inner.mailboxes.close_all();
+        self.inner.engine.publish_metrics(true);
+        events::shut_down(|| {
+            let l = self.delivery_stats();
+            Ledger {
+                total_messages: l.total_messages,
+                delivered: l.delivered,
+                acknowledged: l.acknowledged,
+                failed: l.failed,
+                expired: l.expired,
+                duplicates: l.duplicates,
+                pending: l.pending,
+                in_transit: l.in_transit,
+                dead_letters: self.dead_letter_count(),
+            }
+        });
         result
+    }
+
+    /// Publishes `agent`'s queue length as the gauge
+    /// `agent_messaging_mailbox_depth{agent = name}` (cargo feature `metrics`), with
+    /// the other metrics. For a few agents you name: a label per agent would make one
+    /// time series per pid. Watching another agent under the same name replaces it;
+    /// an agent that is not registered reads 0.
+    #[cfg(feature = "metrics")]
+    pub fn watch_depth(&self, agent: &AgentPid, name: impl Into<String>) {
+        self.inner.engine.watch_depth(name.into(), agent.clone());
+    }
+
+    /// Publishes the system's counters and gauges to the `metrics` recorder now (cargo
+    /// feature `metrics`). The timer driver does it by itself at most once a second
+    /// and at least every `retry_interval`, and `shutdown` once more; this is for a
+    /// `TimerDriver::Manual` system, or to read fresh numbers at once.
+    ///
+    /// Counters grow by what they grew since the last publish and gauges move by
+    /// their change, so several systems in one process add up. A recorder installed
+    /// after some publishes sees only what grew since.
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(&self) {
+        self.inner.engine.publish_metrics(self.is_shut_down());
     }
 
     /// Whether `shutdown` has run.

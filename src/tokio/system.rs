@@ -464,6 +464,20 @@ impl MessageSystem {
         self.shared.core.run_due_timers()
     }
 
+    /// Publishes `agent`'s queue length under `name` (see
+    /// [`crate::MessageSystem::watch_depth`]; cargo feature `metrics`).
+    #[cfg(feature = "metrics")]
+    pub fn watch_depth(&self, agent: &AgentPid, name: impl Into<String>) {
+        self.shared.core.watch_depth(agent, name)
+    }
+
+    /// Publishes the system's counters and gauges now (see
+    /// [`crate::MessageSystem::publish_metrics`]; cargo feature `metrics`).
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(&self) {
+        self.shared.core.publish_metrics()
+    }
+
     // ===== shutdown =====
 
     /// Stops the system: later operations fail, every mailbox closes (receivers drain

@@ -5,6 +5,11 @@
 //! the crate root's types) and the tokio one (`common::tokio`, the types of
 //! `terraphim_agent_messaging::tokio`).
 //!
+//! `init_tracing` prints the crate's events when `RUST_LOG` is set (cargo feature
+//! `tracing`), through libtest's capture: `RUST_LOG=debug cargo test` shows them for
+//! the tests that fail. The system builders below call it, so every test that builds a
+//! system through them does.
+//!
 //! No test binary uses all of it, hence `allow(dead_code)`. Paths into the tokio crate
 //! are written `::tokio` here, since `tokio` alone would name the submodule.
 #![allow(dead_code)]
@@ -24,6 +29,28 @@ pub const PRIORITIES: [MessagePriority; 4] = [
     MessagePriority::High,
     MessagePriority::Critical,
 ];
+
+/// Installs, once per test binary, a `tracing` subscriber that prints the events
+/// `RUST_LOG` selects (e.g. `RUST_LOG=debug`, or
+/// `RUST_LOG=terraphim_agent_messaging::delivery=trace`) through the test harness's
+/// capture. Without `RUST_LOG`, or without the `tracing` feature, it does nothing.
+pub fn init_tracing() {
+    #[cfg(feature = "tracing")]
+    {
+        use tracing_subscriber::EnvFilter;
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            if let Ok(filter) = EnvFilter::try_from_default_env() {
+                let colour = std::io::IsTerminal::is_terminal(&std::io::stdout());
+                let _ = tracing_subscriber::fmt()
+                    .with_env_filter(filter)
+                    .with_ansi(colour)
+                    .with_test_writer()
+                    .try_init();
+            }
+        });
+    }
+}
 
 /// Polls `cond` every millisecond until it holds; fails the test after [`DEADLINE`].
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -98,6 +125,7 @@ pub mod sync {
 
     /// Registers a fresh pid; returns it (no mailbox handle is taken).
     pub fn register(system: &MessageSystem) -> AgentPid {
+        super::init_tracing();
         let pid = AgentPid::new();
         system.register_agent(pid.clone()).unwrap();
         pid
@@ -113,6 +141,7 @@ pub mod sync {
     /// A builder on a new `ManualClock` with `TimerDriver::Manual` (the test moves the
     /// clock and runs due timers itself), mailboxes bounded at `cap`; and the clock.
     pub fn manual_builder(config: RouterConfig, cap: usize) -> (MessageSystemBuilder, ManualClock) {
+        super::init_tracing();
         let clock = ManualClock::new();
         let builder = MessageSystem::builder(config)
             .mailbox_config(MailboxConfig {
@@ -153,6 +182,7 @@ pub mod tokio {
 
     /// Registers a fresh pid; returns it and its mailbox.
     pub async fn registered(system: &MessageSystem) -> (AgentPid, AgentMailbox) {
+        super::init_tracing();
         let pid = AgentPid::new();
         system.register_agent(pid.clone()).await.unwrap();
         let mailbox = system.get_mailbox(&pid).await.unwrap();
@@ -165,6 +195,7 @@ pub mod tokio {
         config: RouterConfig,
         cap: usize,
     ) -> (MessageSystemBuilder, ManualClock) {
+        super::init_tracing();
         let clock = ManualClock::new();
         let builder = MessageSystem::builder(config)
             .mailbox_config(MailboxConfig {
