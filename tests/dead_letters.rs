@@ -1,0 +1,259 @@
+//! The dead-letter store: bounded (the newest `dead_letter_capacity` letters are kept,
+//! older ones dropped and counted by reason), and its ledger adds up:
+//! `recorded = kept + in_subscriptions + taken + dropped`.
+
+use terraphim_agent_messaging::{
+    AgentMessage, AgentPid, DeadLetter, DeadLetterKind, DeadLetterReason, DeadLetterStats,
+    DeadMessage, DeliveryGuarantee, MessageSystem, MessagingError, RouterConfig,
+    DEFAULT_DEAD_LETTER_CAPACITY,
+};
+
+mod common;
+use common::sync::{manual_builder, register};
+
+// ===== helpers =====
+
+fn at_most_once() -> RouterConfig {
+    let mut config = RouterConfig::default();
+    config.delivery_config.guarantee = DeliveryGuarantee::AtMostOnce;
+    config
+}
+
+/// An at-most-once system on a manual clock, mailboxes bounded at 1, keeping at most
+/// `capacity` dead letters.
+fn system_keeping(capacity: usize) -> MessageSystem {
+    let (builder, _clock) = manual_builder(at_most_once(), 1);
+    builder.dead_letter_capacity(capacity).build().unwrap()
+}
+
+/// A registered agent whose mailbox (bounded at 1) is already full.
+fn full_agent(system: &MessageSystem) -> AgentPid {
+    let pid = register(system);
+    system.send(&pid, cast(u64::MAX)).unwrap();
+    pid
+}
+
+fn cast(n: u64) -> AgentMessage {
+    AgentMessage::cast(AgentPid::nil(), n)
+}
+
+/// Sends `tags` to `to`, each refused (`MailboxFull`).
+fn refuse(system: &MessageSystem, to: &AgentPid, tags: impl IntoIterator<Item = u64>) {
+    for n in tags {
+        match system.send(to, cast(n)) {
+            Err(MessagingError::MailboxFull(_)) => {}
+            other => panic!("expected MailboxFull, got {other:?}"),
+        }
+    }
+}
+
+fn tag(letter: &DeadLetter) -> u64 {
+    match &letter.message {
+        DeadMessage::Message(m) => *m.payload::<u64>().unwrap(),
+        DeadMessage::Envelope(e) => e.payload.as_u64().unwrap(),
+    }
+}
+
+fn tags(letters: &[DeadLetter]) -> Vec<u64> {
+    letters.iter().map(tag).collect()
+}
+
+/// `recorded = kept + in_subscriptions + taken + dropped`, and the per-reason drops sum
+/// to the total.
+fn assert_adds_up(stats: &DeadLetterStats) {
+    assert_eq!(
+        stats.recorded,
+        stats.kept + stats.in_subscriptions + stats.taken + stats.dropped,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.dropped_by_reason.values().sum::<u64>(),
+        stats.dropped,
+        "{stats:?}"
+    );
+}
+
+// ===== the bound =====
+
+#[test]
+fn default_capacity() {
+    assert_eq!(DEFAULT_DEAD_LETTER_CAPACITY, 10_000);
+    let system = MessageSystem::new(RouterConfig::default());
+    assert_eq!(
+        system.dead_letter_stats().capacity,
+        DEFAULT_DEAD_LETTER_CAPACITY
+    );
+    assert_eq!(system.dead_letter_stats(), DeadLetterStats {
+        capacity: DEFAULT_DEAD_LETTER_CAPACITY,
+        ..DeadLetterStats::default()
+    });
+    system.shutdown().unwrap();
+}
+
+#[test]
+fn capacity_keeps_the_newest() {
+    let system = system_keeping(3);
+    let pid = full_agent(&system);
+    refuse(&system, &pid, 1..=10);
+
+    let stats = system.dead_letter_stats();
+    assert_eq!(stats.capacity, 3);
+    assert_eq!(stats.recorded, 10);
+    assert_eq!(stats.kept, 3);
+    assert_eq!(stats.dropped, 7);
+    assert_eq!(stats.dropped_by_reason.get(&DeadLetterKind::MailboxFull), Some(&7));
+    assert_adds_up(&stats);
+    assert_eq!(system.dead_letter_count(), 10, "every letter is counted");
+
+    // The oldest were dropped: the newest three remain, oldest first.
+    let dead = system.dead_letters();
+    assert_eq!(tags(&dead), [8, 9, 10]);
+    assert!(dead.iter().all(|d| d.reason == DeadLetterReason::MailboxFull));
+
+    let stats = system.dead_letter_stats();
+    assert_eq!((stats.kept, stats.taken, stats.dropped), (0, 3, 7));
+    assert_adds_up(&stats);
+    // Room again after the drain: the next letters are kept.
+    refuse(&system, &pid, 11..=12);
+    assert_eq!(tags(&system.dead_letters()), [11, 12]);
+    system.shutdown().unwrap();
+}
+
+#[test]
+fn zero_capacity_counts_only() {
+    let system = system_keeping(0);
+    let pid = full_agent(&system);
+    refuse(&system, &pid, 1..=5);
+    assert!(system.dead_letters().is_empty(), "nothing is kept");
+    let stats = system.dead_letter_stats();
+    assert_eq!((stats.recorded, stats.kept, stats.dropped), (5, 0, 5));
+    assert_eq!(stats.dropped_by_reason.get(&DeadLetterKind::MailboxFull), Some(&5));
+    assert_adds_up(&stats);
+    assert_eq!(system.dead_letter_count(), 5);
+    // The delivery ledger is unaffected: the letters are counted failed.
+    let ledger = system.delivery_stats();
+    assert_eq!((ledger.delivered, ledger.failed), (1, 5));
+    system.shutdown().unwrap();
+}
+
+#[test]
+fn drops_are_counted_by_the_dropped_letters_reason() {
+    let system = system_keeping(2);
+    let full = full_agent(&system);
+    let unknown = AgentPid::new();
+    // Oldest first: 2 not found, 1 full, 1 closed (queued when its agent went away,
+    // with no receiver left), then 2 full, which push out all but the last two.
+    for n in 1..=2 {
+        let err = system.send(&unknown, cast(n)).unwrap_err();
+        assert!(matches!(err, MessagingError::AgentNotFound(_)), "{err:?}");
+    }
+    refuse(&system, &full, [3]);
+    let closing = register(&system);
+    system.send(&closing, cast(4)).unwrap();
+    system.unregister_agent(&closing).unwrap();
+    refuse(&system, &full, [5, 6]);
+
+    let stats = system.dead_letter_stats();
+    assert_eq!((stats.recorded, stats.kept, stats.dropped), (6, 2, 4));
+    let by_reason: Vec<(DeadLetterKind, u64)> =
+        stats.dropped_by_reason.iter().map(|(k, n)| (*k, *n)).collect();
+    assert_eq!(
+        by_reason,
+        [
+            (DeadLetterKind::MailboxFull, 1),
+            (DeadLetterKind::MailboxClosed, 1),
+            (DeadLetterKind::AgentNotFound, 2),
+        ]
+    );
+    assert_adds_up(&stats);
+    assert_eq!(tags(&system.dead_letters()), [5, 6]);
+    system.shutdown().unwrap();
+}
+
+#[test]
+fn reason_kinds() {
+    let cases = [
+        (DeadLetterReason::MailboxFull, DeadLetterKind::MailboxFull),
+        (DeadLetterReason::MailboxClosed, DeadLetterKind::MailboxClosed),
+        (DeadLetterReason::AgentNotFound, DeadLetterKind::AgentNotFound),
+        (
+            DeadLetterReason::RetriesExhausted("x".into()),
+            DeadLetterKind::RetriesExhausted,
+        ),
+        (DeadLetterReason::NotAcknowledged, DeadLetterKind::NotAcknowledged),
+        (DeadLetterReason::Expired, DeadLetterKind::Expired),
+        (DeadLetterReason::CircuitOpen, DeadLetterKind::CircuitOpen),
+        (
+            DeadLetterReason::Overloaded("y".into()),
+            DeadLetterKind::Overloaded,
+        ),
+        (DeadLetterReason::Shutdown, DeadLetterKind::Shutdown),
+    ];
+    for (reason, kind) in &cases {
+        assert_eq!(reason.kind(), *kind, "{reason}");
+    }
+    let all: Vec<DeadLetterKind> = cases.iter().map(|(_, k)| *k).collect();
+    assert_eq!(DeadLetterKind::ALL, all.as_slice());
+}
+
+/// At-least-once letters (retries exhausted) overflow the same way, and the delivery
+/// ledger and the store's ledger agree.
+#[test]
+fn retried_letters_overflow_too() {
+    let mut config = RouterConfig::default();
+    config.delivery_config.max_retries = 0;
+    let (builder, _clock) = manual_builder(config, 1);
+    let system = builder.dead_letter_capacity(1).build().unwrap();
+    let pid = full_agent(&system);
+    for n in 1..=3 {
+        // Accepted (`Ok`), then given up on at once (`max_retries: 0`).
+        system.send(&pid, cast(n)).unwrap();
+    }
+    let stats = system.dead_letter_stats();
+    assert_eq!((stats.recorded, stats.kept, stats.dropped), (3, 1, 2));
+    assert_eq!(
+        stats.dropped_by_reason.get(&DeadLetterKind::RetriesExhausted),
+        Some(&2)
+    );
+    assert_adds_up(&stats);
+    let ledger = system.delivery_stats();
+    assert_eq!(ledger.failed, stats.recorded);
+    assert_eq!(ledger.total_messages, ledger.delivered + ledger.failed);
+    let dead = system.dead_letters();
+    assert_eq!(tags(&dead), [3]);
+    assert!(matches!(dead[0].reason, DeadLetterReason::RetriesExhausted(_)));
+    system.shutdown().unwrap();
+}
+
+#[test]
+fn huge_capacity_is_unbounded_without_preallocating() {
+    let system = system_keeping(usize::MAX);
+    let pid = full_agent(&system);
+    refuse(&system, &pid, 0..1_000);
+    let stats = system.dead_letter_stats();
+    assert_eq!((stats.kept, stats.dropped), (1_000, 0));
+    assert_eq!(system.dead_letters().len(), 1_000);
+    system.shutdown().unwrap();
+}
+
+#[cfg(feature = "tokio")]
+#[tokio::test]
+async fn tokio_builder_dead_letter_capacity() {
+    use terraphim_agent_messaging::tokio;
+    let (builder, _clock) = common::tokio::clocked_builder(at_most_once(), 1);
+    let system = builder
+        .timer_driver(tokio::TimerDriver::Manual)
+        .dead_letter_capacity(2)
+        .build()
+        .unwrap();
+    let (pid, _mailbox) = common::tokio::registered(&system).await;
+    system.send(&pid, cast(0)).await.unwrap();
+    for n in 1..=5 {
+        assert!(system.send(&pid, cast(n)).await.is_err());
+    }
+    let stats = system.dead_letter_stats();
+    assert_eq!((stats.capacity, stats.kept, stats.dropped), (2, 2, 3));
+    assert_adds_up(&stats);
+    assert_eq!(tags(&system.dead_letters()), [4, 5]);
+    system.shutdown().await.unwrap();
+}
