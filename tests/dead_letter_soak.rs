@@ -5,8 +5,9 @@
 //! bounded at 16; one agent's receiver drains now and then, the others never do, so
 //! nearly every send is refused and dead-lettered. A counting global allocator (this
 //! test binary's own) measures the heap at four checkpoints per producer: once the store
-//! is full, the live bytes must stay flat (no RSS reading, no sleeps; bounded by count
-//! and by a 60 s watchdog).
+//! is full, the live bytes must stay flat and the store must hold no more than its bound
+//! (no RSS reading, no sleeps; bounded by count and by a 60 s watchdog). At the end the
+//! counts add up exactly: accepted = delivered + kept + dropped.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed, Ordering::SeqCst};
@@ -15,7 +16,8 @@ use std::thread;
 use std::time::Instant;
 
 use terraphim_agent_messaging::{
-    AgentMessage, AgentPid, DeliveryGuarantee, MessagingError, RouterConfig,
+    AgentMessage, AgentPid, DeadLetterKind, DeadLetterReason, DeliveryGuarantee, MessagingError,
+    RouterConfig, DEFAULT_DEAD_LETTER_CAPACITY,
 };
 
 mod common;
@@ -62,8 +64,8 @@ const PRODUCERS: u64 = 2;
 const PER_PRODUCER: u64 = 100_000;
 const MAILBOXES: usize = 4;
 const MAILBOX_CAP: usize = 16;
-/// The store's default bound (`DEFAULT_DEAD_LETTER_CAPACITY`).
-const STORE_CAP: u64 = 10_000;
+/// The store's bound: the default.
+const STORE_CAP: u64 = DEFAULT_DEAD_LETTER_CAPACITY as u64;
 /// Checkpoints per producer at which the heap is measured.
 const CHECKPOINTS: u64 = 4;
 /// What the heap may move between checkpoints once the store is full: messages in
@@ -113,6 +115,8 @@ fn soak_at_most_once_overload_keeps_dead_letters_flat() {
                             Err(e) => panic!("unexpected send error: {e}"),
                         }
                         if (seq + 1) % (PER_PRODUCER / CHECKPOINTS) == 0 {
+                            let kept = system.dead_letter_stats().kept;
+                            assert!(kept <= STORE_CAP, "{kept} letters kept (bound {STORE_CAP})");
                             heap.push(live_bytes());
                         }
                     }
@@ -160,17 +164,41 @@ fn soak_at_most_once_overload_keeps_dead_letters_flat() {
         assert_eq!(ledger.pending + ledger.in_transit, 0, "{ledger:?}");
         assert_eq!(system.dead_letter_count(), refused);
         let queued: usize = agents.iter().map(|(_, m)| m.queue_size()).sum();
-        assert_eq!(received + queued as u64, ok, "delivered = received + queued");
-
-        // The store keeps at most its bound.
-        let retained = system.dead_letters().len() as u64;
-        assert!(
-            retained <= STORE_CAP,
-            "{retained} dead letters retained (bound {STORE_CAP})"
+        assert_eq!(
+            received + queued as u64,
+            ok,
+            "delivered = received + queued"
         );
+
+        // The store kept exactly its bound (the newest letters) and counted the rest:
+        // accepted = delivered + kept + dropped, each refusal dropped under its reason.
+        let stats = system.dead_letter_stats();
+        assert_eq!(stats.recorded, refused, "{stats:?}");
+        assert_eq!(stats.kept, STORE_CAP, "{stats:?}");
+        assert_eq!(stats.dropped, refused - STORE_CAP, "{stats:?}");
+        assert_eq!(
+            stats.dropped_by_reason.get(&DeadLetterKind::MailboxFull),
+            Some(&stats.dropped)
+        );
+        assert_eq!(stats.in_subscriptions + stats.taken, 0, "{stats:?}");
+        assert_eq!(
+            ledger.total_messages,
+            ledger.delivered + stats.kept + stats.dropped,
+            "accepted = delivered + kept + dropped"
+        );
+        let dead = system.dead_letters();
+        let retained = dead.len() as u64;
+        assert_eq!(retained, STORE_CAP);
+        assert!(dead
+            .iter()
+            .all(|d| d.reason == DeadLetterReason::MailboxFull));
+        drop(dead);
+        let stats = system.dead_letter_stats();
+        assert_eq!((stats.kept, stats.taken), (0, STORE_CAP), "{stats:?}");
         println!(
             "soak: {sent} sent, {ok} delivered ({received} received), {refused} refused, \
-             {retained} retained, in {:?}",
+             {retained} retained, heap spread {} KiB after warm-up, in {:?}",
+            (high - low) / 1024,
             started.elapsed()
         );
     });

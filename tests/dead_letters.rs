@@ -83,10 +83,13 @@ fn default_capacity() {
         system.dead_letter_stats().capacity,
         DEFAULT_DEAD_LETTER_CAPACITY
     );
-    assert_eq!(system.dead_letter_stats(), DeadLetterStats {
-        capacity: DEFAULT_DEAD_LETTER_CAPACITY,
-        ..DeadLetterStats::default()
-    });
+    assert_eq!(
+        system.dead_letter_stats(),
+        DeadLetterStats {
+            capacity: DEFAULT_DEAD_LETTER_CAPACITY,
+            ..DeadLetterStats::default()
+        }
+    );
     system.shutdown().unwrap();
 }
 
@@ -101,14 +104,19 @@ fn capacity_keeps_the_newest() {
     assert_eq!(stats.recorded, 10);
     assert_eq!(stats.kept, 3);
     assert_eq!(stats.dropped, 7);
-    assert_eq!(stats.dropped_by_reason.get(&DeadLetterKind::MailboxFull), Some(&7));
+    assert_eq!(
+        stats.dropped_by_reason.get(&DeadLetterKind::MailboxFull),
+        Some(&7)
+    );
     assert_adds_up(&stats);
     assert_eq!(system.dead_letter_count(), 10, "every letter is counted");
 
     // The oldest were dropped: the newest three remain, oldest first.
     let dead = system.dead_letters();
     assert_eq!(tags(&dead), [8, 9, 10]);
-    assert!(dead.iter().all(|d| d.reason == DeadLetterReason::MailboxFull));
+    assert!(dead
+        .iter()
+        .all(|d| d.reason == DeadLetterReason::MailboxFull));
 
     let stats = system.dead_letter_stats();
     assert_eq!((stats.kept, stats.taken, stats.dropped), (0, 3, 7));
@@ -127,7 +135,10 @@ fn zero_capacity_counts_only() {
     assert!(system.dead_letters().is_empty(), "nothing is kept");
     let stats = system.dead_letter_stats();
     assert_eq!((stats.recorded, stats.kept, stats.dropped), (5, 0, 5));
-    assert_eq!(stats.dropped_by_reason.get(&DeadLetterKind::MailboxFull), Some(&5));
+    assert_eq!(
+        stats.dropped_by_reason.get(&DeadLetterKind::MailboxFull),
+        Some(&5)
+    );
     assert_adds_up(&stats);
     assert_eq!(system.dead_letter_count(), 5);
     // The delivery ledger is unaffected: the letters are counted failed.
@@ -155,8 +166,11 @@ fn drops_are_counted_by_the_dropped_letters_reason() {
 
     let stats = system.dead_letter_stats();
     assert_eq!((stats.recorded, stats.kept, stats.dropped), (6, 2, 4));
-    let by_reason: Vec<(DeadLetterKind, u64)> =
-        stats.dropped_by_reason.iter().map(|(k, n)| (*k, *n)).collect();
+    let by_reason: Vec<(DeadLetterKind, u64)> = stats
+        .dropped_by_reason
+        .iter()
+        .map(|(k, n)| (*k, *n))
+        .collect();
     assert_eq!(
         by_reason,
         [
@@ -174,13 +188,22 @@ fn drops_are_counted_by_the_dropped_letters_reason() {
 fn reason_kinds() {
     let cases = [
         (DeadLetterReason::MailboxFull, DeadLetterKind::MailboxFull),
-        (DeadLetterReason::MailboxClosed, DeadLetterKind::MailboxClosed),
-        (DeadLetterReason::AgentNotFound, DeadLetterKind::AgentNotFound),
+        (
+            DeadLetterReason::MailboxClosed,
+            DeadLetterKind::MailboxClosed,
+        ),
+        (
+            DeadLetterReason::AgentNotFound,
+            DeadLetterKind::AgentNotFound,
+        ),
         (
             DeadLetterReason::RetriesExhausted("x".into()),
             DeadLetterKind::RetriesExhausted,
         ),
-        (DeadLetterReason::NotAcknowledged, DeadLetterKind::NotAcknowledged),
+        (
+            DeadLetterReason::NotAcknowledged,
+            DeadLetterKind::NotAcknowledged,
+        ),
         (DeadLetterReason::Expired, DeadLetterKind::Expired),
         (DeadLetterReason::CircuitOpen, DeadLetterKind::CircuitOpen),
         (
@@ -191,6 +214,10 @@ fn reason_kinds() {
     ];
     for (reason, kind) in &cases {
         assert_eq!(reason.kind(), *kind, "{reason}");
+        assert!(
+            reason.to_string().starts_with(&kind.to_string()),
+            "{reason} / {kind}"
+        );
     }
     let all: Vec<DeadLetterKind> = cases.iter().map(|(_, k)| *k).collect();
     assert_eq!(DeadLetterKind::ALL, all.as_slice());
@@ -212,7 +239,9 @@ fn retried_letters_overflow_too() {
     let stats = system.dead_letter_stats();
     assert_eq!((stats.recorded, stats.kept, stats.dropped), (3, 1, 2));
     assert_eq!(
-        stats.dropped_by_reason.get(&DeadLetterKind::RetriesExhausted),
+        stats
+            .dropped_by_reason
+            .get(&DeadLetterKind::RetriesExhausted),
         Some(&2)
     );
     assert_adds_up(&stats);
@@ -221,7 +250,10 @@ fn retried_letters_overflow_too() {
     assert_eq!(ledger.total_messages, ledger.delivered + ledger.failed);
     let dead = system.dead_letters();
     assert_eq!(tags(&dead), [3]);
-    assert!(matches!(dead[0].reason, DeadLetterReason::RetriesExhausted(_)));
+    assert!(matches!(
+        dead[0].reason,
+        DeadLetterReason::RetriesExhausted(_)
+    ));
     system.shutdown().unwrap();
 }
 

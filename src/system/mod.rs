@@ -27,7 +27,7 @@ pub use self::builder::MessageSystemBuilder;
 pub use self::call::CallFuture;
 pub(crate) use self::call::{downcast_reply, reply_error};
 pub use self::default_router::DefaultMessageRouter;
-use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::dead_letter::{DeadLetter, DeadLetterStats, DeadLetters};
 use crate::delivery::engine::Engine;
 use crate::delivery::{DeliveryManager, DeliveryStats, RouterConfig};
 use crate::error::{MessagingError, MessagingResult};
@@ -336,14 +336,22 @@ impl MessageSystem {
         DeliveryManager::of_engine(self.inner.engine.clone())
     }
 
-    /// Takes every dead letter recorded so far.
+    /// Takes every dead letter kept so far, oldest first. The store keeps the newest
+    /// `dead_letter_capacity` letters (see [`MessageSystemBuilder::dead_letter_capacity`]);
+    /// [`dead_letter_stats`](Self::dead_letter_stats) counts the ones it dropped.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.inner.dead_letters.drain()
     }
 
-    /// Dead letters ever recorded (drained or not).
+    /// Dead letters ever recorded: kept, taken or dropped.
     pub fn dead_letter_count(&self) -> u64 {
         self.inner.dead_letters.total()
+    }
+
+    /// The dead-letter store's counters: recorded, kept, taken, and dropped by reason
+    /// (`recorded = kept + in_subscriptions + taken + dropped`).
+    pub fn dead_letter_stats(&self) -> DeadLetterStats {
+        self.inner.dead_letters.stats()
     }
 
     /// Stops the system: later operations fail, every mailbox closes (receivers drain

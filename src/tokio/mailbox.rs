@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::error::{MessagingError, MessagingResult, TrySendError};
 use crate::mailbox::{MailboxConfig, MailboxStats};
 use crate::message::{AgentMessage, AgentPid, MessagePriority};
-use crate::DeadLetter;
+use crate::{DeadLetter, DeadLetterStats};
 
 /// How often [`AgentMailbox::wait_for_shutdown`] looks again, at most.
 const CLOSE_POLL_MAX: Duration = Duration::from_millis(20);
@@ -442,9 +442,15 @@ impl MailboxManager {
         self.inner.close_all();
     }
 
-    /// Takes the dead letters of this manager's mailboxes.
+    /// Takes the dead letters of this manager's mailboxes, oldest first (see
+    /// [`crate::MailboxManager::dead_letters`]).
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.inner.dead_letters()
+    }
+
+    /// The counters of this manager's dead-letter store, dropped letters included.
+    pub fn dead_letter_stats(&self) -> DeadLetterStats {
+        self.inner.dead_letter_stats()
     }
 }
 
