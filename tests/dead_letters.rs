@@ -1,6 +1,11 @@
 //! The dead-letter store: bounded (the newest `dead_letter_capacity` letters are kept,
-//! older ones dropped and counted by reason), and its ledger adds up:
-//! `recorded = kept + in_subscriptions + taken + dropped`.
+//! older ones dropped and counted by reason), drained whole or by reason, subscribed to
+//! by reason, and its ledger adds up: `recorded = kept + in_subscriptions + taken +
+//! dropped`.
+
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
 
 use terraphim_agent_messaging::{
     AgentMessage, AgentPid, DeadLetter, DeadLetterKind, DeadLetterReason, DeadLetterStats,
@@ -9,7 +14,7 @@ use terraphim_agent_messaging::{
 };
 
 mod common;
-use common::sync::{manual_builder, register};
+use common::sync::{manual_builder, register, within};
 
 // ===== helpers =====
 
@@ -288,4 +293,197 @@ async fn tokio_builder_dead_letter_capacity() {
     assert_adds_up(&stats);
     assert_eq!(tags(&system.dead_letters()), [4, 5]);
     system.shutdown().await.unwrap();
+}
+
+// ===== by reason =====
+
+#[test]
+fn dead_letters_of_takes_one_reason() {
+    let system = system_keeping(10);
+    let full = full_agent(&system);
+    refuse(&system, &full, [1]);
+    assert!(system.send(&AgentPid::new(), cast(2)).is_err());
+    refuse(&system, &full, [3]);
+
+    assert_eq!(
+        tags(&system.dead_letters_of(DeadLetterKind::MailboxFull)),
+        [1, 3]
+    );
+    assert!(system.dead_letters_of(DeadLetterKind::Expired).is_empty());
+    let stats = system.dead_letter_stats();
+    assert_eq!((stats.kept, stats.taken), (1, 2));
+    assert_adds_up(&stats);
+    let rest = system.dead_letters();
+    assert_eq!(tags(&rest), [2]);
+    assert_eq!(rest[0].reason, DeadLetterReason::AgentNotFound);
+    system.shutdown().unwrap();
+}
+
+// ===== subscriptions =====
+
+#[test]
+fn subscription_takes_the_reasons_it_asked_for() {
+    let system = system_keeping(10);
+    let full = full_agent(&system);
+    let mut subscription = system
+        .subscribe_dead_letters(&[DeadLetterKind::MailboxFull], 2)
+        .unwrap();
+    assert!(subscription.try_recv().is_none());
+    // 1 and 2 fill the subscription; 3 finds it full and goes to the store, as does
+    // the `AgentNotFound` letter it did not ask for.
+    refuse(&system, &full, [1, 2, 3]);
+    assert!(system.send(&AgentPid::new(), cast(4)).is_err());
+
+    let stats = system.dead_letter_stats();
+    assert_eq!(
+        (stats.recorded, stats.in_subscriptions, stats.kept),
+        (4, 2, 2)
+    );
+    assert_adds_up(&stats);
+    assert_eq!(subscription.overflowed(), 1);
+    assert_eq!(subscription.try_recv().map(|l| tag(&l)), Some(1));
+    assert_eq!(
+        subscription.recv_timeout(Duration::ZERO).map(|l| tag(&l)),
+        Some(2)
+    );
+    assert!(subscription.try_recv().is_none());
+    assert!(subscription
+        .recv_timeout(Duration::from_millis(1))
+        .is_none());
+
+    let stats = system.dead_letter_stats();
+    assert_eq!((stats.in_subscriptions, stats.taken, stats.kept), (0, 2, 2));
+    assert_adds_up(&stats);
+    assert_eq!(tags(&system.dead_letters()), [3, 4]);
+    system.shutdown().unwrap();
+}
+
+#[test]
+fn subscriptions_share_by_reason_and_room() {
+    let system = system_keeping(10);
+    let full = full_agent(&system);
+    let mut only_full = system
+        .subscribe_dead_letters(&[DeadLetterKind::MailboxFull], 1)
+        .unwrap();
+    let mut everything = system
+        .subscribe_dead_letters(DeadLetterKind::ALL, 10)
+        .unwrap();
+    refuse(&system, &full, [1, 2]);
+    assert!(system.send(&AgentPid::new(), cast(3)).is_err());
+    // Each letter goes to one subscriber: the first that asked for it and has room.
+    assert_eq!(only_full.try_recv().map(|l| tag(&l)), Some(1));
+    assert!(only_full.try_recv().is_none());
+    assert_eq!(only_full.overflowed(), 1);
+    let rest: Vec<u64> = std::iter::from_fn(|| everything.try_recv())
+        .map(|l| tag(&l))
+        .collect();
+    assert_eq!(rest, [2, 3]);
+    assert_eq!(everything.overflowed(), 0);
+    assert!(system.dead_letters().is_empty());
+    system.shutdown().unwrap();
+}
+
+#[test]
+fn blocked_subscriber_wakes_and_ends_at_shutdown() {
+    within(10, || {
+        let system = system_keeping(10);
+        let full = full_agent(&system);
+        let subscription = system
+            .subscribe_dead_letters(DeadLetterKind::ALL, 16)
+            .unwrap();
+        let (got_one, next) = mpsc::channel();
+        let subscriber = thread::spawn(move || {
+            let mut got = Vec::new();
+            // Blocks between letters; ends once the system is shut down and the
+            // subscription drained.
+            for letter in subscription {
+                got.push((tag(&letter), letter.reason.kind()));
+                got_one.send(()).unwrap();
+            }
+            got
+        });
+        refuse(&system, &full, [1]);
+        next.recv().unwrap();
+        refuse(&system, &full, [2]);
+        next.recv().unwrap();
+        // The shutdown buries the message still queued for `full` (nobody holds its
+        // mailbox) before it ends the subscription.
+        system.shutdown().unwrap();
+        assert_eq!(
+            subscriber.join().unwrap(),
+            [
+                (1, DeadLetterKind::MailboxFull),
+                (2, DeadLetterKind::MailboxFull),
+                (u64::MAX, DeadLetterKind::MailboxClosed),
+            ]
+        );
+        assert!(system.dead_letters().is_empty());
+        assert_adds_up(&system.dead_letter_stats());
+    });
+}
+
+#[test]
+fn a_dropped_subscription_gives_its_letters_back() {
+    let system = system_keeping(2);
+    let full = full_agent(&system);
+    let subscription = system
+        .subscribe_dead_letters(DeadLetterKind::ALL, 8)
+        .unwrap();
+    refuse(&system, &full, [1, 2, 3]);
+    assert_eq!(system.dead_letter_stats().in_subscriptions, 3);
+    drop(subscription);
+    // Back in the store, which keeps its bound: the oldest is dropped and counted.
+    let stats = system.dead_letter_stats();
+    assert_eq!(
+        (stats.in_subscriptions, stats.kept, stats.dropped),
+        (0, 2, 1)
+    );
+    assert_adds_up(&stats);
+    refuse(&system, &full, [4]);
+    assert_eq!(tags(&system.dead_letters()), [3, 4]);
+    system.shutdown().unwrap();
+}
+
+#[test]
+fn subscription_at_capacity_zero() {
+    // A store that keeps nothing still hands letters to its subscribers.
+    let system = system_keeping(0);
+    let full = full_agent(&system);
+    let mut subscription = system
+        .subscribe_dead_letters(DeadLetterKind::ALL, 1)
+        .unwrap();
+    refuse(&system, &full, [1, 2]);
+    assert_eq!(subscription.try_recv().map(|l| tag(&l)), Some(1));
+    let stats = system.dead_letter_stats();
+    assert_eq!(
+        (stats.recorded, stats.taken, stats.kept, stats.dropped),
+        (2, 1, 0, 1)
+    );
+    assert_adds_up(&stats);
+    system.shutdown().unwrap();
+}
+
+#[cfg(feature = "tokio")]
+#[tokio::test]
+async fn tokio_subscription_awaits_letters() {
+    use terraphim_agent_messaging::tokio;
+    let (system, _clock) = common::tokio::manual_system(at_most_once(), 1);
+    let (pid, _mailbox) = common::tokio::registered(&system).await;
+    system.send(&pid, cast(0)).await.unwrap();
+    let mut subscription: tokio::DeadLetterSubscription = system
+        .subscribe_dead_letters(tokio::DeadLetterKind::ALL, 4)
+        .unwrap();
+    let waiter = ::tokio::spawn(async move {
+        let letter = subscription.recv_async().await;
+        (letter.map(|l| tag(&l)), subscription)
+    });
+    // Let the waiter register before the letter arrives.
+    ::tokio::task::yield_now().await;
+    assert!(system.send(&pid, cast(1)).await.is_err());
+    let (got, mut subscription) = common::tokio::within(10, waiter).await.unwrap();
+    assert_eq!(got, Some(1));
+    system.shutdown().await.unwrap();
+    // Ended: `_mailbox` still holds the queued message, so nothing more is buried.
+    assert!(subscription.recv_async().await.is_none());
+    assert!(subscription.is_closed());
 }
