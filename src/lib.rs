@@ -178,8 +178,8 @@ pub mod __private {
 
 pub use crate::breaker::{BreakerState, CircuitBreakerConfig};
 pub use crate::dead_letter::{
-    DeadLetter, DeadLetterKind, DeadLetterReason, DeadLetterStats, DeadMessage,
-    DEFAULT_DEAD_LETTER_CAPACITY,
+    DeadLetter, DeadLetterKind, DeadLetterReason, DeadLetterStats, DeadLetterSubscription,
+    DeadMessage, DEFAULT_DEAD_LETTER_CAPACITY,
 };
 pub use crate::delivery::{
     DeliveryConfig, DeliveryGuarantee, DeliveryManager, DeliveryRecord, DeliveryStats,

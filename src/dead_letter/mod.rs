@@ -8,6 +8,8 @@
 //! 1. here: [`DeadLetter`], [`DeadLetterReason`] and its [`DeadLetterKind`],
 //!    [`DeadMessage`], [`DeadLetterStats`].
 //! 2. `store`: the bounded store of one system (or of a standalone mailbox or manager).
+//! 3. `subscription`: [`DeadLetterSubscription`], a bounded inbox that takes the
+//!    letters of chosen reasons as they are recorded.
 //!
 //! # The bound, and which letters it keeps
 //!
@@ -27,11 +29,14 @@
 //!
 //! # The ledger
 //!
-//! Every letter recorded is, at any moment, kept (in the store), taken (drained by a
-//! reader), or dropped (pushed out, or never kept at capacity 0):
+//! Every letter recorded is, at any moment, kept (in the store), waiting in a
+//! subscription, taken (drained by a reader or received by a subscriber), or dropped
+//! (pushed out, or never kept at capacity 0):
 //! `recorded = kept + in_subscriptions + taken + dropped`, exact once writers are quiet.
-//! `recorded` is `MessageSystem::dead_letter_count()`, and equals the delivery ledger's
-//! `failed + expired` for messages the engine gave up on.
+//! `recorded` is `MessageSystem::dead_letter_count()`. Each message the delivery engine
+//! gives up on is one letter and one `failed` or `expired` in `delivery_stats()`;
+//! messages a mailbox held when it closed with no receiver left are letters too
+//! (`MailboxClosed`), counted `delivered` by the engine, which handed them over.
 //!
 //! # Memory and contention
 //!
@@ -53,8 +58,10 @@ use serde::{Deserialize, Serialize};
 use crate::message::{AgentMessage, AgentPid, MessageEnvelope, MessageId, Outgoing};
 
 mod store;
+mod subscription;
 
 pub(crate) use self::store::DeadLetters;
+pub use self::subscription::DeadLetterSubscription;
 
 /// How many dead letters a system keeps by default (the newest ones; older ones are
 /// dropped and counted). See `MessageSystemBuilder::dead_letter_capacity`.
@@ -250,9 +257,9 @@ pub struct DeadLetterStats {
     pub recorded: u64,
     /// Letters in the store now, at most `capacity`.
     pub kept: u64,
-    /// Letters handed to subscribers and not yet received by them.
+    /// Letters handed to subscriptions and not yet received.
     pub in_subscriptions: u64,
-    /// Letters taken out by readers.
+    /// Letters taken out: drained by readers or received by subscribers.
     pub taken: u64,
     /// Letters dropped: pushed out of a full store by newer ones (or never kept, at
     /// capacity 0).

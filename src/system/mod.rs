@@ -27,7 +27,9 @@ pub use self::builder::MessageSystemBuilder;
 pub use self::call::CallFuture;
 pub(crate) use self::call::{downcast_reply, reply_error};
 pub use self::default_router::DefaultMessageRouter;
-use crate::dead_letter::{DeadLetter, DeadLetterStats, DeadLetters};
+use crate::dead_letter::{
+    DeadLetter, DeadLetterKind, DeadLetterStats, DeadLetterSubscription, DeadLetters,
+};
 use crate::delivery::engine::Engine;
 use crate::delivery::{DeliveryManager, DeliveryStats, RouterConfig};
 use crate::error::{MessagingError, MessagingResult};
@@ -343,6 +345,29 @@ impl MessageSystem {
         self.inner.dead_letters.drain()
     }
 
+    /// Takes the dead letters kept so far whose reason is of `kind`, oldest first;
+    /// the others stay.
+    pub fn dead_letters_of(&self, kind: DeadLetterKind) -> Vec<DeadLetter> {
+        self.inner
+            .dead_letters
+            .drain_where(|letter| letter.reason.kind() == kind)
+    }
+
+    /// Subscribes to the dead letters of `kinds` ([`DeadLetterKind::ALL`] for every
+    /// one): from now on, each such letter goes to the subscription while it holds
+    /// fewer than `capacity` (then to the next subscription, or the store). It ends
+    /// when the system shuts down. See [`DeadLetterSubscription`].
+    ///
+    /// A capacity of 0 or no kinds is a `Configuration` error.
+    pub fn subscribe_dead_letters(
+        &self,
+        kinds: &[DeadLetterKind],
+        capacity: usize,
+    ) -> MessagingResult<DeadLetterSubscription> {
+        self.check()?;
+        self.inner.dead_letters.subscribe(kinds, capacity)
+    }
+
     /// Dead letters ever recorded: kept, taken or dropped.
     pub fn dead_letter_count(&self) -> u64 {
         self.inner.dead_letters.total()
@@ -355,7 +380,8 @@ impl MessageSystem {
     }
 
     /// Stops the system: later operations fail, every mailbox closes (receivers drain
-    /// what is queued, then get `ChannelClosed`). Idempotent.
+    /// what is queued, then get `ChannelClosed`), and dead-letter subscriptions end.
+    /// Idempotent.
     pub fn shutdown(&self) -> MessagingResult<()> {
         if self.inner.shut_down.swap(true, AcqRel) {
             return Ok(());
@@ -366,6 +392,8 @@ impl MessageSystem {
         };
         self.inner.engine.stop();
         self.inner.mailboxes.close_all();
+        // After the last letters the shutdown buries: subscribers receive those, then end.
+        self.inner.dead_letters.close();
         result
     }
 

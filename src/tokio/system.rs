@@ -18,7 +18,7 @@ use super::mailbox::{AgentMailbox, MailboxSender};
 use super::router::{MessageRouter, PolledRouter};
 use super::timers::TimerTask;
 use crate::breaker::CircuitBreakerConfig;
-use crate::dead_letter::{DeadLetter, DeadLetterStats};
+use crate::dead_letter::{DeadLetter, DeadLetterKind, DeadLetterStats, DeadLetterSubscription};
 use crate::delivery::{DeliveryStats, RouterConfig};
 use crate::error::{MessagingError, MessagingResult};
 use crate::group::LoadBalance;
@@ -459,6 +459,22 @@ impl MessageSystem {
     /// [`crate::MessageSystem::dead_letters`]).
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.shared.core.dead_letters()
+    }
+
+    /// Takes the dead letters kept so far whose reason is of `kind`, oldest first.
+    pub fn dead_letters_of(&self, kind: DeadLetterKind) -> Vec<DeadLetter> {
+        self.shared.core.dead_letters_of(kind)
+    }
+
+    /// Subscribes to the dead letters of `kinds` (see
+    /// [`crate::MessageSystem::subscribe_dead_letters`]); await them with
+    /// [`DeadLetterSubscription::recv_async`]. The subscription ends at `shutdown`.
+    pub fn subscribe_dead_letters(
+        &self,
+        kinds: &[DeadLetterKind],
+        capacity: usize,
+    ) -> MessagingResult<DeadLetterSubscription> {
+        self.shared.core.subscribe_dead_letters(kinds, capacity)
     }
 
     /// Dead letters ever recorded: kept, taken or dropped.
