@@ -1,16 +1,16 @@
 //! The dead-letter store: bounded (the newest `dead_letter_capacity` letters are kept,
 //! older ones dropped and counted by reason), drained whole or by reason, subscribed to
-//! by reason, and its ledger adds up: `recorded = kept + in_subscriptions + taken +
-//! dropped`.
+//! by reason, reachable from a standalone mailbox, and its ledger adds up:
+//! `recorded = kept + in_subscriptions + taken + dropped`.
 
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
 use terraphim_agent_messaging::{
-    AgentMessage, AgentPid, DeadLetter, DeadLetterKind, DeadLetterReason, DeadLetterStats,
-    DeadMessage, DeliveryGuarantee, MessageSystem, MessagingError, RouterConfig,
-    DEFAULT_DEAD_LETTER_CAPACITY,
+    AgentMailbox, AgentMessage, AgentPid, DeadLetter, DeadLetterKind, DeadLetterReason,
+    DeadLetterStats, DeadMessage, DeliveryGuarantee, MailboxConfig, MessageSystem, MessagingError,
+    RouterConfig, DEFAULT_DEAD_LETTER_CAPACITY,
 };
 
 mod common;
@@ -486,4 +486,98 @@ async fn tokio_subscription_awaits_letters() {
     // Ended: `_mailbox` still holds the queued message, so nothing more is buried.
     assert!(subscription.recv_async().await.is_none());
     assert!(subscription.is_closed());
+}
+
+// ===== mailboxes =====
+
+fn bounded(max_messages: usize) -> MailboxConfig {
+    MailboxConfig {
+        max_messages,
+        ..MailboxConfig::default()
+    }
+}
+
+#[test]
+fn a_standalone_mailbox_reaches_its_dead_letters() {
+    let mailbox = AgentMailbox::new(AgentPid::new(), bounded(1));
+    let sender = mailbox.sender();
+    mailbox.send(cast(0)).unwrap();
+    assert!(matches!(
+        mailbox.send(cast(1)),
+        Err(MessagingError::MailboxFull(_))
+    ));
+    assert!(sender.send(cast(2)).is_err());
+
+    let dead = mailbox.dead_letters();
+    assert_eq!(tags(&dead), [1, 2]);
+    assert!(dead
+        .iter()
+        .all(|d| d.reason == DeadLetterReason::MailboxFull && &d.to == mailbox.agent_id()));
+    assert!(mailbox.dead_letters().is_empty(), "drained");
+
+    // Closed: the queued message stays for the receiver; later sends are dead letters.
+    mailbox.close();
+    assert!(matches!(
+        sender.send(cast(3)),
+        Err(MessagingError::ChannelClosed(_))
+    ));
+    let dead = mailbox.dead_letters();
+    assert_eq!(tags(&dead), [3]);
+    assert_eq!(dead[0].reason, DeadLetterReason::MailboxClosed);
+    assert_eq!(mailbox.receive().unwrap().payload::<u64>(), Some(&0));
+
+    let stats = mailbox.dead_letter_stats();
+    assert_eq!((stats.recorded, stats.taken), (3, 3));
+    assert_adds_up(&stats);
+}
+
+#[test]
+fn a_standalone_mailbox_keeps_the_default_bound() {
+    let mailbox = AgentMailbox::new(AgentPid::new(), bounded(1));
+    mailbox.send(cast(0)).unwrap();
+    let refused = DEFAULT_DEAD_LETTER_CAPACITY as u64 + 5;
+    for n in 1..=refused {
+        assert!(mailbox.send(cast(n)).is_err());
+    }
+    let stats = mailbox.dead_letter_stats();
+    assert_eq!(
+        (stats.capacity, stats.kept, stats.dropped),
+        (
+            DEFAULT_DEAD_LETTER_CAPACITY,
+            DEFAULT_DEAD_LETTER_CAPACITY as u64,
+            5
+        )
+    );
+    let dead = mailbox.dead_letters();
+    assert_eq!(dead.len(), DEFAULT_DEAD_LETTER_CAPACITY);
+    assert_eq!(tag(&dead[0]), 6, "the oldest five were dropped");
+}
+
+#[test]
+fn a_registered_mailbox_takes_only_its_own_letters() {
+    let system = system_keeping(10);
+    let a = full_agent(&system);
+    let b = full_agent(&system);
+    refuse(&system, &a, [1]);
+    refuse(&system, &b, [2]);
+    refuse(&system, &a, [3]);
+    let mailbox_a = system.get_mailbox(&a).unwrap();
+    assert_eq!(tags(&mailbox_a.dead_letters()), [1, 3]);
+    // The rest stays in the system's store; the mailbox reports that store's counters.
+    assert_eq!(mailbox_a.dead_letter_stats(), system.dead_letter_stats());
+    assert_eq!(tags(&system.dead_letters()), [2]);
+    system.shutdown().unwrap();
+}
+
+#[cfg(feature = "tokio")]
+#[tokio::test]
+async fn tokio_standalone_mailbox_reaches_its_dead_letters() {
+    use terraphim_agent_messaging::tokio;
+    let mailbox = tokio::AgentMailbox::new(AgentPid::new(), bounded(1));
+    mailbox.send(cast(0)).await.unwrap();
+    assert!(mailbox.send(cast(1)).await.is_err());
+    assert!(mailbox.sender().send(cast(2)).await.is_err());
+    assert_eq!(tags(&mailbox.dead_letters()), [1, 2]);
+    let stats = mailbox.dead_letter_stats();
+    assert_eq!((stats.recorded, stats.kept, stats.taken), (2, 0, 2));
 }
