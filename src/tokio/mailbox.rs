@@ -79,7 +79,8 @@ pub struct MailboxManager {
 // ===== impl AgentMailbox =====
 
 impl AgentMailbox {
-    /// A standalone mailbox with its own dead-letter queue. A refused configuration
+    /// A standalone mailbox with its own dead-letter store (the newest 10,000 letters;
+    /// see [`dead_letters`](Self::dead_letters)). A refused configuration
     /// yields a mailbox whose every operation returns that `Configuration` error; use
     /// [`try_new`](Self::try_new) to get it up front.
     pub fn new(agent_id: AgentPid, config: MailboxConfig) -> Self {
@@ -236,6 +237,18 @@ impl AgentMailbox {
     /// Whether the mailbox is closed.
     pub fn is_closed(&self) -> bool {
         self.inner.is_closed()
+    }
+
+    /// Takes the dead letters addressed to this mailbox's agent, oldest first (see
+    /// [`crate::AgentMailbox::dead_letters`]).
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.inner.dead_letters()
+    }
+
+    /// The counters of the dead-letter store this mailbox reports to (see
+    /// [`crate::AgentMailbox::dead_letter_stats`]).
+    pub fn dead_letter_stats(&self) -> DeadLetterStats {
+        self.inner.dead_letter_stats()
     }
 
     /// Resolves once the mailbox is closed (by [`close`](Self::close), by unregistering
