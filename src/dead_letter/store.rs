@@ -200,9 +200,10 @@ impl DeadLetters {
         picked
     }
 
-    /// A subscription to the letters of `kinds`, holding up to `capacity` of them.
+    /// A subscription to `store`'s letters of `kinds`, holding up to `capacity` of them.
+    /// (An associated function: loom's `Arc` cannot be a method receiver.)
     pub(crate) fn subscribe(
-        self: &Arc<Self>,
+        store: &Arc<Self>,
         kinds: &[DeadLetterKind],
         capacity: usize,
     ) -> MessagingResult<DeadLetterSubscription> {
@@ -216,7 +217,7 @@ impl DeadLetters {
                 "a dead-letter subscription needs at least one DeadLetterKind".into(),
             ));
         }
-        Ok(DeadLetterSubscription::new(self.clone(), kinds, capacity))
+        Ok(DeadLetterSubscription::new(store.clone(), kinds, capacity))
     }
 
     /// Lists a new subscription's inbox (closed at once after a shutdown).

@@ -365,7 +365,7 @@ impl MessageSystem {
         capacity: usize,
     ) -> MessagingResult<DeadLetterSubscription> {
         self.check()?;
-        self.inner.dead_letters.subscribe(kinds, capacity)
+        DeadLetters::subscribe(&self.inner.dead_letters, kinds, capacity)
     }
 
     /// Dead letters ever recorded: kept, taken or dropped.
