@@ -22,7 +22,6 @@
 //!   after the report); with `tracing`, `RUST_LOG` selects the events printed to
 //!   stderr (e.g. `RUST_LOG=terraphim_agent_messaging=debug`).
 
-use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -595,9 +594,10 @@ fn report(
     let c = &swarm.counters;
     let n = |counter: &AtomicU64| thousands(counter.load(Relaxed));
     let (router, _) = swarm.system.get_stats();
-    let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
+    // The store keeps the newest letters; the ones it dropped are counted by reason.
+    let mut by_reason = swarm.system.dead_letter_stats().dropped_by_reason;
     for letter in swarm.system.dead_letters() {
-        *by_reason.entry(letter.reason.to_string()).or_default() += 1;
+        *by_reason.entry(letter.reason.kind()).or_default() += 1;
     }
     latencies.sort_unstable();
     let (sent, casts) = (c.sent(), c.casts_sent.load(Relaxed));

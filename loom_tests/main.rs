@@ -1,5 +1,5 @@
 //! Loom models of the lock-free core: lanes, wait cell, close/drain, bounded capacity,
-//! the agent table and the reply slot.
+//! the agent table, the reply slot and the dead-letter store's subscriptions.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test --profile loom --no-default-features
 //! --test loom` (see `.ci/run`). Under `--cfg loom` the library's `crate::sync` is loom's,
@@ -11,6 +11,7 @@
 #![cfg(loom)]
 
 mod breaker;
+mod dead_letter;
 mod delivery;
 mod lane;
 mod mailbox;

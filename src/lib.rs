@@ -47,6 +47,9 @@
 //! - A bounded mailbox never holds more than `max_messages`.
 //! - Every message accepted is delivered, dead-lettered (see
 //!   [`MessageSystem::dead_letters`]) or still pending: nothing is dropped silently.
+//! - The dead-letter store keeps the newest letters up to its capacity
+//!   ([`DEFAULT_DEAD_LETTER_CAPACITY`]); older ones are dropped but counted by reason
+//!   ([`MessageSystem::dead_letter_stats`]), so its memory stays bounded under overload.
 //!
 //! # Observability
 //!
@@ -73,7 +76,7 @@
 //! | `wait` | the wait cell a receiver or a caller parks in |
 //! | `message` | pids, ids, messages, envelopes, the reply slot |
 //! | `error` | `MessagingError` |
-//! | `dead_letter` | the dead-letter store |
+//! | `dead_letter` | the dead-letter store, bounded |
 //! | `mailbox` | lock-free priority lanes, the receiver claim, the handles |
 //! | `group` | groups of mailboxes and their balancing |
 //! | `table` | the slab of destinations by pid, and `MailboxManager` over it |
@@ -186,7 +189,10 @@ pub mod __private {
 }
 
 pub use crate::breaker::{BreakerState, CircuitBreakerConfig};
-pub use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadMessage};
+pub use crate::dead_letter::{
+    DeadLetter, DeadLetterKind, DeadLetterReason, DeadLetterStats, DeadLetterSubscription,
+    DeadMessage, DEFAULT_DEAD_LETTER_CAPACITY,
+};
 pub use crate::delivery::{
     DeliveryConfig, DeliveryGuarantee, DeliveryManager, DeliveryRecord, DeliveryStats,
     DeliveryStatus, RetryPolicy, RouterConfig,

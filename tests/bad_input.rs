@@ -32,6 +32,11 @@
 //! | `DeliveryOptions::timeout` | zero | first attempt still made; a refused message expires at its first retry (`Expired`) |
 //! | `DeliveryOptions::timeout` | `Duration::MAX` | never expires; retried normally |
 //! | `DeliveryOptions::require_ack` | true under `AtMostOnce` | ignored: delivered once, not tracked; `acknowledge` gives `UnknownMessage` |
+//! | `MessageSystemBuilder::dead_letter_capacity` | 0 | keeps no letter, counts every one by reason (`dead_letter_stats().dropped`) |
+//! | `MessageSystemBuilder::dead_letter_capacity` | `usize::MAX` | accepted, nothing preallocated: keeps every letter |
+//! | `MessageSystem::subscribe_dead_letters` | capacity 0; no kinds | `Configuration` |
+//! | `MessageSystem::subscribe_dead_letters` | after `shutdown` | `System` ("shut down") |
+//! | `MessageSystem::dead_letters_of` | a kind with no letters | empty, nothing else taken |
 //! | `MessageSystem::acknowledge` | unknown id; same id twice | `UnknownMessage` (category `NotFound`); second ack `UnknownMessage` |
 //! | `send`, `send_message`, `call`, `call_async` | unknown pid | `AgentNotFound` (`NotFound`), dead letter `AgentNotFound` |
 //! | `unregister_agent` | unknown / already unregistered pid | `AgentNotFound` |
@@ -66,7 +71,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use terraphim_agent_messaging::{
-    AgentMailbox, AgentMessage, AgentPid, CircuitBreakerConfig, Clock, DeadLetter,
+    AgentMailbox, AgentMessage, AgentPid, CircuitBreakerConfig, Clock, DeadLetter, DeadLetterKind,
     DeadLetterReason, DeliveryConfig, DeliveryGuarantee, DeliveryManager, DeliveryOptions,
     ErrorCategory, LoadBalance, MailboxConfig, MailboxManager, ManualClock, MessageEnvelope,
     MessageId, MessagePriority, MessageSystem, MessagingError, ReplyError, RescheduleError,
@@ -719,6 +724,40 @@ fn acknowledge_unknown_and_twice() {
         ErrorCategory::NotFound
     );
     assert_eq!(system.delivery_stats().acknowledged, 1);
+}
+
+#[test]
+fn dead_letter_store() {
+    let mut config = RouterConfig::default();
+    config.delivery_config.guarantee = DeliveryGuarantee::AtMostOnce;
+    for capacity in [0, usize::MAX] {
+        let (builder, _clock) = manual_builder(config.clone(), 1);
+        let system = builder.dead_letter_capacity(capacity).build().unwrap();
+        let (pid, _mailbox) = registered(&system);
+        system.send(&pid, cast(0)).unwrap();
+        for n in 1..=3 {
+            let err = system.send(&pid, cast(n)).unwrap_err();
+            assert!(matches!(err, MessagingError::MailboxFull(_)), "{err:?}");
+        }
+        let stats = system.dead_letter_stats();
+        assert_eq!(stats.capacity, capacity);
+        assert_eq!(stats.recorded, 3);
+        let (kept, dropped) = if capacity == 0 { (0, 3) } else { (3, 0) };
+        assert_eq!((stats.kept, stats.dropped), (kept, dropped), "{stats:?}");
+        assert!(system.dead_letters_of(DeadLetterKind::Shutdown).is_empty());
+        assert_eq!(system.dead_letters().len() as u64, kept);
+
+        for (kinds, size) in [(DeadLetterKind::ALL, 0), (&[][..], 4)] {
+            let err = system.subscribe_dead_letters(kinds, size).unwrap_err();
+            assert!(matches!(err, MessagingError::Configuration(_)), "{err:?}");
+            assert_eq!(err.category(), ErrorCategory::Configuration);
+        }
+        system.shutdown().unwrap();
+        let err = system
+            .subscribe_dead_letters(DeadLetterKind::ALL, 4)
+            .unwrap_err();
+        assert!(matches!(err, MessagingError::System(_)), "{err:?}");
+    }
 }
 
 // ===== ids =====

@@ -30,11 +30,15 @@ fn config(guarantee: DeliveryGuarantee, max_retries: u32) -> RouterConfig {
     config
 }
 
+/// A system on real threads. It keeps every dead letter: these tests account for each
+/// message by id, and a run can give up on more than the default bound.
 fn system(config: RouterConfig, capacity: usize, breaker: bool) -> MessageSystem {
-    let mut builder = MessageSystem::builder(config).mailbox_config(MailboxConfig {
-        max_messages: capacity,
-        ..MailboxConfig::default()
-    });
+    let mut builder = MessageSystem::builder(config)
+        .mailbox_config(MailboxConfig {
+            max_messages: capacity,
+            ..MailboxConfig::default()
+        })
+        .dead_letter_capacity(usize::MAX);
     if breaker {
         builder = builder.circuit_breaker(CircuitBreakerConfig {
             failure_threshold: 3,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::shared::{Claim, Settings, Shared};
 use super::{MailboxConfig, MailboxStats};
-use crate::dead_letter::DeadLetters;
+use crate::dead_letter::{DeadLetter, DeadLetterStats, DeadLetters};
 use crate::error::{MessagingError, MessagingResult, TrySendError};
 use crate::message::{AgentMessage, AgentPid, MessagePriority};
 use crate::sync::Arc;
@@ -22,6 +22,11 @@ use crate::wait::{block_until, Waiter};
 /// after the mailbox was closed, messages still queued go to the dead letters. A
 /// standalone mailbox (`AgentMailbox::new`) closes when its last handle is dropped, so
 /// its senders see `ChannelClosed` instead of filling a queue nobody reads.
+///
+/// A standalone mailbox has its own bounded dead-letter store
+/// ([`DEFAULT_DEAD_LETTER_CAPACITY`](crate::DEFAULT_DEAD_LETTER_CAPACITY) letters, the
+/// newest), which [`dead_letters`](Self::dead_letters) drains; a registered one
+/// reports to its system's.
 ///
 /// # Examples
 ///
@@ -51,7 +56,9 @@ pub struct MailboxSender {
 // ===== impl AgentMailbox =====
 
 impl AgentMailbox {
-    /// A standalone mailbox with its own dead-letter queue.
+    /// A standalone mailbox with its own dead-letter store (the newest
+    /// [`DEFAULT_DEAD_LETTER_CAPACITY`](crate::DEFAULT_DEAD_LETTER_CAPACITY) letters;
+    /// see [`dead_letters`](Self::dead_letters)).
     ///
     /// A refused configuration (see [`MailboxConfig::validate`]) yields a mailbox whose
     /// every operation returns that `Configuration` error; use
@@ -306,6 +313,24 @@ impl AgentMailbox {
     /// Whether the mailbox is closed.
     pub fn is_closed(&self) -> bool {
         self.shared.lanes().is_closed()
+    }
+
+    /// Takes the dead letters addressed to this mailbox's agent, oldest first: the
+    /// messages refused by this mailbox (full or closed), and, for a registered agent,
+    /// whatever else its system gave up on for it. A standalone mailbox's store holds
+    /// nothing else; a registered one's is the system's, whose other letters stay.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        let pid = &self.shared.pid;
+        self.shared
+            .settings
+            .dead_letters
+            .drain_where(|letter| &letter.to == pid)
+    }
+
+    /// The counters of the dead-letter store this mailbox reports to: its own when
+    /// standalone, its system's (or manager's) when registered.
+    pub fn dead_letter_stats(&self) -> DeadLetterStats {
+        self.shared.settings.dead_letters.stats()
     }
 
     /// Blocks until the mailbox is closed and drained (`receive` would return

@@ -6,7 +6,7 @@
 
 use super::{Inner, MessageSystem};
 use crate::breaker::{BreakerSettings, CircuitBreakerConfig};
-use crate::dead_letter::DeadLetters;
+use crate::dead_letter::{DeadLetters, DEFAULT_DEAD_LETTER_CAPACITY};
 use crate::delivery::engine::Engine;
 use crate::delivery::{DeliveryConfig, RetryPolicy, RouterConfig};
 use crate::error::{MessagingError, MessagingResult};
@@ -31,6 +31,7 @@ pub struct MessageSystemBuilder {
     pub(super) breaker: Option<CircuitBreakerConfig>,
     pub(super) clock: Option<std::sync::Arc<dyn Clock>>,
     pub(super) timer_driver: TimerDriver,
+    pub(super) dead_letter_capacity: usize,
 }
 
 impl MessageSystemBuilder {
@@ -43,6 +44,7 @@ impl MessageSystemBuilder {
             breaker: None,
             clock: None,
             timer_driver: TimerDriver::Thread,
+            dead_letter_capacity: DEFAULT_DEAD_LETTER_CAPACITY,
         }
     }
 
@@ -84,6 +86,16 @@ impl MessageSystemBuilder {
         self
     }
 
+    /// How many dead letters the system keeps (default
+    /// [`DEFAULT_DEAD_LETTER_CAPACITY`], 10,000): the newest ones. A letter that arrives
+    /// at a full store pushes out the oldest, which is dropped and counted under its
+    /// reason in [`MessageSystem::dead_letter_stats`]. 0 keeps none and only counts;
+    /// `usize::MAX` keeps everything (nothing is allocated up front either way).
+    pub fn dead_letter_capacity(mut self, capacity: usize) -> Self {
+        self.dead_letter_capacity = capacity;
+        self
+    }
+
     /// Routes through a custom router. The system still owns the mailboxes (it passes
     /// each registered agent's sender to `router.register_agent`) and the delivery
     /// engine: retries, acks, breakers, call timeouts and the ledger work as with the
@@ -108,7 +120,7 @@ impl MessageSystemBuilder {
         let mut config_error = validate_router_config(&self.config)
             .and_then(|()| self.mailbox_config.validate())
             .err();
-        let dead_letters = Arc::new(DeadLetters::default());
+        let dead_letters = Arc::new(DeadLetters::new(self.dead_letter_capacity));
         let settings = Arc::new(Settings::new(
             self.mailbox_config,
             self.starvation_budget,

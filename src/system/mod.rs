@@ -28,7 +28,9 @@ pub use self::call::CallFuture;
 pub(crate) use self::call::{downcast_reply, reply_error};
 use self::call::{observe_call, Waiting};
 pub use self::default_router::DefaultMessageRouter;
-use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::dead_letter::{
+    DeadLetter, DeadLetterKind, DeadLetterStats, DeadLetterSubscription, DeadLetters,
+};
 use crate::delivery::engine::Engine;
 use crate::delivery::{DeliveryManager, DeliveryStats, RouterConfig};
 use crate::error::{MessagingError, MessagingResult};
@@ -377,18 +379,50 @@ impl MessageSystem {
         DeliveryManager::of_engine(self.inner.engine.clone())
     }
 
-    /// Takes every dead letter recorded so far.
+    /// Takes every dead letter kept so far, oldest first. The store keeps the newest
+    /// `dead_letter_capacity` letters (see [`MessageSystemBuilder::dead_letter_capacity`]);
+    /// [`dead_letter_stats`](Self::dead_letter_stats) counts the ones it dropped.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.inner.dead_letters.drain()
     }
 
-    /// Dead letters ever recorded (drained or not).
+    /// Takes the dead letters kept so far whose reason is of `kind`, oldest first;
+    /// the others stay.
+    pub fn dead_letters_of(&self, kind: DeadLetterKind) -> Vec<DeadLetter> {
+        self.inner
+            .dead_letters
+            .drain_where(|letter| letter.reason.kind() == kind)
+    }
+
+    /// Subscribes to the dead letters of `kinds` ([`DeadLetterKind::ALL`] for every
+    /// one): from now on, each such letter goes to the subscription while it holds
+    /// fewer than `capacity` (then to the next subscription, or the store). It ends
+    /// when the system shuts down. See [`DeadLetterSubscription`].
+    ///
+    /// A capacity of 0 or no kinds is a `Configuration` error.
+    pub fn subscribe_dead_letters(
+        &self,
+        kinds: &[DeadLetterKind],
+        capacity: usize,
+    ) -> MessagingResult<DeadLetterSubscription> {
+        self.check()?;
+        DeadLetters::subscribe(&self.inner.dead_letters, kinds, capacity)
+    }
+
+    /// Dead letters ever recorded: kept, taken or dropped.
     pub fn dead_letter_count(&self) -> u64 {
         self.inner.dead_letters.total()
     }
 
+    /// The dead-letter store's counters: recorded, kept, taken, and dropped by reason
+    /// (`recorded = kept + in_subscriptions + taken + dropped`).
+    pub fn dead_letter_stats(&self) -> DeadLetterStats {
+        self.inner.dead_letters.stats()
+    }
+
     /// Stops the system: later operations fail, every mailbox closes (receivers drain
-    /// what is queued, then get `ChannelClosed`). Idempotent.
+    /// what is queued, then get `ChannelClosed`), and dead-letter subscriptions end.
+    /// Idempotent.
     ///
     /// With the `tracing` feature it logs the delivery ledger (`INFO`); with `metrics`
     /// it publishes the final counters and sets the system's gauges to zero.
@@ -402,6 +436,8 @@ impl MessageSystem {
         };
         self.inner.engine.stop();
         self.inner.mailboxes.close_all();
+        // After the last letters the shutdown buries: subscribers receive those, then end.
+        self.inner.dead_letters.close();
         self.inner.engine.publish_metrics(true);
         events::shut_down(|| {
             let l = self.delivery_stats();

@@ -127,9 +127,16 @@ impl MailboxManager {
         self.table.close_all();
     }
 
-    /// Takes the dead letters of this manager's mailboxes.
+    /// Takes the dead letters of this manager's mailboxes, oldest first. The manager
+    /// keeps the newest [`DEFAULT_DEAD_LETTER_CAPACITY`](crate::DEFAULT_DEAD_LETTER_CAPACITY)
+    /// (a `MessageSystem`'s manager: its builder's `dead_letter_capacity`).
     pub fn dead_letters(&self) -> Vec<crate::DeadLetter> {
         self.settings.dead_letters.drain()
+    }
+
+    /// The counters of this manager's dead-letter store, dropped letters included.
+    pub fn dead_letter_stats(&self) -> crate::DeadLetterStats {
+        self.settings.dead_letters.stats()
     }
 }
 

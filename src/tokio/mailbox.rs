@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::error::{MessagingError, MessagingResult, TrySendError};
 use crate::mailbox::{MailboxConfig, MailboxStats};
 use crate::message::{AgentMessage, AgentPid, MessagePriority};
-use crate::DeadLetter;
+use crate::{DeadLetter, DeadLetterStats};
 
 /// How often [`AgentMailbox::wait_for_shutdown`] looks again, at most.
 const CLOSE_POLL_MAX: Duration = Duration::from_millis(20);
@@ -79,7 +79,8 @@ pub struct MailboxManager {
 // ===== impl AgentMailbox =====
 
 impl AgentMailbox {
-    /// A standalone mailbox with its own dead-letter queue. A refused configuration
+    /// A standalone mailbox with its own dead-letter store (the newest 10,000 letters;
+    /// see [`dead_letters`](Self::dead_letters)). A refused configuration
     /// yields a mailbox whose every operation returns that `Configuration` error; use
     /// [`try_new`](Self::try_new) to get it up front.
     pub fn new(agent_id: AgentPid, config: MailboxConfig) -> Self {
@@ -236,6 +237,18 @@ impl AgentMailbox {
     /// Whether the mailbox is closed.
     pub fn is_closed(&self) -> bool {
         self.inner.is_closed()
+    }
+
+    /// Takes the dead letters addressed to this mailbox's agent, oldest first (see
+    /// [`crate::AgentMailbox::dead_letters`]).
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.inner.dead_letters()
+    }
+
+    /// The counters of the dead-letter store this mailbox reports to (see
+    /// [`crate::AgentMailbox::dead_letter_stats`]).
+    pub fn dead_letter_stats(&self) -> DeadLetterStats {
+        self.inner.dead_letter_stats()
     }
 
     /// Resolves once the mailbox is closed (by [`close`](Self::close), by unregistering
@@ -442,9 +455,15 @@ impl MailboxManager {
         self.inner.close_all();
     }
 
-    /// Takes the dead letters of this manager's mailboxes.
+    /// Takes the dead letters of this manager's mailboxes, oldest first (see
+    /// [`crate::MailboxManager::dead_letters`]).
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.inner.dead_letters()
+    }
+
+    /// The counters of this manager's dead-letter store, dropped letters included.
+    pub fn dead_letter_stats(&self) -> DeadLetterStats {
+        self.inner.dead_letter_stats()
     }
 }
 

@@ -78,11 +78,12 @@ pub use async_trait::async_trait;
 pub use crate::timer;
 pub use crate::{
     reply_channel, AgentId, AgentMessage, AgentPid, BreakerState, CallFuture, CircuitBreakerConfig,
-    Clock, DeadLetter, DeadLetterReason, DeadMessage, DefaultMessageRouter, DeliveryConfig,
-    DeliveryGuarantee, DeliveryOptions, DeliveryRecord, DeliveryStats, DeliveryStatus, Elapsed,
-    ErrorCategory, LoadBalance, MailboxConfig, MailboxStats, ManualClock, MessageEnvelope,
-    MessageId, MessagePriority, MessagingError, MessagingResult, Payload, ReceiveFuture,
-    ReplyError, ReplyReceiver, ReplySender, RescheduleError, RetryPolicy, RouterConfig,
-    RouterStats, SupervisorId, SystemClock, SystemInfo, TickSource, TimerDriver, TimerKey,
-    TimerWheel, TrySendError, TypedMessage, TICK,
+    Clock, DeadLetter, DeadLetterKind, DeadLetterReason, DeadLetterStats, DeadLetterSubscription,
+    DeadMessage, DefaultMessageRouter, DeliveryConfig, DeliveryGuarantee, DeliveryOptions,
+    DeliveryRecord, DeliveryStats, DeliveryStatus, Elapsed, ErrorCategory, LoadBalance,
+    MailboxConfig, MailboxStats, ManualClock, MessageEnvelope, MessageId, MessagePriority,
+    MessagingError, MessagingResult, Payload, ReceiveFuture, ReplyError, ReplyReceiver,
+    ReplySender, RescheduleError, RetryPolicy, RouterConfig, RouterStats, SupervisorId,
+    SystemClock, SystemInfo, TickSource, TimerDriver, TimerKey, TimerWheel, TrySendError,
+    TypedMessage, DEFAULT_DEAD_LETTER_CAPACITY, TICK,
 };

@@ -18,7 +18,7 @@ use super::mailbox::{AgentMailbox, MailboxSender};
 use super::router::{MessageRouter, PolledRouter};
 use super::timers::TimerTask;
 use crate::breaker::CircuitBreakerConfig;
-use crate::dead_letter::DeadLetter;
+use crate::dead_letter::{DeadLetter, DeadLetterKind, DeadLetterStats, DeadLetterSubscription};
 use crate::delivery::{DeliveryStats, RouterConfig};
 use crate::error::{MessagingError, MessagingResult};
 use crate::group::LoadBalance;
@@ -120,6 +120,13 @@ impl MessageSystemBuilder {
     /// with a `ManualClock`) starts no task.
     pub fn timer_driver(mut self, driver: TimerDriver) -> Self {
         self.driver = Some(driver);
+        self
+    }
+
+    /// How many dead letters the system keeps (see
+    /// [`crate::MessageSystemBuilder::dead_letter_capacity`]; default 10,000, the newest).
+    pub fn dead_letter_capacity(mut self, capacity: usize) -> Self {
+        self.core = self.core.dead_letter_capacity(capacity);
         self
     }
 
@@ -448,14 +455,36 @@ impl MessageSystem {
         self.shared.core.delivery_manager().into()
     }
 
-    /// Takes every dead letter recorded so far.
+    /// Takes every dead letter kept so far, oldest first (see
+    /// [`crate::MessageSystem::dead_letters`]).
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.shared.core.dead_letters()
     }
 
-    /// Dead letters ever recorded (drained or not).
+    /// Takes the dead letters kept so far whose reason is of `kind`, oldest first.
+    pub fn dead_letters_of(&self, kind: DeadLetterKind) -> Vec<DeadLetter> {
+        self.shared.core.dead_letters_of(kind)
+    }
+
+    /// Subscribes to the dead letters of `kinds` (see
+    /// [`crate::MessageSystem::subscribe_dead_letters`]); await them with
+    /// [`DeadLetterSubscription::recv_async`]. The subscription ends at `shutdown`.
+    pub fn subscribe_dead_letters(
+        &self,
+        kinds: &[DeadLetterKind],
+        capacity: usize,
+    ) -> MessagingResult<DeadLetterSubscription> {
+        self.shared.core.subscribe_dead_letters(kinds, capacity)
+    }
+
+    /// Dead letters ever recorded: kept, taken or dropped.
     pub fn dead_letter_count(&self) -> u64 {
         self.shared.core.dead_letter_count()
+    }
+
+    /// The dead-letter store's counters (see [`crate::MessageSystem::dead_letter_stats`]).
+    pub fn dead_letter_stats(&self) -> DeadLetterStats {
+        self.shared.core.dead_letter_stats()
     }
 
     /// Fires every retry and timeout due by the system's clock, and returns when the
