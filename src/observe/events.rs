@@ -46,11 +46,32 @@ use self::targets::*;
 
 /// `$event` with the `tracing` feature; without it, nothing (the arguments, all
 /// borrowed, are only marked used).
+///
+/// The per-message events (`TRACE`) go through [`hot!`] instead.
 macro_rules! traced {
     ($($arg:ident),* => $event:expr) => {{
         #[cfg(feature = "tracing")]
         {
             $event;
+        }
+        #[cfg(not(feature = "tracing"))]
+        {
+            let _ = ($($arg,)*);
+        }
+    }};
+}
+
+/// A per-message `TRACE` event: the fast path pays one load of the global level
+/// filter and a branch, and nothing more unless some subscriber wants `TRACE` (so not
+/// even `tracing`'s `log` compatibility checks, which a dependency elsewhere in the
+/// program may have switched on).
+macro_rules! hot {
+    ($($arg:ident),* => $event:expr) => {{
+        #[cfg(feature = "tracing")]
+        {
+            if tracing::level_enabled!(tracing::Level::TRACE) {
+                $event;
+            }
         }
         #[cfg(not(feature = "tracing"))]
         {
@@ -141,14 +162,17 @@ pub(crate) fn shut_down(ledger: impl FnOnce() -> Ledger) {
 /// (routing, refusals, the outcome) are inside it. Zero-sized without the feature.
 #[derive(Clone)]
 pub(crate) struct CallSpan {
+    /// `None` unless some subscriber wants `TRACE`: a disabled span still costs its
+    /// enter and exit on every poll (and `log` records, with `tracing`'s `log`
+    /// feature).
     #[cfg(feature = "tracing")]
-    span: tracing::Span,
+    span: Option<tracing::Span>,
 }
 
 /// A [`CallSpan`] entered; leaves it on drop.
 pub(crate) struct Entered<'a> {
     #[cfg(feature = "tracing")]
-    _entered: tracing::span::Entered<'a>,
+    _entered: Option<tracing::span::Entered<'a>>,
     #[cfg(not(feature = "tracing"))]
     _span: PhantomData<&'a ()>,
 }
@@ -165,16 +189,17 @@ impl CallSpan {
     ) -> Self {
         #[cfg(feature = "tracing")]
         {
-            CallSpan {
-                span: tracing::trace_span!(
+            let span = tracing::level_enabled!(tracing::Level::TRACE).then(|| {
+                tracing::trace_span!(
                     target: CALL,
                     "call",
                     message_id = %id,
                     from = from.map(tracing::field::display),
                     to = %to,
                     timeout = ?timeout
-                ),
-            }
+                )
+            });
+            CallSpan { span }
         }
         #[cfg(not(feature = "tracing"))]
         {
@@ -188,7 +213,7 @@ impl CallSpan {
     pub(crate) fn enter(&self) -> Entered<'_> {
         Entered {
             #[cfg(feature = "tracing")]
-            _entered: self.span.enter(),
+            _entered: self.span.as_ref().map(tracing::Span::enter),
             #[cfg(not(feature = "tracing"))]
             _span: PhantomData,
         }
@@ -198,7 +223,7 @@ impl CallSpan {
 /// The reply arrived (inside the call's span).
 #[inline(always)]
 pub(crate) fn call_answered(to: &impl Display) {
-    traced!(to => tracing::trace!(target: CALL, to = %to, "call answered"));
+    hot!(to => tracing::trace!(target: CALL, to = %to, "call answered"));
 }
 
 /// No reply within the timeout (the span has the timeout).
@@ -218,7 +243,7 @@ pub(crate) fn call_failed(to: &impl Display, error: &impl Display) {
 /// An attempt to push `message` to `to` (the first is attempt 1).
 #[inline(always)]
 pub(crate) fn routing(to: &impl Display, message: &impl Traced, attempt: u32) {
-    traced!(to, message, attempt => tracing::trace!(
+    hot!(to, message, attempt => tracing::trace!(
         target: DELIVERY,
         message_id = %message.message_id(),
         message_type = message.message_type(),
@@ -231,7 +256,7 @@ pub(crate) fn routing(to: &impl Display, message: &impl Traced, attempt: u32) {
 /// Exactly-once: a copy of a message already delivered inside the window.
 #[inline(always)]
 pub(crate) fn duplicate(to: &impl Display, message: &impl Traced) {
-    traced!(to, message => tracing::trace!(
+    hot!(to, message => tracing::trace!(
         target: DELIVERY,
         message_id = %message.message_id(),
         message_type = message.message_type(),
@@ -296,7 +321,7 @@ pub(crate) fn redelivery(
 /// A tracked message was acknowledged.
 #[inline(always)]
 pub(crate) fn acknowledged(id: &impl Display) {
-    traced!(id => tracing::trace!(target: DELIVERY, message_id = %id, "acknowledged"));
+    hot!(id => tracing::trace!(target: DELIVERY, message_id = %id, "acknowledged"));
 }
 
 // ===== router =====
@@ -304,7 +329,7 @@ pub(crate) fn acknowledged(id: &impl Display) {
 /// A group picked `member` for `message`.
 #[inline(always)]
 pub(crate) fn group_pick(group: &impl Display, member: &impl Display, message: &impl Traced) {
-    traced!(group, member, message => tracing::trace!(
+    hot!(group, member, message => tracing::trace!(
         target: ROUTER,
         message_id = %message.message_id(),
         message_type = message.message_type(),
