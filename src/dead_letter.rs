@@ -34,6 +34,9 @@ pub enum DeadLetterReason {
     Overloaded(String),
     /// The system shut down while the message waited for a retry or an ack.
     Shutdown,
+    /// The agent stopped with this exit reason (`exit`, a crash: `panicked: …`, or a
+    /// link) while the message was queued and no receiver was left to drain it.
+    AgentStopped(String),
 }
 
 impl fmt::Display for DeadLetterReason {
@@ -48,6 +51,7 @@ impl fmt::Display for DeadLetterReason {
             DeadLetterReason::CircuitOpen => f.write_str("circuit open"),
             DeadLetterReason::Overloaded(why) => write!(f, "overloaded: {why}"),
             DeadLetterReason::Shutdown => f.write_str("system shut down"),
+            DeadLetterReason::AgentStopped(reason) => write!(f, "agent stopped: {reason}"),
         }
     }
 }
