@@ -45,6 +45,20 @@ pub(crate) struct Settings {
     pub(crate) epoch: Instant,
     /// `epoch` on the wall clock.
     pub(crate) epoch_utc: chrono::DateTime<chrono::Utc>,
+    /// What a registered mailbox does when its last receiving handle is dropped while
+    /// the thread is panicking: set once by the system that owns the mailboxes (it
+    /// stops the agent with reason `panicked: …`). The mailbox layer cannot name the
+    /// system, so the system hands it this hook; one per system, not per mailbox.
+    pub(crate) on_crash: std::sync::OnceLock<CrashHook>,
+}
+
+/// See [`Settings::on_crash`]: called with the mailbox whose receiver crashed.
+pub(crate) struct CrashHook(pub(crate) Box<dyn Fn(&Shared) + Send + Sync>);
+
+impl std::fmt::Debug for CrashHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CrashHook")
+    }
 }
 
 impl Settings {
@@ -67,6 +81,7 @@ impl Settings {
             dead_letters,
             epoch: Instant::now(),
             epoch_utc: chrono::Utc::now(),
+            on_crash: std::sync::OnceLock::new(),
         }
     }
 
@@ -479,12 +494,18 @@ impl Shared {
     /// Closes the mailbox: later sends fail, the receiver drains what is queued, then
     /// gets `ChannelClosed`. If no receiver handle is left, drains into dead letters.
     pub(crate) fn close(&self) -> bool {
+        self.close_with(DeadLetterReason::MailboxClosed)
+    }
+
+    /// [`close`](Self::close), dead-lettering what no receiver is left to drain with
+    /// `reason` (an agent stopped by `exit`, a crash or a link).
+    pub(crate) fn close_with(&self, reason: DeadLetterReason) -> bool {
         let closed_now = self.lanes().close();
         self.waiter.wake();
         // Pairs with the fence in `release_rx_handle`: one of the two sees the other.
         fence(SeqCst);
         if self.rx_handles.load(Relaxed) == 0 {
-            self.drain_to_dead_letters();
+            self.drain_to_dead_letters(reason);
         }
         closed_now
     }
@@ -497,15 +518,41 @@ impl Shared {
                 self.close();
                 return;
             }
+            // The last receiver went down with its thread: the agent crashed. The
+            // system's hook stops it (which closes and drains the mailbox).
+            if std::thread::panicking() && !self.lanes().is_closed() {
+                if let Some(hook) = self.settings.on_crash.get() {
+                    (hook.0)(self);
+                }
+            }
             fence(SeqCst);
             if self.lanes().is_closed() {
-                self.drain_to_dead_letters();
+                self.drain_to_dead_letters(DeadLetterReason::MailboxClosed);
             }
         }
     }
 
+    /// Whether a receiving handle ([`AgentMailbox`](crate::AgentMailbox)) is alive.
+    pub(crate) fn has_receiver(&self) -> bool {
+        self.rx_handles.load(Acquire) > 0
+    }
+
+    /// Takes every queued message of a closed mailbox that no receiver holds (a
+    /// crashed agent's), for the system to hand back to the delivery engine. Empty if
+    /// a receiver holds the claim.
+    pub(crate) fn take_queued(&self) -> Vec<AgentMessage> {
+        let mut taken = Vec::new();
+        let Ok(claim) = self.claim() else {
+            return taken;
+        };
+        while let Some(Ok(message)) = self.pop(&claim) {
+            taken.push(message);
+        }
+        taken
+    }
+
     /// Moves every queued message into the dead letters (closed mailboxes only).
-    fn drain_to_dead_letters(&self) {
+    fn drain_to_dead_letters(&self, reason: DeadLetterReason) {
         // If someone holds the claim, that receiver drains instead.
         let Ok(claim) = self.claim() else { return };
         while let Some(Ok(message)) = self.pop(&claim) {
@@ -513,7 +560,7 @@ impl Shared {
             self.settings.dead_letters.push(DeadLetter::message(
                 self.pid.clone(),
                 message.disarm(),
-                DeadLetterReason::MailboxClosed,
+                reason.clone(),
             ));
         }
     }
