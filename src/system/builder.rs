@@ -10,7 +10,7 @@ use crate::dead_letter::DeadLetters;
 use crate::delivery::engine::Engine;
 use crate::delivery::{DeliveryConfig, RetryPolicy, RouterConfig};
 use crate::error::{MessagingError, MessagingResult};
-use crate::mailbox::shared::Settings;
+use crate::mailbox::shared::{CrashHook, Settings};
 use crate::mailbox::MailboxConfig;
 use crate::router::custom::CustomRoutes;
 use crate::router::default::LocalRoutes;
@@ -115,7 +115,7 @@ impl MessageSystemBuilder {
             dead_letters.clone(),
         ));
         let table = Arc::new(AgentTable::new());
-        let mailboxes = MailboxManager::with_parts(table.clone(), settings);
+        let mailboxes = MailboxManager::with_parts(table.clone(), settings.clone());
         let clock = self
             .clock
             .unwrap_or_else(|| std::sync::Arc::new(SystemClock));
@@ -148,16 +148,27 @@ impl MessageSystemBuilder {
         let engine = std::sync::Arc::new(engine);
         let fire: std::sync::Arc<dyn Fire> = engine.clone();
         timers.attach(std::sync::Arc::downgrade(&fire));
-        MessageSystem {
+        super::signals::install_panic_hook();
+        let system = MessageSystem {
             inner: std::sync::Arc::new(Inner {
                 config: self.config,
                 config_error,
                 mailboxes,
                 engine,
                 dead_letters,
+                signals: super::signals::Signals::new(),
                 shut_down: AtomicBool::new(false),
             }),
-        }
+        };
+        // A crashed receiver stops its agent; the hook holds the system weakly (the
+        // system owns the mailboxes that hold the hook).
+        let weak = std::sync::Arc::downgrade(&system.inner);
+        let _ = settings.on_crash.set(CrashHook(Box::new(move |mailbox| {
+            if let Some(inner) = weak.upgrade() {
+                MessageSystem { inner }.crashed(mailbox);
+            }
+        })));
+        system
     }
 }
 

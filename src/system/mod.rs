@@ -17,6 +17,7 @@
 mod builder;
 mod call;
 mod default_router;
+mod signals;
 
 use std::any::Any;
 use std::fmt;
@@ -27,6 +28,7 @@ pub use self::builder::MessageSystemBuilder;
 pub use self::call::CallFuture;
 pub(crate) use self::call::{downcast_reply, reply_error};
 pub use self::default_router::DefaultMessageRouter;
+pub use self::signals::{MonitorRef, MAX_NAME_LEN};
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::delivery::engine::Engine;
 use crate::delivery::{DeliveryManager, DeliveryStats, RouterConfig};
@@ -82,6 +84,8 @@ struct Inner {
     /// A std `Arc`: the timer driver holds a `Weak` to it.
     engine: std::sync::Arc<Engine>,
     dead_letters: Arc<DeadLetters>,
+    /// Monitors, links, trapped exits and names (see `signals`).
+    signals: signals::Signals,
     shut_down: AtomicBool,
 }
 
@@ -135,18 +139,12 @@ impl MessageSystem {
 
     /// Unregisters `agent_id` and closes its mailbox: a receiver holding its mailbox
     /// drains what is queued and then gets `ChannelClosed`; with no receiver left, the
-    /// queued messages go to the dead letters.
+    /// queued messages go to the dead letters. The agent stops with reason
+    /// `"normal"`: its monitors fire, its names are released, its links are removed
+    /// (a linked agent that traps exits is told; others are not stopped).
     pub fn unregister_agent(&self, agent_id: &AgentPid) -> MessagingResult<()> {
-        if let Some(router) = self.custom_router() {
-            router.unregister_agent(agent_id)?;
-        }
-        self.inner.mailboxes.remove_mailbox(agent_id)?;
-        self.inner.engine.routes().forget(agent_id);
         // A member that goes away leaves its groups (O(groups), not O(agents)).
-        for group in self.inner.mailboxes.table().groups() {
-            let _ = group.leave(agent_id);
-        }
-        Ok(())
+        self.stop(agent_id, signals::NORMAL)
     }
 
     // ===== groups =====
@@ -170,12 +168,16 @@ impl MessageSystem {
         let sender = self
             .sender(member)
             .ok_or_else(|| MessagingError::AgentNotFound(member.clone()))?;
-        self.group(group)?.join(sender)
+        self.group(group)?.join(sender)?;
+        self.group_changed(group, member, "group_member_joined");
+        Ok(())
     }
 
     /// Removes `member` from `group`.
     pub fn leave_group(&self, group: &AgentPid, member: &AgentPid) -> MessagingResult<()> {
-        self.group(group)?.leave(member)
+        self.group(group)?.leave(member)?;
+        self.group_changed(group, member, "group_member_left");
+        Ok(())
     }
 
     /// The members of `group`.
@@ -183,10 +185,11 @@ impl MessageSystem {
         Ok(self.group(group)?.members())
     }
 
-    /// Removes `group`; its members stay registered.
+    /// Removes `group`; its members stay registered. Its monitors fire with
+    /// `"normal"`.
     pub fn delete_group(&self, group: &AgentPid) -> MessagingResult<()> {
         self.group(group)?;
-        self.inner.mailboxes.table().remove(group);
+        self.remove_group(group);
         Ok(())
     }
 
@@ -357,6 +360,7 @@ impl MessageSystem {
             Some(router) => router.shutdown(),
             None => Ok(()),
         };
+        self.shutdown_signals();
         self.inner.engine.stop();
         self.inner.mailboxes.close_all();
         result
