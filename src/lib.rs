@@ -177,7 +177,7 @@ pub use crate::breaker::{BreakerState, CircuitBreakerConfig};
 pub use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadMessage};
 pub use crate::delivery::{
     DeliveryConfig, DeliveryGuarantee, DeliveryManager, DeliveryRecord, DeliveryStats,
-    DeliveryStatus, RetryPolicy, RouterConfig,
+    DeliveryStatus, RetryPolicy, RouterConfig, TimerRef,
 };
 pub use crate::error::{
     ErrorCategory, MessagingError, MessagingResult, SendTimeoutError, TrySendError,

@@ -34,7 +34,7 @@
 
 use super::dedup::Reservation;
 use super::retry::RetryPolicy;
-use super::tracker::{Stage, TrackError, Tracked, Tracker};
+use super::tracker::{Stage, TimerRef, TrackError, Tracked, Tracker, UserKind, UserTimer};
 use super::{DeliveryGuarantee, DeliveryStats, RouterConfig};
 use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
 use crate::error::{MessagingError, MessagingResult};
@@ -409,6 +409,63 @@ impl Engine {
     /// Cancels a call timeout that is no longer needed.
     pub(crate) fn cancel_call_timeout(&self, key: TimerKey) {
         self.tracker.cancel_timer(key);
+    }
+
+    // ===== user timers =====
+
+    /// Sends `message` to `to` after `delay`, on the wheel; a zero delay (or one that
+    /// rounds to now) sends at once.
+    pub(crate) fn send_after(
+        &self,
+        to: &AgentPid,
+        message: AgentMessage,
+        delay: std::time::Duration,
+    ) -> TimerRef {
+        let timer = Box::new(UserTimer {
+            to: to.clone(),
+            kind: UserKind::Once(message),
+        });
+        let deadline = self.tracker.after(delay);
+        match self.tracker.user_timer(timer, deadline) {
+            Ok(r) => r,
+            Err(timer) => {
+                if let UserKind::Once(message) = timer.kind {
+                    let _ = self.dispatch_message(to, message, MessagePriority::Normal);
+                }
+                TimerRef::fired()
+            }
+        }
+    }
+
+    /// Sends `make()` to `to` every `period` (non-zero), the first after one period.
+    pub(crate) fn send_interval(
+        &self,
+        to: &AgentPid,
+        make: Box<dyn FnMut() -> AgentMessage + Send>,
+        period: std::time::Duration,
+    ) -> TimerRef {
+        let tick = crate::timer::TICK.as_nanos();
+        let ticks = u64::try_from(period.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX);
+        let timer = Box::new(UserTimer {
+            to: to.clone(),
+            kind: UserKind::Interval {
+                id: 0,
+                make,
+                period: ticks.max(1),
+                deadline: 0,
+            },
+        });
+        let deadline = self.tracker.after(period);
+        // A period is at least a tick, so the first deadline is after now, short of the
+        // clock's last tick (then the interval never fires).
+        self.tracker
+            .user_timer(timer, deadline)
+            .unwrap_or_else(|_| TimerRef::fired())
+    }
+
+    /// Cancels a user timer; `true` if it had not fired (an interval: was running).
+    pub(crate) fn cancel_user_timer(&self, timer: TimerRef) -> bool {
+        self.tracker.cancel_user(timer)
     }
 
     // ===== acks and the ledger =====

@@ -18,10 +18,11 @@ use std::time::Instant;
 
 use super::dedup::Reservation;
 use super::engine::{AckedPush, Engine, TrackFailed};
-use super::tracker::{Due, Stage, Tracked};
+use super::tracker::{Due, Stage, Tracked, UserKind, UserTimer};
 use super::DeliveryGuarantee;
 use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadMessage};
-use crate::message::{AgentPid, MessageId, Outgoing};
+use crate::error::MessagingError;
+use crate::message::{AgentPid, MessageId, MessagePriority, Outgoing};
 use crate::router::{Destination, Push, Refusal};
 use crate::timer::service::{Fire, TimerService};
 
@@ -33,6 +34,7 @@ impl Engine {
         for event in due {
             match event {
                 Due::Call(timeout) => timeout.expire(),
+                Due::User(timer) => self.fire_user(timer),
                 Due::Tracked(tracked) => {
                     self.retry(tracked);
                     self.tracker.settled();
@@ -40,6 +42,52 @@ impl Engine {
             }
         }
         self.tracker.next_deadline()
+    }
+
+    /// A user's timer fired: `send_after` sends its message (an agent gone meanwhile
+    /// dead-letters it, as any send would); `send_interval` makes and sends the next
+    /// message and re-arms, unless its target is gone (then it ends, making nothing)
+    /// or its `make` panicked (then it ends too).
+    fn fire_user(&self, mut timer: Box<UserTimer>) {
+        let to = timer.to.clone();
+        let (make, period, deadline) = match &mut timer.kind {
+            UserKind::Once(_) => {
+                let UserKind::Once(message) = timer.kind else {
+                    unreachable!("matched Once")
+                };
+                let _ = self.dispatch_message(&to, message, MessagePriority::Normal);
+                return;
+            }
+            UserKind::Interval {
+                make,
+                period,
+                deadline,
+                ..
+            } => (make, *period, *deadline),
+        };
+        if !self.routes.knows(&to).unwrap_or(true) {
+            return self.tracker.forget_interval(&timer);
+        }
+        let Ok(message) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(make)) else {
+            return self.tracker.forget_interval(&timer);
+        };
+        match self.dispatch_message(&to, message, MessagePriority::Normal) {
+            Err(MessagingError::AgentNotFound(_) | MessagingError::ChannelClosed(_)) => {
+                return self.tracker.forget_interval(&timer);
+            }
+            _ => {}
+        }
+        // Fixed rate; a clock that jumped past several periods fires once, then
+        // keeps the period from now (no burst).
+        let now = self.tracker.now();
+        let mut next = deadline.saturating_add(period);
+        if next <= now {
+            next = now.saturating_add(period);
+        }
+        if let Err(timer) = self.tracker.rearm(timer, next) {
+            // Only at the clock's last tick: nothing can be scheduled any more.
+            self.tracker.forget_interval(&timer);
+        }
     }
 
     /// A tracked message's timer fired.

@@ -47,6 +47,11 @@ impl LocalRoutes {
         }
     }
 
+    /// Whether `pid` is registered (an agent or a group).
+    pub(crate) fn knows(&self, pid: &AgentPid) -> bool {
+        self.table.lookup(pid).is_some()
+    }
+
     /// One push into `mailbox`, through its breaker.
     #[inline]
     fn push_into(

@@ -169,6 +169,15 @@ impl Routes {
         }
     }
 
+    /// Whether `pid` is a destination now: `None` when a custom router routes (it
+    /// alone knows).
+    pub(crate) fn knows(&self, pid: &AgentPid) -> Option<bool> {
+        match self {
+            Routes::Local(local) => Some(local.knows(pid)),
+            Routes::Custom(_) => None,
+        }
+    }
+
     /// Times a destination's breaker opened.
     pub(crate) fn breaker_trips(&self) -> u64 {
         match self {

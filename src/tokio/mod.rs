@@ -84,5 +84,5 @@ pub use crate::{
     MessageId, MessagePriority, MessagingError, MessagingResult, MonitorRef, Payload, ReceiveFuture,
     ReplyError, ReplyReceiver, ReplySender, RescheduleError, RetryPolicy, RouterConfig,
     RouterStats, SendTimeoutError, SupervisorId, SystemClock, SystemInfo, TickSource, TimerDriver, TimerKey,
-    TimerWheel, TrySendError, TypedMessage, MAX_NAME_LEN, TICK,
+    TimerRef, TimerWheel, TrySendError, TypedMessage, MAX_NAME_LEN, TICK,
 };

@@ -19,7 +19,7 @@ use super::router::{MessageRouter, PolledRouter};
 use super::timers::TimerTask;
 use crate::breaker::CircuitBreakerConfig;
 use crate::dead_letter::DeadLetter;
-use crate::delivery::{DeliveryStats, RouterConfig};
+use crate::delivery::{DeliveryStats, RouterConfig, TimerRef};
 use crate::error::{MessagingError, MessagingResult};
 use crate::group::LoadBalance;
 use crate::mailbox::{MailboxConfig, MailboxStats};
@@ -418,6 +418,43 @@ impl MessageSystem {
     /// Completes in its first poll.
     pub async fn delete_group(&self, group: &AgentPid) -> MessagingResult<()> {
         self.shared.core.delete_group(group)
+    }
+
+    // ===== user timers =====
+
+    /// Sends `message` to `to` after `delay`, on the system's timer wheel (see
+    /// [`crate::MessageSystem::send_after`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Completes in its first poll.
+    pub async fn send_after(
+        &self,
+        to: &AgentPid,
+        message: AgentMessage,
+        delay: Duration,
+    ) -> MessagingResult<TimerRef> {
+        self.shared.core.send_after(to, message, delay)
+    }
+
+    /// Sends `make()` to `to` every `period` (see
+    /// [`crate::MessageSystem::send_interval`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Completes in its first poll.
+    pub async fn send_interval(
+        &self,
+        to: &AgentPid,
+        make: impl FnMut() -> AgentMessage + Send + 'static,
+        period: Duration,
+    ) -> MessagingResult<TimerRef> {
+        self.shared.core.send_interval(to, make, period)
+    }
+
+    /// Cancels a timer; `true` if it was pending (or, an interval, running).
+    pub fn cancel_timer(&self, timer: TimerRef) -> bool {
+        self.shared.core.cancel_timer(timer)
     }
 
     // ===== signals and names =====
