@@ -231,6 +231,7 @@ impl Engine {
                 self.router_failed(to, out, 1, &error);
                 Err(error)
             }
+            Push::Fanout(out, members) => self.fan_out(to, out, &members, options, 1),
             Push::Refused(out, refusal, retry_at) => {
                 if self.guarantee == DeliveryGuarantee::AtMostOnce {
                     let (reason, err) = refusal_error(to, refusal);
@@ -318,7 +319,62 @@ impl Engine {
                 let reason = DeadLetterReason::RetriesExhausted(err.to_string());
                 AckedPush::Gone(tracked, reason, err)
             }
+            // A broadcast group: each member's copy is tracked for its own ack (the
+            // receivers acknowledge the ids they got).
+            Push::Fanout(_, members) => {
+                let options = match &tracked.payload {
+                    Outgoing::Envelope(e) => e.delivery_options.clone(),
+                    Outgoing::Message(_) => DeliveryOptions::default(),
+                };
+                self.tracker.finish_firing(tracked.payload.id());
+                let _ = self.fan_out(&to, tracked.payload, &members, &options, tracked.attempts);
+                AckedPush::Delivered
+            }
         }
+    }
+
+    /// Sends a copy of `out` to each member of a broadcast group, each a message of
+    /// its own (its own id, guarantee, retries and ack); the original counts as
+    /// delivered. A message that cannot be copied goes to no member: it is
+    /// dead-lettered and refused with `InvalidMessage`. Returns the first error of a
+    /// copy, if any (each copy is settled on its own either way).
+    #[cold]
+    pub(super) fn fan_out(
+        &self,
+        to: &AgentPid,
+        out: Outgoing,
+        members: &[AgentPid],
+        options: &DeliveryOptions,
+        attempts: u32,
+    ) -> MessagingResult<()> {
+        let copies: Option<Vec<(&AgentPid, Outgoing)>> = members
+            .iter()
+            .map(|member| out.copy_for(member).map(|copy| (member, copy)))
+            .collect();
+        let Some(copies) = copies else {
+            let why = format!(
+                "group {to} broadcasts: a {} whose payload cannot be copied goes to no \
+                 member (copyable: JSON, strings, bytes, numbers; calls never)",
+                match &out {
+                    Outgoing::Message(m) => m.kind(),
+                    Outgoing::Envelope(_) => "envelope",
+                }
+            );
+            self.give_up(to, out, attempts, DeadLetterReason::RetriesExhausted(why.clone()));
+            return Err(MessagingError::InvalidMessage(why));
+        };
+        self.count(&self.tracker.counters.delivered_later);
+        let mut result = Ok(());
+        for (member, copy) in copies {
+            let sent = match copy {
+                Outgoing::Envelope(envelope) => self.dispatch_envelope(envelope),
+                message => self.dispatch(member, message, options),
+            };
+            if let (Ok(()), Err(e)) = (&result, sent) {
+                result = Err(e);
+            }
+        }
+        result
     }
 
     /// What a first attempt reports when its message could not be tracked (it has

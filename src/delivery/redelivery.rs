@@ -22,7 +22,7 @@ use super::tracker::{Due, Stage, Tracked, UserKind, UserTimer};
 use super::DeliveryGuarantee;
 use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadMessage};
 use crate::error::MessagingError;
-use crate::message::{AgentPid, MessageId, MessagePriority, Outgoing};
+use crate::message::{AgentPid, DeliveryOptions, MessageId, MessagePriority, Outgoing};
 use crate::router::{Destination, Push, Refusal};
 use crate::timer::service::{Fire, TimerService};
 
@@ -156,6 +156,13 @@ impl Engine {
                 self.give_up(&to, payload, attempts, DeadLetterReason::AgentNotFound)
             }
             Push::Failed(payload, error) => self.router_failed(&to, payload, attempts, &error),
+            Push::Fanout(payload, members) => {
+                let options = DeliveryOptions {
+                    priority: tracked.priority,
+                    ..DeliveryOptions::default()
+                };
+                let _ = self.fan_out(&to, payload, &members, &options, attempts);
+            }
         }
     }
 

@@ -11,11 +11,13 @@
 //! | mailbox full | `Refused(MailboxFull)` (the breaker records a failure) |
 //! | breaker open, or half-open with its probe out | `Refused(CircuitOpen, retry_at)` |
 //! | group with no member | `Refused(EmptyGroup)` |
+//! | broadcast group | `Fanout(members)`: the engine sends a copy to each |
 //! | mailbox closed meanwhile | `Closed` |
 //! | no such pid | `NotFound` |
 
 use super::{Destination, Push, Refusal};
 use crate::breaker::BreakerSettings;
+use crate::group::LoadBalance;
 use crate::mailbox::shared::Shared;
 use crate::message::{AgentMessage, AgentPid, MessageEnvelope, MessagePriority, Outgoing};
 use crate::stats::Counter;
@@ -127,6 +129,14 @@ impl LocalRoutes {
         };
         match found.target() {
             Target::Agent(mailbox) => self.push_into(mailbox, message, priority),
+            Target::Group(group) if group.strategy() == LoadBalance::Broadcast => {
+                let members = group.members();
+                let out = Outgoing::Message(message);
+                if members.is_empty() {
+                    return Push::Refused(out, Refusal::EmptyGroup, 0);
+                }
+                Push::Fanout(out, members)
+            }
             Target::Group(group) => {
                 let mut message = Some(message);
                 let pushed = group.with_member(|member| {

@@ -123,6 +123,8 @@ pub(crate) enum Push {
     NotFound(Outgoing),
     /// A custom router failed otherwise; the message, if it handed it back.
     Failed(Option<Outgoing>, MessagingError),
+    /// A broadcast group: the engine sends a copy to each of these members.
+    Fanout(Outgoing, Vec<AgentPid>),
 }
 
 impl Push {
@@ -135,6 +137,7 @@ impl Push {
             Push::Closed(out) => Push::Closed(f(out)),
             Push::NotFound(out) => Push::NotFound(f(out)),
             Push::Failed(out, e) => Push::Failed(out.map(f), e),
+            Push::Fanout(out, members) => Push::Fanout(f(out), members),
         }
     }
 }
