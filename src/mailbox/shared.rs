@@ -147,9 +147,9 @@ pub(crate) struct Shared {
     /// pointer.
     tx: LanesTx<AgentMessage>,
     /// Bounded mode: messages queued or being queued. Unused when unbounded.
-    reserved: AtomicUsize,
+    pub(super) reserved: AtomicUsize,
     /// Bounded capacity; 0 = unbounded.
-    capacity: usize,
+    pub(super) capacity: usize,
     /// The receiver's wait cell: its state word (first) is read on every send and
     /// written when the receiver goes to sleep; the waiter after it is cold.
     pub(crate) waiter: WaitCell,
@@ -160,6 +160,9 @@ pub(crate) struct Shared {
     pub(crate) breaker: Breaker,
     /// `AgentMailbox` handles alive (receivers that could still drain).
     pub(crate) rx_handles: AtomicUsize,
+    /// Senders waiting for room (`send_timeout`); null until the first one waits
+    /// (see `backpressure`).
+    pub(super) send_waiters: AtomicPtr<super::backpressure::SendWaiters>,
 
     // ----- receive -----
     /// The `Normal` lane's head.
@@ -220,6 +223,7 @@ impl Shared {
             rx: LanesRx::new(),
             settings,
             breaker: Breaker::new(),
+            send_waiters: AtomicPtr::new(std::ptr::null_mut()),
         };
         if shared.settings.config_error.is_some() {
             shared.lanes().close();
@@ -435,7 +439,11 @@ impl Shared {
     fn count_pop(&self) {
         // `capacity` lives on the senders' line; read the settings' copy.
         if self.settings.config.max_messages > 0 {
-            self.reserved.fetch_sub(1, AcqRel);
+            // SeqCst: the sender that waits for room loads `reserved` with SeqCst
+            // after queueing itself, and `wake_a_sender` loads its queue with SeqCst
+            // after this (see `backpressure`).
+            self.reserved.fetch_sub(1, SeqCst);
+            self.wake_a_sender();
         }
         // Only the claim holder writes `pops`: a load and a store suffice.
         let pops = self.pops.load(Relaxed);
@@ -502,6 +510,7 @@ impl Shared {
     pub(crate) fn close_with(&self, reason: DeadLetterReason) -> bool {
         let closed_now = self.lanes().close();
         self.waiter.wake();
+        self.wake_all_senders();
         // Pairs with the fence in `release_rx_handle`: one of the two sees the other.
         fence(SeqCst);
         if self.rx_handles.load(Relaxed) == 0 {
@@ -619,6 +628,12 @@ impl Drop for Shared {
         let p = self.sampled.load(Acquire);
         if !p.is_null() {
             // SAFETY: installed from a `Box`, reachable only through `self`.
+            drop(unsafe { Box::from_raw(p) });
+        }
+        let p = self.send_waiters.load(Acquire);
+        if !p.is_null() {
+            // SAFETY: installed from a `Box` (`backpressure`), reachable only through
+            // `self`.
             drop(unsafe { Box::from_raw(p) });
         }
     }

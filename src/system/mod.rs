@@ -284,6 +284,46 @@ impl MessageSystem {
         downcast_reply(to, reply)
     }
 
+    /// Queues `message` in `to`'s bounded mailbox at `Normal` priority, waiting up
+    /// to `timeout` for room (back-pressure; blocks the thread): see
+    /// [`MailboxSender::send_timeout`]. Goes straight to the mailbox, as a
+    /// [`sender`](Self::sender) does: no retries (waiting is the alternative to
+    /// them), and the mailbox's own counters, not the delivery ledger, count it.
+    ///
+    /// # Errors
+    ///
+    /// The message comes back with why: `MailboxFull` after the timeout,
+    /// `ChannelClosed`, `AgentNotFound`, or `InvalidMessage` for a group (it has no
+    /// one mailbox to wait for).
+    pub fn send_timeout(
+        &self,
+        to: &AgentPid,
+        message: AgentMessage,
+        timeout: Duration,
+    ) -> Result<(), crate::error::SendTimeoutError> {
+        let (error, message) = match self.check().and_then(|()| self.resolve_for_waiting(to)) {
+            Ok(sender) => match sender.send_timeout(message, MessagePriority::Normal, timeout) {
+                Ok(()) => return Ok(()),
+                Err(e) => (e.to_error(to), e.into_inner()),
+            },
+            Err(error) => (error, message),
+        };
+        Err(crate::error::SendTimeoutError { error, message })
+    }
+
+    /// The mailbox `send_timeout` waits on.
+    pub(crate) fn resolve_for_waiting(&self, to: &AgentPid) -> MessagingResult<MailboxSender> {
+        if let Some(sender) = self.sender(to) {
+            return Ok(sender);
+        }
+        if self.inner.mailboxes.table().group(to).is_some() {
+            return Err(MessagingError::InvalidMessage(format!(
+                "{to} is a group: send_timeout waits for room in one agent's mailbox"
+            )));
+        }
+        Err(MessagingError::AgentNotFound(to.clone()))
+    }
+
     // ===== user timers =====
 
     /// Sends `message` to `to` after `delay` (Erlang's `erlang:send_after`), on the

@@ -320,6 +320,36 @@ impl MailboxSender {
         self.inner.try_send(message, priority)
     }
 
+    /// Queues `message` at `priority`, waiting up to `timeout` for room in a bounded
+    /// mailbox without blocking the thread (see [`crate::MailboxSender::send_timeout`]):
+    /// waiting senders get their slots in the order they began to wait. After the
+    /// timeout the message is handed back as `Full`. The timeout uses `tokio::time`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future gives up the place in line and drops the message (the
+    /// timeout hands it back instead).
+    pub async fn send_timeout(
+        &self,
+        message: AgentMessage,
+        priority: MessagePriority,
+        timeout: Duration,
+    ) -> Result<(), TrySendError> {
+        let mut waiting = self.inner.send_when_room(message, priority);
+        match ::tokio::time::timeout(timeout, &mut waiting).await {
+            Ok(result) => result,
+            Err(_) => match waiting.into_message() {
+                Some(message) => Err(TrySendError::Full(message)),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Senders waiting for room in this mailbox now.
+    pub fn blocked_senders(&self) -> usize {
+        self.inner.blocked_senders()
+    }
+
     /// The destination agent.
     pub fn agent_id(&self) -> &AgentPid {
         self.inner.agent_id()

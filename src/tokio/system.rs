@@ -20,7 +20,7 @@ use super::timers::TimerTask;
 use crate::breaker::CircuitBreakerConfig;
 use crate::dead_letter::DeadLetter;
 use crate::delivery::{DeliveryStats, RouterConfig, TimerRef};
-use crate::error::{MessagingError, MessagingResult};
+use crate::error::{MessagingError, MessagingResult, SendTimeoutError};
 use crate::group::LoadBalance;
 use crate::mailbox::{MailboxConfig, MailboxStats};
 use crate::message::{
@@ -418,6 +418,31 @@ impl MessageSystem {
     /// Completes in its first poll.
     pub async fn delete_group(&self, group: &AgentPid) -> MessagingResult<()> {
         self.shared.core.delete_group(group)
+    }
+
+    /// Queues `message` in `to`'s bounded mailbox, waiting up to `timeout` for room
+    /// without blocking the thread (see [`crate::MessageSystem::send_timeout`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`MailboxSender::send_timeout`].
+    pub async fn send_timeout(
+        &self,
+        to: &AgentPid,
+        message: AgentMessage,
+        timeout: Duration,
+    ) -> Result<(), SendTimeoutError> {
+        let sender = match self.shared.core.resolve_for_waiting(to) {
+            Ok(sender) => MailboxSender::from(sender),
+            Err(error) => return Err(SendTimeoutError { error, message }),
+        };
+        sender
+            .send_timeout(message, MessagePriority::Normal, timeout)
+            .await
+            .map_err(|e| SendTimeoutError {
+                error: e.to_error(to),
+                message: e.into_inner(),
+            })
     }
 
     // ===== user timers =====
