@@ -368,8 +368,9 @@ fn bad_names() {
 fn panicking_receiver_stops_its_agent() {
     let system = system();
     let (watcher, inbox) = registered(&system);
+    // No name: what is left queued is dead-lettered (a named agent's goes to its
+    // successor, below).
     let (worker, mailbox) = registered(&system);
-    system.register_name("fragile", &worker).unwrap();
     system.monitor(&watcher, &worker).unwrap();
     system
         .send(&worker, AgentMessage::cast(AgentPid::nil(), "boom"))
@@ -386,7 +387,6 @@ fn panicking_receiver_stops_its_agent() {
     let (agent, reason) = down(&inbox);
     assert_eq!(agent, worker);
     assert_eq!(reason, "panicked: handler failed on boom");
-    assert_eq!(system.whereis("fragile"), None, "the name is released");
     assert!(system.get_mailbox(&worker).is_none());
     let letters = system.dead_letters();
     assert_eq!(letters.len(), 1);
@@ -506,4 +506,65 @@ mod tokio_flavour {
         }
         system.shutdown().await.unwrap();
     }
+}
+
+#[test]
+fn a_crashed_named_agents_queue_goes_to_its_successor() {
+    let (system, clock) = manual_system(RouterConfig::default(), 0);
+    let (worker, mailbox) = registered(&system);
+    system.register_name("worker", &worker).unwrap();
+    for k in 0..4u64 {
+        system
+            .send_named("worker", AgentMessage::cast(AgentPid::nil(), k))
+            .unwrap();
+    }
+    let thread = std::thread::spawn(move || {
+        let first = mailbox.receive().unwrap();
+        assert_eq!(first.payload::<u64>(), Some(&0));
+        panic!("after the first message");
+    });
+    assert!(thread.join().is_err());
+    assert_eq!(system.whereis("worker"), None);
+    // Before a successor exists, a retry finds the name free and waits.
+    clock.advance(Duration::from_millis(100));
+    system.run_due_timers();
+    let (successor, inbox) = registered(&system);
+    system.register_name("worker", &successor).unwrap();
+    clock.advance(Duration::from_secs(1));
+    system.run_due_timers();
+    let mut got: Vec<u64> = Vec::new();
+    while let Some(m) = inbox.try_receive().unwrap() {
+        got.push(*m.payload::<u64>().unwrap());
+    }
+    got.sort();
+    assert_eq!(got, [1, 2, 3], "the crashed agent's queue reached its successor");
+    assert!(system.dead_letters().is_empty());
+    let stats = system.delivery_stats();
+    assert_eq!(stats.pending + stats.in_transit, 0);
+}
+
+#[test]
+fn a_crashed_agents_queue_without_a_successor_is_dead_lettered() {
+    let (system, clock) = manual_system(RouterConfig::default(), 0);
+    let (worker, mailbox) = registered(&system);
+    system.register_name("lonely", &worker).unwrap();
+    system
+        .send(&worker, AgentMessage::cast(AgentPid::nil(), 1u64))
+        .unwrap();
+    let thread = std::thread::spawn(move || {
+        let _keep = mailbox;
+        panic!("before receiving");
+    });
+    assert!(thread.join().is_err());
+    for _ in 0..10 {
+        clock.advance(Duration::from_secs(1));
+        system.run_due_timers();
+    }
+    let letters = system.dead_letters();
+    assert_eq!(letters.len(), 1);
+    assert!(
+        letters[0].reason.to_string().contains("lonely"),
+        "{}",
+        letters[0].reason
+    );
 }

@@ -81,7 +81,13 @@ pub(crate) struct Engine {
     pub(super) routes: Routes,
     pub(crate) tracker: Tracker,
     pub(super) dead_letters: Arc<DeadLetters>,
+    /// Resolves a registered name to its agent now (set once by the system, which
+    /// keeps the names): retries of messages handed back from a crashed agent.
+    pub(crate) names: std::sync::OnceLock<NameResolver>,
 }
+
+/// See [`Engine::names`].
+pub(crate) type NameResolver = Box<dyn Fn(&str) -> Option<AgentPid> + Send + Sync>;
 
 impl Engine {
     /// An engine over `routes`, on the system's timer service, refusing a bad retry
@@ -108,6 +114,7 @@ impl Engine {
             tracker,
             dead_letters,
             config,
+            names: std::sync::OnceLock::new(),
         })
     }
 
@@ -408,7 +415,32 @@ impl Engine {
             stage,
             last_refusal: None,
             payload,
+            by_name: None,
         })
+    }
+
+    /// The system's guarantee.
+    pub(crate) fn guarantee(&self) -> DeliveryGuarantee {
+        self.guarantee
+    }
+
+    /// Takes back `messages` from the mailbox of `crashed`, an agent registered as
+    /// `name` that crashed with them queued: each is retried on the usual schedule
+    /// (after `retry_delay`, with backoff), every attempt going to whoever holds
+    /// `name` then, until `max_retries` or its expiry. Each counts once more in the
+    /// ledger (accepted back, then delivered or dead-lettered); under exactly-once
+    /// its id leaves the window (its receiver never saw it).
+    pub(crate) fn hand_back(&self, crashed: &AgentPid, name: &str, messages: Vec<AgentMessage>) {
+        let options = DeliveryOptions::default();
+        for message in messages {
+            self.count(&self.tracker.counters.accepted_otherwise);
+            if self.guarantee == DeliveryGuarantee::ExactlyOnce {
+                self.tracker.uncommit(message.id());
+            }
+            let mut tracked = self.tracked(crashed, Outgoing::Message(message), &options, Stage::Retry);
+            tracked.by_name = Some(name.to_string());
+            let _ = self.retry_later(tracked, 0);
+        }
     }
 
     /// Tracks `tracked` until `deadline`. At the in-flight limit (or after shutdown)

@@ -117,6 +117,23 @@ impl Engine {
             let attempts = tracked.attempts;
             return self.give_up(&to, tracked.payload, attempts, DeadLetterReason::Expired);
         }
+        // Handed back from a crashed agent: to its name's holder now, or later.
+        let to = match &tracked.by_name {
+            Some(name) => match self.names.get().and_then(|resolve| resolve(name)) {
+                Some(pid) => {
+                    tracked.to = pid.clone();
+                    pid
+                }
+                None => {
+                    tracked.attempts = tracked.attempts.saturating_add(1);
+                    self.count(&counters.retries);
+                    tracked.last_refusal = None;
+                    let _ = self.retry_later(tracked, 0);
+                    return;
+                }
+            },
+            None => to,
+        };
         let reserved = match self.guarantee {
             DeliveryGuarantee::ExactlyOnce => {
                 let id = tracked.payload.id().clone();
@@ -197,6 +214,10 @@ impl Engine {
     ) -> Result<(), TrackFailed> {
         if tracked.attempts > tracked.policy.max_retries() {
             let reason = match tracked.last_refusal {
+                None if tracked.by_name.is_some() => DeadLetterReason::RetriesExhausted(format!(
+                    "no agent registered as {:?} took over",
+                    tracked.by_name.as_deref().unwrap_or_default()
+                )),
                 Some(Refusal::CircuitOpen) => DeadLetterReason::CircuitOpen,
                 Some(Refusal::EmptyGroup) => {
                     DeadLetterReason::RetriesExhausted("group has no members".into())

@@ -61,6 +61,9 @@ pub(crate) struct Tracked {
     pub(crate) last_refusal: Option<Refusal>,
     /// `Retry`: the message to push. `AwaitAck`: the envelope to redeliver.
     pub(crate) payload: Outgoing,
+    /// Set for a message handed back from a crashed agent: each retry goes to the
+    /// agent registered under this name then (the crashed one's successor).
+    pub(crate) by_name: Option<String>,
 }
 
 /// What the wheel holds.
@@ -305,6 +308,10 @@ impl Tracker {
 
     pub(crate) fn rollback(&self, id: &MessageId) {
         lock(&self.dedupe).rollback(id);
+    }
+
+    pub(crate) fn uncommit(&self, id: &MessageId) {
+        lock(&self.dedupe).uncommit(id);
     }
 
     // ===== tracking =====

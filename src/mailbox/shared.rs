@@ -519,6 +519,14 @@ impl Shared {
         closed_now
     }
 
+    /// Closes the mailbox without draining it: the caller takes what is queued
+    /// ([`take_queued`](Self::take_queued)).
+    pub(crate) fn close_keeping(&self) {
+        self.lanes().close();
+        self.waiter.wake();
+        self.wake_all_senders();
+    }
+
     /// Called when an `AgentMessage` handle goes away.
     pub(crate) fn release_rx_handle(&self) {
         if self.rx_handles.fetch_sub(1, AcqRel) == 1 {
@@ -539,11 +547,6 @@ impl Shared {
                 self.drain_to_dead_letters(DeadLetterReason::MailboxClosed);
             }
         }
-    }
-
-    /// Whether a receiving handle ([`AgentMailbox`](crate::AgentMailbox)) is alive.
-    pub(crate) fn has_receiver(&self) -> bool {
-        self.rx_handles.load(Acquire) > 0
     }
 
     /// Takes every queued message of a closed mailbox that no receiver holds (a

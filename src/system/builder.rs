@@ -160,9 +160,14 @@ impl MessageSystemBuilder {
                 shut_down: AtomicBool::new(false),
             }),
         };
-        // A crashed receiver stops its agent; the hook holds the system weakly (the
-        // system owns the mailboxes that hold the hook).
+        // A crashed receiver stops its agent; the hooks hold the system weakly (the
+        // system owns the mailboxes and the engine that hold them).
         let weak = std::sync::Arc::downgrade(&system.inner);
+        let names = weak.clone();
+        let _ = system.inner.engine.names.set(Box::new(move |name| {
+            let inner = names.upgrade()?;
+            MessageSystem { inner }.whereis(name)
+        }));
         let _ = settings.on_crash.set(CrashHook(Box::new(move |mailbox| {
             if let Some(inner) = weak.upgrade() {
                 MessageSystem { inner }.crashed(mailbox);

@@ -52,6 +52,7 @@ use ahash::AHasher;
 
 use super::MessageSystem;
 use crate::dead_letter::DeadLetterReason;
+use crate::delivery::DeliveryGuarantee;
 use crate::error::{MessagingError, MessagingResult};
 use crate::mailbox::shared::Shared;
 use crate::message::{
@@ -71,6 +72,8 @@ pub(crate) const NORMAL: &str = "normal";
 pub(crate) const SHUTDOWN: &str = "shutdown";
 /// The reason a monitor of an agent that is not registered fires with, at once.
 pub(crate) const NOPROC: &str = "noproc";
+/// How the reason of a crashed agent begins.
+pub(crate) const PANICKED: &str = "panicked: ";
 
 /// A monitor set up by [`MessageSystem::monitor`]; give it to
 /// [`MessageSystem::demonitor`] to remove it.
@@ -491,6 +494,7 @@ impl MessageSystem {
                 });
             }
             state.drop_monitors_by(&pid);
+            let name = state.names_of.get(&pid).and_then(|names| names.first().cloned());
             state.release_names(&pid);
             let trapped = state.trapping.remove(&pid);
             let _ = trapped;
@@ -509,6 +513,14 @@ impl MessageSystem {
             // Out of the lock: close the mailbox, leave the groups, tell the watchers.
             if reason == NORMAL || reason == SHUTDOWN {
                 mailbox.close();
+            } else if let Some(name) = name.filter(|_| {
+                reason.starts_with(PANICKED)
+                    && self.inner.engine.guarantee() != DeliveryGuarantee::AtMostOnce
+            }) {
+                // A crashed named agent: what it left queued goes to its successor.
+                mailbox.close_keeping();
+                let queued = mailbox.take_queued();
+                self.inner.engine.hand_back(&pid, &name, queued);
             } else {
                 mailbox.close_with(DeadLetterReason::AgentStopped(reason.clone()));
             }
@@ -585,7 +597,7 @@ impl MessageSystem {
         if !registered || self.is_shut_down() {
             return;
         }
-        let reason = format!("panicked: {}", panic_message());
+        let reason = format!("{PANICKED}{}", panic_message());
         let _ = self.stop(&mailbox.pid, &reason);
     }
 
