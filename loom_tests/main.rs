@@ -15,6 +15,7 @@ mod delivery;
 mod lane;
 mod mailbox;
 mod reply;
+mod signals;
 mod table;
 
 use std::future::Future;

@@ -33,6 +33,7 @@ use crate::message::{AgentMessage, MessagePriority};
 use crate::sync::{lock, thread, AtomicUsize, Mutex};
 
 /// How a waiting sender is woken.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // tasks wait in the tokio twin only
 enum Wake {
     Thread(thread::Thread),
     Task(Waker),
@@ -74,6 +75,7 @@ impl SendWaiters {
         lock(&self.queue).entries.front().is_some_and(|(t, _)| *t == ticket)
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     fn set_waker(&self, ticket: u64, waker: &Waker) {
         let mut queue = lock(&self.queue);
         if let Some((_, wake)) = queue.entries.iter_mut().find(|(t, _)| *t == ticket) {
@@ -234,6 +236,7 @@ fn park_timeout(_timeout: Duration) {
 /// # Cancel safety
 ///
 /// Dropping it leaves the queue; the message is dropped with it unless taken back.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 pub(crate) struct SendWhenRoom<'a> {
     shared: &'a Shared,
     message: Option<AgentMessage>,
@@ -241,6 +244,7 @@ pub(crate) struct SendWhenRoom<'a> {
     ticket: Option<u64>,
 }
 
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 impl<'a> SendWhenRoom<'a> {
     pub(crate) fn new(shared: &'a Shared, message: AgentMessage, priority: MessagePriority) -> Self {
         SendWhenRoom {

@@ -472,6 +472,7 @@ impl MailboxSender {
 
     /// A future that queues `message` once there is room (the core of the tokio
     /// twin's `send_timeout`).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn send_when_room(
         &self,
         message: AgentMessage,
