@@ -130,7 +130,13 @@ fn system_config() -> RouterConfig {
 
 /// The body every worker runs on one message: record it, and `worker-0` crashes
 /// after every `crash_every`.
-fn handle(i: usize, message: &AgentMessage, handled: &mut u64, processed: &Processed, scene: &Scene) {
+fn handle(
+    i: usize,
+    message: &AgentMessage,
+    handled: &mut u64,
+    processed: &Processed,
+    scene: &Scene,
+) {
     if let Some(&k) = message.payload::<u64>() {
         processed.record(k);
         *handled += 1;
@@ -445,7 +451,9 @@ pub mod tasks {
         let producer = {
             let (core, scene, gave_up) = (core.clone(), scene.clone(), gave_up.clone());
             tokio::task::spawn_blocking(move || {
-                produce(&core, &scene, gave_up, || thread::sleep(Duration::from_millis(1)))
+                produce(&core, &scene, gave_up, || {
+                    thread::sleep(Duration::from_millis(1))
+                })
             })
         };
         let sent = producer.await.unwrap();
@@ -493,6 +501,12 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
-    print("tasks, steady", &runtime.block_on(tasks::run(&Scene::steady())));
-    print("tasks, crash storm", &runtime.block_on(tasks::run(&Scene::storm())));
+    print(
+        "tasks, steady",
+        &runtime.block_on(tasks::run(&Scene::steady())),
+    );
+    print(
+        "tasks, crash storm",
+        &runtime.block_on(tasks::run(&Scene::storm())),
+    );
 }

@@ -10,7 +10,9 @@ use crate::{model, spawn};
 
 fn system() -> MessageSystem {
     MessageSystem::builder(RouterConfig::default())
-        .clock(std::sync::Arc::new(terraphim_agent_messaging::ManualClock::new()))
+        .clock(std::sync::Arc::new(
+            terraphim_agent_messaging::ManualClock::new(),
+        ))
         .timer_driver(TimerDriver::Manual)
         .build()
         .expect("valid configuration")
@@ -18,14 +20,17 @@ fn system() -> MessageSystem {
 
 /// The reasons of every `AgentStopped` about `target` queued for `watcher`.
 fn notices(system: &MessageSystem, watcher: &AgentPid, target: &AgentPid) -> Vec<String> {
-    let mailbox = system.get_mailbox(watcher).expect("the watcher is registered");
+    let mailbox = system
+        .get_mailbox(watcher)
+        .expect("the watcher is registered");
     let mut reasons = Vec::new();
     while let Ok(Some(message)) = mailbox.try_receive() {
         match message {
             AgentMessage::Info {
-                info: SystemInfo::AgentStopped {
-                    agent_id, reason, ..
-                },
+                info:
+                    SystemInfo::AgentStopped {
+                        agent_id, reason, ..
+                    },
                 ..
             } if &agent_id == target => reasons.push(reason),
             other => panic!("unexpected {other:?}"),
@@ -81,7 +86,11 @@ fn demonitor_vs_stop() {
         let removed = demonitoring.join().unwrap();
         stopping.join().unwrap();
         let reasons = notices(&system, &watcher, &target);
-        assert_eq!(reasons.len(), usize::from(!removed), "{removed} {reasons:?}");
+        assert_eq!(
+            reasons.len(),
+            usize::from(!removed),
+            "{removed} {reasons:?}"
+        );
         system.shutdown().unwrap();
     });
 }

@@ -191,8 +191,7 @@ pub use crate::message::{
 };
 pub use crate::router::{MessageRouter, RouterStats};
 pub use crate::system::{
-    CallFuture, DefaultMessageRouter, MessageSystem, MessageSystemBuilder, MonitorRef,
-    MAX_NAME_LEN,
+    CallFuture, DefaultMessageRouter, MessageSystem, MessageSystemBuilder, MonitorRef, MAX_NAME_LEN,
 };
 pub use crate::table::manager::MailboxManager;
 pub use crate::table::AgentId;

@@ -77,7 +77,9 @@ fn waiting_senders_are_served_in_order() {
             threads.push(thread::spawn(move || {
                 s.send_timeout(n(k), NORMAL, Duration::from_secs(10))
             }));
-            wait_until("the sender queues", || sender.blocked_senders() == k as usize + 1);
+            wait_until("the sender queues", || {
+                sender.blocked_senders() == k as usize + 1
+            });
         }
         let got: Vec<u64> = (0..5)
             .map(|_| *mailbox.receive().unwrap().payload::<u64>().unwrap())

@@ -43,18 +43,27 @@ fn every_member_gets_each_envelope() {
     for mailbox in &members {
         let message = mailbox.try_receive().unwrap().expect("a copy");
         assert_eq!(message.message_type(), Some("news"));
-        assert_eq!(message.payload::<serde_json::Value>(), Some(&json!({"n": 1})));
+        assert_eq!(
+            message.payload::<serde_json::Value>(),
+            Some(&json!({"n": 1}))
+        );
         assert!(ids.insert(message.id().clone()), "each copy has its own id");
         assert!(mailbox.try_receive().unwrap().is_none(), "one copy each");
     }
     assert!(!ids.contains(&original));
     // Built messages with copyable payloads go out too.
     system
-        .send(&group, AgentMessage::cast(AgentPid::nil(), "hello".to_string()))
+        .send(
+            &group,
+            AgentMessage::cast(AgentPid::nil(), "hello".to_string()),
+        )
         .unwrap();
     for mailbox in &members {
         let message = mailbox.try_receive().unwrap().unwrap();
-        assert_eq!(message.payload::<String>().map(String::as_str), Some("hello"));
+        assert_eq!(
+            message.payload::<String>().map(String::as_str),
+            Some("hello")
+        );
     }
     let stats = system.delivery_stats();
     // Two originals (delivered to the group) and 2 × N copies.
@@ -80,7 +89,10 @@ fn an_uncopyable_payload_reaches_no_member() {
         Err(MessagingError::InvalidMessage(_))
     ));
     for mailbox in &members {
-        assert!(mailbox.try_receive().unwrap().is_none(), "never half-delivered");
+        assert!(
+            mailbox.try_receive().unwrap().is_none(),
+            "never half-delivered"
+        );
     }
     assert_eq!(system.dead_letters().len(), 2);
 }
@@ -96,7 +108,10 @@ fn an_empty_broadcast_group_is_retried_until_a_member_joins() {
     system.join_group(&group, &pid).unwrap();
     clock.advance(Duration::from_secs(1));
     system.run_due_timers();
-    assert_eq!(mailbox.try_receive().unwrap().unwrap().payload::<u64>(), Some(&7));
+    assert_eq!(
+        mailbox.try_receive().unwrap().unwrap().payload::<u64>(),
+        Some(&7)
+    );
 }
 
 #[test]

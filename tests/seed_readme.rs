@@ -655,7 +655,11 @@ mod integration_with_supervision {
         assert_eq!(ledger.pending + ledger.in_transit, 0, "{report:#?}");
         // A send that met a worker mid-crash was refused (and dead-lettered) and sent
         // again by the producer: the only failures allowed.
-        assert_eq!(ledger.failed + ledger.expired, report.dead_letters as u64, "{report:#?}");
+        assert_eq!(
+            ledger.failed + ledger.expired,
+            report.dead_letters as u64,
+            "{report:#?}"
+        );
     }
 
     fn check_storm(report: &Report) {

@@ -20,10 +20,9 @@ fn system() -> MessageSystem {
 fn down(mailbox: &AgentMailbox) -> (AgentPid, String) {
     match mailbox.try_receive() {
         Ok(Some(AgentMessage::Info {
-            info:
-                SystemInfo::AgentStopped {
-                    agent_id, reason, ..
-                },
+            info: SystemInfo::AgentStopped {
+                agent_id, reason, ..
+            },
             ..
         })) => (agent_id, reason),
         other => panic!("expected AgentStopped, got {other:?}"),
@@ -77,12 +76,24 @@ fn notice_is_high_priority() {
     let (watcher, inbox) = registered(&system);
     let (target, _t) = registered(&system);
     system
-        .send(&watcher, AgentMessage::cast(AgentPid::nil(), "queued first"))
+        .send(
+            &watcher,
+            AgentMessage::cast(AgentPid::nil(), "queued first"),
+        )
         .unwrap();
     system.monitor(&watcher, &target).unwrap();
     system.unregister_agent(&target).unwrap();
-    assert_eq!(down(&inbox).0, target, "the notice overtakes Normal traffic");
-    assert!(inbox.try_receive().unwrap().unwrap().payload::<&str>().is_some());
+    assert_eq!(
+        down(&inbox).0,
+        target,
+        "the notice overtakes Normal traffic"
+    );
+    assert!(inbox
+        .try_receive()
+        .unwrap()
+        .unwrap()
+        .payload::<&str>()
+        .is_some());
 }
 
 #[test]
@@ -138,7 +149,10 @@ fn monitor_held_by_a_stopped_watcher_is_gone() {
     system.unregister_agent(&watcher).unwrap();
     assert!(!system.demonitor(r));
     system.unregister_agent(&target).unwrap();
-    assert!(system.dead_letters().is_empty(), "no notice to a dead watcher");
+    assert!(
+        system.dead_letters().is_empty(),
+        "no notice to a dead watcher"
+    );
 }
 
 #[test]
@@ -470,7 +484,10 @@ mod tokio_flavour {
         system.exit(&a, "gone").await.unwrap();
         match inbox.receive().await.unwrap() {
             tk::AgentMessage::Info {
-                info: SystemInfo::AgentStopped { agent_id, reason, .. },
+                info:
+                    SystemInfo::AgentStopped {
+                        agent_id, reason, ..
+                    },
                 ..
             } => {
                 assert_eq!(agent_id, b);
@@ -537,7 +554,11 @@ fn a_crashed_named_agents_queue_goes_to_its_successor() {
         got.push(*m.payload::<u64>().unwrap());
     }
     got.sort();
-    assert_eq!(got, [1, 2, 3], "the crashed agent's queue reached its successor");
+    assert_eq!(
+        got,
+        [1, 2, 3],
+        "the crashed agent's queue reached its successor"
+    );
     assert!(system.dead_letters().is_empty());
     let stats = system.delivery_stats();
     assert_eq!(stats.pending + stats.in_transit, 0);

@@ -167,7 +167,11 @@ fn interval_whose_make_panics_ends() {
     let (system, clock) = manual_system(RouterConfig::default(), 0);
     let (pid, inbox) = registered(&system);
     let timer = system
-        .send_interval(&pid, || panic!("no message today"), Duration::from_millis(10))
+        .send_interval(
+            &pid,
+            || panic!("no message today"),
+            Duration::from_millis(10),
+        )
         .unwrap();
     clock.advance(Duration::from_millis(10));
     system.run_due_timers();
@@ -232,12 +236,16 @@ fn a_million_pending_timers() {
     eprintln!("memory per pending send_after timer: {per_timer:.1} bytes");
     assert!(per_timer < 256.0, "{per_timer} bytes per timer");
     // Cancel every other one; the rest fire within the hour.
-    let cancelled = refs.iter().step_by(2).filter(|r| system.cancel_timer(**r)).count();
+    let cancelled = refs
+        .iter()
+        .step_by(2)
+        .filter(|r| system.cancel_timer(**r))
+        .count();
     assert_eq!(cancelled, N / 2);
     clock.advance(Duration::from_secs(3_600));
     system.run_due_timers();
     let mut got = 0;
-    while let Some(_) = inbox.try_receive().unwrap() {
+    while inbox.try_receive().unwrap().is_some() {
         got += 1;
     }
     assert_eq!(got, N / 2);

@@ -367,7 +367,12 @@ impl Engine {
                     Outgoing::Envelope(_) => "envelope",
                 }
             );
-            self.give_up(to, out, attempts, DeadLetterReason::RetriesExhausted(why.clone()));
+            self.give_up(
+                to,
+                out,
+                attempts,
+                DeadLetterReason::RetriesExhausted(why.clone()),
+            );
             return Err(MessagingError::InvalidMessage(why));
         };
         self.count(&self.tracker.counters.delivered_later);
@@ -437,7 +442,8 @@ impl Engine {
             if self.guarantee == DeliveryGuarantee::ExactlyOnce {
                 self.tracker.uncommit(message.id());
             }
-            let mut tracked = self.tracked(crashed, Outgoing::Message(message), &options, Stage::Retry);
+            let mut tracked =
+                self.tracked(crashed, Outgoing::Message(message), &options, Stage::Retry);
             tracked.by_name = Some(name.to_string());
             let _ = self.retry_later(tracked, 0);
         }

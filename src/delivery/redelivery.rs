@@ -71,11 +71,10 @@ impl Engine {
         let Ok(message) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(make)) else {
             return self.tracker.forget_interval(&timer);
         };
-        match self.dispatch_message(&to, message, MessagePriority::Normal) {
-            Err(MessagingError::AgentNotFound(_) | MessagingError::ChannelClosed(_)) => {
-                return self.tracker.forget_interval(&timer);
-            }
-            _ => {}
+        if let Err(MessagingError::AgentNotFound(_) | MessagingError::ChannelClosed(_)) =
+            self.dispatch_message(&to, message, MessagePriority::Normal)
+        {
+            return self.tracker.forget_interval(&timer);
         }
         // Fixed rate; a clock that jumped past several periods fires once, then
         // keeps the period from now (no burst).

@@ -410,7 +410,9 @@ impl Tracker {
     ) -> Result<TimerRef, Box<UserTimer>> {
         let mut state = lock(&self.state);
         let interval = match &mut timer.kind {
-            UserKind::Interval { id, deadline: at, .. } => {
+            UserKind::Interval {
+                id, deadline: at, ..
+            } => {
                 *id = state.next_interval;
                 *at = deadline;
                 state.next_interval += 1;
@@ -440,11 +442,7 @@ impl Tracker {
     /// Sets an interval timer that fired again, at `deadline`, unless it was
     /// cancelled meanwhile (then it is dropped). Hands it back if `deadline` has
     /// passed.
-    pub(crate) fn rearm(
-        &self,
-        mut timer: Box<UserTimer>,
-        next: u64,
-    ) -> Result<(), Box<UserTimer>> {
+    pub(crate) fn rearm(&self, mut timer: Box<UserTimer>, next: u64) -> Result<(), Box<UserTimer>> {
         let UserKind::Interval { id, deadline, .. } = &mut timer.kind else {
             return Ok(());
         };
@@ -500,7 +498,6 @@ impl Tracker {
         }
         state.wheel.cancel(key).is_some()
     }
-
 
     /// Ends tracking of an acknowledged message: the oldest copy of `id` that asked for
     /// an ack, whether it waits for its ack or for a redelivery. `false` if none.

@@ -72,7 +72,10 @@ impl SendWaiters {
     }
 
     fn is_head(&self, ticket: u64) -> bool {
-        lock(&self.queue).entries.front().is_some_and(|(t, _)| *t == ticket)
+        lock(&self.queue)
+            .entries
+            .front()
+            .is_some_and(|(t, _)| *t == ticket)
     }
 
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
@@ -246,7 +249,11 @@ pub(crate) struct SendWhenRoom<'a> {
 
 #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 impl<'a> SendWhenRoom<'a> {
-    pub(crate) fn new(shared: &'a Shared, message: AgentMessage, priority: MessagePriority) -> Self {
+    pub(crate) fn new(
+        shared: &'a Shared,
+        message: AgentMessage,
+        priority: MessagePriority,
+    ) -> Self {
         SendWhenRoom {
             shared,
             message: Some(message),
@@ -313,4 +320,3 @@ impl Drop for SendWhenRoom<'_> {
         self.leave();
     }
 }
-

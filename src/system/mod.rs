@@ -295,6 +295,8 @@ impl MessageSystem {
     /// The message comes back with why: `MailboxFull` after the timeout,
     /// `ChannelClosed`, `AgentNotFound`, or `InvalidMessage` for a group (it has no
     /// one mailbox to wait for).
+    // The error hands the message back, as `TrySendError` does: it is the message's size.
+    #[allow(clippy::result_large_err)]
     pub fn send_timeout(
         &self,
         to: &AgentPid,
@@ -401,10 +403,7 @@ impl MessageSystem {
         if self.inner.engine.routes().knows(to) == Some(false) {
             return Err(MessagingError::AgentNotFound(to.clone()));
         }
-        Ok(self
-            .inner
-            .engine
-            .send_interval(to, Box::new(make), period))
+        Ok(self.inner.engine.send_interval(to, Box::new(make), period))
     }
 
     /// Cancels a timer of [`send_after`](Self::send_after) or

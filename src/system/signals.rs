@@ -494,7 +494,10 @@ impl MessageSystem {
                 });
             }
             state.drop_monitors_by(&pid);
-            let name = state.names_of.get(&pid).and_then(|names| names.first().cloned());
+            let name = state
+                .names_of
+                .get(&pid)
+                .and_then(|names| names.first().cloned());
             state.release_names(&pid);
             let trapped = state.trapping.remove(&pid);
             let _ = trapped;

@@ -81,8 +81,8 @@ pub use crate::{
     Clock, DeadLetter, DeadLetterReason, DeadMessage, DefaultMessageRouter, DeliveryConfig,
     DeliveryGuarantee, DeliveryOptions, DeliveryRecord, DeliveryStats, DeliveryStatus, Elapsed,
     ErrorCategory, LoadBalance, MailboxConfig, MailboxStats, ManualClock, MessageEnvelope,
-    MessageId, MessagePriority, MessagingError, MessagingResult, MonitorRef, Payload, ReceiveFuture,
-    ReplyError, ReplyReceiver, ReplySender, RescheduleError, RetryPolicy, RouterConfig,
-    RouterStats, SendTimeoutError, SupervisorId, SystemClock, SystemInfo, TickSource, TimerDriver, TimerKey,
-    TimerRef, TimerWheel, TrySendError, TypedMessage, MAX_NAME_LEN, TICK,
+    MessageId, MessagePriority, MessagingError, MessagingResult, MonitorRef, Payload,
+    ReceiveFuture, ReplyError, ReplyReceiver, ReplySender, RescheduleError, RetryPolicy,
+    RouterConfig, RouterStats, SendTimeoutError, SupervisorId, SystemClock, SystemInfo, TickSource,
+    TimerDriver, TimerKey, TimerRef, TimerWheel, TrySendError, TypedMessage, MAX_NAME_LEN, TICK,
 };

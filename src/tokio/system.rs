@@ -426,6 +426,8 @@ impl MessageSystem {
     /// # Cancel safety
     ///
     /// As [`MailboxSender::send_timeout`].
+    // The error hands the message back, as `TrySendError` does: it is the message's size.
+    #[allow(clippy::result_large_err)]
     pub async fn send_timeout(
         &self,
         to: &AgentPid,
