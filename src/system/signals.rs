@@ -102,8 +102,9 @@ struct State {
     monitors: Map<u64, Monitor>,
     /// Monitor refs by target (agent or group).
     by_target: Map<AgentPid, Vec<u64>>,
-    /// Monitor refs by watcher (removed when the watcher stops).
-    by_watcher: Map<AgentPid, Vec<u64>>,
+    /// Monitor refs by watcher (removed when the watcher stops). A set: a watcher
+    /// may hold many monitors, and each fires (leaves this index) on its own.
+    by_watcher: Map<AgentPid, Set<u64>>,
     /// Links, both directions.
     links: Map<AgentPid, Vec<AgentPid>>,
     /// Agents that trap exits.
@@ -143,8 +144,18 @@ impl State {
     fn remove_monitor(&mut self, r: u64) -> Option<Monitor> {
         let monitor = self.monitors.remove(&r)?;
         remove_from(&mut self.by_target, &monitor.target, &r);
-        remove_from(&mut self.by_watcher, &monitor.watcher, &r);
+        self.unindex_watcher(&monitor.watcher, r);
         Some(monitor)
+    }
+
+    /// Forgets `r` as a monitor held by `watcher`.
+    fn unindex_watcher(&mut self, watcher: &AgentPid, r: u64) {
+        if let Some(refs) = self.by_watcher.get_mut(watcher) {
+            refs.remove(&r);
+            if refs.is_empty() {
+                self.by_watcher.remove(watcher);
+            }
+        }
     }
 
     /// Takes every monitor of `target` (they fire).
@@ -153,7 +164,7 @@ impl State {
         refs.into_iter()
             .filter_map(|r| {
                 let monitor = self.monitors.remove(&r)?;
-                remove_from(&mut self.by_watcher, &monitor.watcher, &r);
+                self.unindex_watcher(&monitor.watcher, r);
                 Some(monitor)
             })
             .collect()
@@ -208,9 +219,17 @@ fn remove_from<K: std::hash::Hash + Eq + Clone, V: PartialEq>(
 }
 
 fn stopped(agent_id: &AgentPid, reason: &str) -> SystemInfo {
+    stopped_at(agent_id, reason, chrono::Utc::now())
+}
+
+fn stopped_at(
+    agent_id: &AgentPid,
+    reason: &str,
+    timestamp: chrono::DateTime<chrono::Utc>,
+) -> SystemInfo {
     SystemInfo::AgentStopped {
         agent_id: agent_id.clone(),
-        timestamp: chrono::Utc::now(),
+        timestamp,
         reason: reason.to_string(),
     }
 }
@@ -370,7 +389,11 @@ impl MessageSystem {
             },
         );
         state.by_target.entry(target.clone()).or_default().push(r);
-        state.by_watcher.entry(watcher.clone()).or_default().push(r);
+        state
+            .by_watcher
+            .entry(watcher.clone())
+            .or_default()
+            .insert(r);
         Ok(MonitorRef(r))
     }
 
@@ -487,10 +510,11 @@ impl MessageSystem {
                 continue;
             };
             first = false;
+            let now = chrono::Utc::now();
             for monitor in state.take_monitors_of(&pid) {
                 notices.push(Notice {
                     to: monitor.watcher,
-                    info: stopped(&pid, &reason),
+                    info: stopped_at(&pid, &reason, now),
                 });
             }
             state.drop_monitors_by(&pid);
@@ -499,14 +523,13 @@ impl MessageSystem {
                 .get(&pid)
                 .and_then(|names| names.first().cloned());
             state.release_names(&pid);
-            let trapped = state.trapping.remove(&pid);
-            let _ = trapped;
+            state.trapping.remove(&pid);
             for other in state.links.remove(&pid).unwrap_or_default() {
                 remove_from(&mut state.links, &other, &pid);
                 if state.trapping.contains(&other) {
                     notices.push(Notice {
                         to: other,
-                        info: stopped(&pid, &reason),
+                        info: stopped_at(&pid, &reason, now),
                     });
                 } else if reason != NORMAL {
                     work.push((other, reason.clone()));
