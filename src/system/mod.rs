@@ -6,6 +6,8 @@
 //! 3. `call`: [`CallFuture`], a call awaited on any executor.
 //! 4. `default_router`: [`DefaultMessageRouter`], the built-in routing as a
 //!    standalone [`MessageRouter`](crate::MessageRouter).
+//! 5. `signals`: monitors, links, exit reasons, trapped exits, names, and the one
+//!    function every stop goes through.
 //!
 //! # Invariants
 //!

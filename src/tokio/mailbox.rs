@@ -3,8 +3,9 @@
 //!
 //! Receiving uses the core's [`receive_async`](crate::AgentMailbox::receive_async)
 //! future: a waiting receive registers the task's waker and never blocks a runtime
-//! thread. Sending never waits (mailboxes refuse when full rather than apply
-//! backpressure), so the async sends complete in their first poll.
+//! thread. Sending does not wait (a full mailbox refuses), so the async sends
+//! complete in their first poll; `send_timeout` is the one send that waits for room
+//! (back-pressure), awaiting the receive that frees a slot.
 
 use std::fmt;
 use std::time::Duration;
