@@ -16,6 +16,7 @@ mod delivery;
 mod lane;
 mod mailbox;
 mod reply;
+mod signals;
 mod table;
 
 use std::future::Future;

@@ -47,6 +47,10 @@ pub enum MessagingError {
     UnknownMessage(MessageId),
     /// A tracking limit was reached (`max_concurrent_deliveries`, `max_delivery_records`).
     Overloaded(String),
+    /// The name is already registered to an agent (`register_name`).
+    NameTaken(String),
+    /// No agent is registered under this name (`send_named`, `call_named`).
+    UnknownName(String),
 }
 
 /// Error categories for monitoring and alerting.
@@ -84,6 +88,8 @@ impl MessagingError {
                 | MessagingError::ReceiverBusy(_)
                 | MessagingError::EmptyGroup(_)
                 | MessagingError::Overloaded(_)
+                | MessagingError::NameTaken(_)
+                | MessagingError::UnknownName(_)
         )
     }
 
@@ -92,7 +98,8 @@ impl MessagingError {
         match self {
             MessagingError::AgentNotFound(_)
             | MessagingError::EmptyGroup(_)
-            | MessagingError::UnknownMessage(_) => ErrorCategory::NotFound,
+            | MessagingError::UnknownMessage(_)
+            | MessagingError::UnknownName(_) => ErrorCategory::NotFound,
             MessagingError::DeliveryFailed(..) | MessagingError::CircuitOpen(_) => {
                 ErrorCategory::Delivery
             }
@@ -107,7 +114,8 @@ impl MessagingError {
             MessagingError::ChannelClosed(_) => ErrorCategory::Connection,
             MessagingError::RouterNotInitialized
             | MessagingError::DuplicateAgent(_)
-            | MessagingError::Configuration(_) => ErrorCategory::Configuration,
+            | MessagingError::Configuration(_)
+            | MessagingError::NameTaken(_) => ErrorCategory::Configuration,
             MessagingError::System(_) => ErrorCategory::System,
         }
     }
@@ -140,6 +148,8 @@ impl fmt::Display for MessagingError {
             MessagingError::EmptyGroup(pid) => write!(f, "Group {pid} has no members"),
             MessagingError::UnknownMessage(id) => write!(f, "Message {id} is not tracked"),
             MessagingError::Overloaded(why) => write!(f, "Overloaded: {why}"),
+            MessagingError::NameTaken(name) => write!(f, "Name {name:?} is already registered"),
+            MessagingError::UnknownName(name) => write!(f, "No agent is registered as {name:?}"),
         }
     }
 }
@@ -210,3 +220,44 @@ impl fmt::Display for TrySendError {
 }
 
 impl std::error::Error for TrySendError {}
+
+/// A send that waited for room (`send_timeout`) and gave up, with the message handed
+/// back: `error` says why (`MailboxFull` after the timeout, `ChannelClosed`,
+/// `AgentNotFound`).
+///
+/// Its `Debug` does not require anything of the message.
+pub struct SendTimeoutError {
+    /// Why the message was not queued.
+    pub error: MessagingError,
+    /// The message, untouched.
+    pub message: AgentMessage,
+}
+
+impl SendTimeoutError {
+    /// The refused message.
+    pub fn into_inner(self) -> AgentMessage {
+        self.message
+    }
+}
+
+impl fmt::Debug for SendTimeoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendTimeoutError")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for SendTimeoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for SendTimeoutError {}
+
+impl From<SendTimeoutError> for MessagingError {
+    fn from(e: SendTimeoutError) -> Self {
+        e.error
+    }
+}

@@ -44,6 +44,11 @@ pub enum LoadBalance {
     LeastLoaded,
     /// A member chosen uniformly at random.
     Random,
+    /// Every member: each gets its own copy (with its own id), sent and retried on
+    /// its own. Only payloads that can be copied go out (JSON, as every envelope,
+    /// strings, bytes, numbers; not calls): anything else is refused before any
+    /// member gets it, with an `InvalidMessage` error and a dead letter.
+    Broadcast,
 }
 
 /// A load-balanced group of mailboxes.
@@ -82,7 +87,6 @@ impl Group {
     }
 
     /// The balancing strategy.
-    #[cfg(test)]
     pub(crate) fn strategy(&self) -> LoadBalance {
         self.strategy
     }
@@ -151,7 +155,11 @@ impl Group {
             return Err(MessagingError::EmptyGroup(self.pid.clone()));
         }
         let index = match self.strategy {
-            LoadBalance::RoundRobin => skip_closed(&members, self.next_cursor(n)),
+            // A broadcast is fanned out before a member is picked; one pick is a
+            // round-robin one.
+            LoadBalance::RoundRobin | LoadBalance::Broadcast => {
+                skip_closed(&members, self.next_cursor(n))
+            }
             LoadBalance::Random => skip_closed(&members, self.next_random(n)),
             LoadBalance::LeastLoaded => least_loaded(&members, self.next_cursor(n)),
         };

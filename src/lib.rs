@@ -195,9 +195,11 @@ pub use crate::dead_letter::{
 };
 pub use crate::delivery::{
     DeliveryConfig, DeliveryGuarantee, DeliveryManager, DeliveryRecord, DeliveryStats,
-    DeliveryStatus, RetryPolicy, RouterConfig,
+    DeliveryStatus, RetryPolicy, RouterConfig, TimerRef,
 };
-pub use crate::error::{ErrorCategory, MessagingError, MessagingResult, TrySendError};
+pub use crate::error::{
+    ErrorCategory, MessagingError, MessagingResult, SendTimeoutError, TrySendError,
+};
 pub use crate::group::LoadBalance;
 pub use crate::mailbox::{AgentMailbox, MailboxConfig, MailboxSender, MailboxStats, ReceiveFuture};
 pub use crate::message::{
@@ -206,7 +208,9 @@ pub use crate::message::{
     TypedMessage,
 };
 pub use crate::router::{MessageRouter, RouterStats};
-pub use crate::system::{CallFuture, DefaultMessageRouter, MessageSystem, MessageSystemBuilder};
+pub use crate::system::{
+    CallFuture, DefaultMessageRouter, MessageSystem, MessageSystemBuilder, MonitorRef, MAX_NAME_LEN,
+};
 pub use crate::table::manager::MailboxManager;
 pub use crate::table::AgentId;
 pub use crate::timer::driver::TimerDriver;

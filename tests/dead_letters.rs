@@ -216,6 +216,10 @@ fn reason_kinds() {
             DeadLetterKind::Overloaded,
         ),
         (DeadLetterReason::Shutdown, DeadLetterKind::Shutdown),
+        (
+            DeadLetterReason::AgentStopped("panicked: boom".into()),
+            DeadLetterKind::AgentStopped,
+        ),
     ];
     for (reason, kind) in &cases {
         assert_eq!(reason.kind(), *kind, "{reason}");

@@ -628,46 +628,67 @@ mod delivery_statistics {
 
 // ===== Integration with Supervision =====
 
+/// The supervision example (`cargo run --example supervision`), run here bounded.
+#[path = "../examples/supervision.rs"]
+mod supervision;
+
 mod integration_with_supervision {
-    //! The seed's example uses `terraphim_agent_supervisor`, another crate. This is the
-    //! equivalent with this crate's own monitoring: register an agent, then watch it
-    //! through `get_stats` (its mailbox appears, with its counters) instead of a
-    //! supervisor.
-    use terraphim_agent_messaging::tokio::MessageSystem;
-    use terraphim_agent_messaging::tokio::{AgentMessage, AgentPid, RouterConfig}; // glue
+    //! The seed's example pairs the messaging system with `terraphim_agent_supervisor`,
+    //! another crate. This crate now supervises by itself: `examples/supervision.rs` is
+    //! a one-for-one supervisor on monitors, names and crash detection (workers on
+    //! threads, and on tokio tasks). Its scenes run here and are checked: restarts
+    //! happen, no at-least-once message is lost across crashes, and past its restart
+    //! intensity the supervisor stops with a reason its own monitor sees.
+    use super::supervision::{run_threads, tasks, Report, Scene};
 
-    #[tokio::test]
-    async fn integration_with_supervision() {
-        let messaging_config = RouterConfig::default();
-        let message_system = MessageSystem::new(messaging_config);
-
-        // Register agents in both systems (here: in the messaging system, and watch it)
-        let agent_id = AgentPid::new();
-        message_system
-            .register_agent(agent_id.clone())
-            .await
-            .unwrap();
-
-        // glue: the monitoring a supervisor would read
-        message_system
-            .send(&agent_id, AgentMessage::cast(AgentPid::new(), "health?"))
-            .await
-            .unwrap();
-        let (router_stats, mailbox_stats) = message_system.get_stats().await;
-        assert_eq!(router_stats.active_routes, 1);
-        let stats = mailbox_stats
-            .iter()
-            .find(|s| s.agent_id == agent_id)
-            .unwrap();
-        assert_eq!(stats.current_queue_size, 1);
-        assert_eq!(stats.total_messages_received, 1);
-
-        message_system.unregister_agent(&agent_id).await.unwrap();
-        let (router_stats, mailbox_stats) = message_system.get_stats().await;
-        assert_eq!(router_stats.active_routes, 0);
-        assert!(mailbox_stats.is_empty());
-        message_system.shutdown().await.unwrap();
+    fn check_steady(report: &Report) {
+        let scene = Scene::steady();
+        // worker-0 gets every 4th message and crashes after every 25 it handles.
+        let expected = (scene.messages / scene.workers as u64 / scene.crash_every) as usize;
+        let upto = expected + report.duplicates as usize; // a duplicate counts towards a crash
+        assert!((expected..=upto).contains(&report.restarts), "{report:#?}");
+        assert_eq!(report.sent, scene.messages, "{report:#?}");
+        assert_eq!(report.lost, 0, "no at-least-once message lost: {report:#?}");
+        assert_eq!(report.processed, scene.messages, "{report:#?}");
+        assert_eq!(report.supervisor_stopped.as_deref(), Some("shutdown"));
+        let ledger = &report.ledger;
+        assert_eq!(ledger.pending + ledger.in_transit, 0, "{report:#?}");
+        // A send that met a worker mid-crash was refused (and dead-lettered) and sent
+        // again by the producer: the only failures allowed.
+        assert_eq!(
+            ledger.failed + ledger.expired,
+            report.dead_letters as u64,
+            "{report:#?}"
+        );
     }
+
+    fn check_storm(report: &Report) {
+        let scene = Scene::storm();
+        assert_eq!(report.restarts, scene.max_restarts, "{report:#?}");
+        assert_eq!(
+            report.supervisor_stopped.as_deref(),
+            Some("reached max_restarts (3 in 5s)"),
+            "{report:#?}"
+        );
+    }
+
+    #[test]
+    fn supervision_on_threads() {
+        let report = common::sync::within(60, || run_threads(&Scene::steady()));
+        check_steady(&report);
+        let report = common::sync::within(60, || run_threads(&Scene::storm()));
+        check_storm(&report);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn supervision_on_tasks() {
+        let report = super::within(60, tasks::run(&Scene::steady())).await;
+        check_steady(&report);
+        let report = super::within(60, tasks::run(&Scene::storm())).await;
+        check_storm(&report);
+    }
+
+    use super::common;
 }
 
 // ===== Advanced Features: Custom Message Types =====

@@ -91,6 +91,9 @@ pub enum DeadLetterReason {
     Overloaded(String),
     /// The system shut down while the message waited for a retry or an ack.
     Shutdown,
+    /// The agent stopped with this exit reason (`exit`, a crash: `panicked: …`, or a
+    /// link) while the message was queued and no receiver was left to drain it.
+    AgentStopped(String),
 }
 
 impl fmt::Display for DeadLetterReason {
@@ -105,6 +108,7 @@ impl fmt::Display for DeadLetterReason {
             DeadLetterReason::CircuitOpen => f.write_str("circuit open"),
             DeadLetterReason::Overloaded(why) => write!(f, "overloaded: {why}"),
             DeadLetterReason::Shutdown => f.write_str("system shut down"),
+            DeadLetterReason::AgentStopped(reason) => write!(f, "agent stopped: {reason}"),
         }
     }
 }
@@ -182,7 +186,7 @@ impl DeadLetter {
 
 impl DeadLetterReason {
     /// Every [`label`](Self::label), in declaration order.
-    pub const LABELS: [&'static str; 9] = [
+    pub const LABELS: [&'static str; 10] = [
         "mailbox_full",
         "mailbox_closed",
         "agent_not_found",
@@ -192,6 +196,7 @@ impl DeadLetterReason {
         "circuit_open",
         "overloaded",
         "shutdown",
+        "agent_stopped",
     ];
 
     /// The reason's kind without its details, in snake case: a metric label
@@ -223,6 +228,7 @@ impl DeadLetterReason {
             DeadLetterReason::CircuitOpen => DeadLetterKind::CircuitOpen,
             DeadLetterReason::Overloaded(_) => DeadLetterKind::Overloaded,
             DeadLetterReason::Shutdown => DeadLetterKind::Shutdown,
+            DeadLetterReason::AgentStopped(_) => DeadLetterKind::AgentStopped,
         }
     }
 }
@@ -250,6 +256,8 @@ pub enum DeadLetterKind {
     Overloaded,
     /// [`DeadLetterReason::Shutdown`].
     Shutdown,
+    /// [`DeadLetterReason::AgentStopped`], whatever the exit reason.
+    AgentStopped,
 }
 
 impl DeadLetterKind {
@@ -264,6 +272,7 @@ impl DeadLetterKind {
         DeadLetterKind::CircuitOpen,
         DeadLetterKind::Overloaded,
         DeadLetterKind::Shutdown,
+        DeadLetterKind::AgentStopped,
     ];
 
     /// The kind's position in [`ALL`](Self::ALL).
@@ -285,6 +294,7 @@ impl fmt::Display for DeadLetterKind {
             DeadLetterKind::CircuitOpen => "circuit open",
             DeadLetterKind::Overloaded => "overloaded",
             DeadLetterKind::Shutdown => "system shut down",
+            DeadLetterKind::AgentStopped => "agent stopped",
         })
     }
 }

@@ -101,6 +101,15 @@ impl Dedupe {
         }
     }
 
+    /// Forgets a committed id whose message never reached its receiver after all (it
+    /// was handed back from a crashed agent's mailbox), so that its redelivery is not
+    /// taken for a duplicate.
+    pub(crate) fn uncommit(&mut self, id: &MessageId) {
+        if let Some(Seen::Committed { .. }) = self.seen.get(id) {
+            self.seen.remove(id);
+        }
+    }
+
     /// Forgets ids whose window has passed, and stale reservations; gives memory
     /// back once most of it is empty.
     pub(crate) fn expire(&mut self, now: u64) {

@@ -37,7 +37,7 @@
 
 use super::dedup::Reservation;
 use super::retry::RetryPolicy;
-use super::tracker::{Stage, TrackError, Tracked, Tracker};
+use super::tracker::{Stage, TimerRef, TrackError, Tracked, Tracker, UserKind, UserTimer};
 use super::{DeliveryGuarantee, DeliveryStats, RouterConfig};
 use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
 use crate::error::{MessagingError, MessagingResult};
@@ -95,7 +95,13 @@ pub(crate) struct Engine {
     /// Agents whose queue length is published, by the name given to `watch_depth`.
     #[cfg(feature = "metrics")]
     pub(super) watched: crate::sync::Mutex<Vec<(String, AgentPid)>>,
+    /// Resolves a registered name to its agent now (set once by the system, which
+    /// keeps the names): retries of messages handed back from a crashed agent.
+    pub(crate) names: std::sync::OnceLock<NameResolver>,
 }
+
+/// See [`Engine::names`].
+pub(crate) type NameResolver = Box<dyn Fn(&str) -> Option<AgentPid> + Send + Sync>;
 
 impl Engine {
     /// An engine over `routes`, on the system's timer service, refusing a bad retry
@@ -127,6 +133,7 @@ impl Engine {
             #[cfg(feature = "metrics")]
             watched: Default::default(),
             config,
+            names: std::sync::OnceLock::new(),
         })
     }
 
@@ -262,6 +269,7 @@ impl Engine {
                 self.router_failed(to, out, 1, &error);
                 Err(error)
             }
+            Push::Fanout(out, members) => self.fan_out(to, out, &members, options, 1),
             Push::Refused(out, refusal, retry_at) => {
                 if self.guarantee == DeliveryGuarantee::AtMostOnce {
                     let (reason, err) = refusal_error(to, refusal);
@@ -351,7 +359,67 @@ impl Engine {
                 let reason = DeadLetterReason::RetriesExhausted(err.to_string());
                 AckedPush::Gone(tracked, reason, err)
             }
+            // A broadcast group: each member's copy is tracked for its own ack (the
+            // receivers acknowledge the ids they got).
+            Push::Fanout(_, members) => {
+                let options = match &tracked.payload {
+                    Outgoing::Envelope(e) => e.delivery_options.clone(),
+                    Outgoing::Message(_) => DeliveryOptions::default(),
+                };
+                self.tracker.finish_firing(tracked.payload.id());
+                let _ = self.fan_out(&to, tracked.payload, &members, &options, tracked.attempts);
+                AckedPush::Delivered
+            }
         }
+    }
+
+    /// Sends a copy of `out` to each member of a broadcast group, each a message of
+    /// its own (its own id, guarantee, retries and ack); the original counts as
+    /// delivered. A message that cannot be copied goes to no member: it is
+    /// dead-lettered and refused with `InvalidMessage`. Returns the first error of a
+    /// copy, if any (each copy is settled on its own either way).
+    #[cold]
+    pub(super) fn fan_out(
+        &self,
+        to: &AgentPid,
+        out: Outgoing,
+        members: &[AgentPid],
+        options: &DeliveryOptions,
+        attempts: u32,
+    ) -> MessagingResult<()> {
+        let copies: Option<Vec<(&AgentPid, Outgoing)>> = members
+            .iter()
+            .map(|member| out.copy_for(member).map(|copy| (member, copy)))
+            .collect();
+        let Some(copies) = copies else {
+            let why = format!(
+                "group {to} broadcasts: a {} whose payload cannot be copied goes to no \
+                 member (copyable: JSON, strings, bytes, numbers; calls never)",
+                match &out {
+                    Outgoing::Message(m) => m.kind(),
+                    Outgoing::Envelope(_) => "envelope",
+                }
+            );
+            self.give_up(
+                to,
+                out,
+                attempts,
+                DeadLetterReason::RetriesExhausted(why.clone()),
+            );
+            return Err(MessagingError::InvalidMessage(why));
+        };
+        self.count(&self.tracker.counters.delivered_later);
+        let mut result = Ok(());
+        for (member, copy) in copies {
+            let sent = match copy {
+                Outgoing::Envelope(envelope) => self.dispatch_envelope(envelope),
+                message => self.dispatch(member, message, options),
+            };
+            if let (Ok(()), Err(e)) = (&result, sent) {
+                result = Err(e);
+            }
+        }
+        result
     }
 
     /// What a first attempt reports when its message could not be tracked (it has
@@ -385,7 +453,33 @@ impl Engine {
             stage,
             last_refusal: None,
             payload,
+            by_name: None,
         })
+    }
+
+    /// The system's guarantee.
+    pub(crate) fn guarantee(&self) -> DeliveryGuarantee {
+        self.guarantee
+    }
+
+    /// Takes back `messages` from the mailbox of `crashed`, an agent registered as
+    /// `name` that crashed with them queued: each is retried on the usual schedule
+    /// (after `retry_delay`, with backoff), every attempt going to whoever holds
+    /// `name` then, until `max_retries` or its expiry. Each counts once more in the
+    /// ledger (accepted back, then delivered or dead-lettered); under exactly-once
+    /// its id leaves the window (its receiver never saw it).
+    pub(crate) fn hand_back(&self, crashed: &AgentPid, name: &str, messages: Vec<AgentMessage>) {
+        let options = DeliveryOptions::default();
+        for message in messages {
+            self.count(&self.tracker.counters.accepted_otherwise);
+            if self.guarantee == DeliveryGuarantee::ExactlyOnce {
+                self.tracker.uncommit(message.id());
+            }
+            let mut tracked =
+                self.tracked(crashed, Outgoing::Message(message), &options, Stage::Retry);
+            tracked.by_name = Some(name.to_string());
+            let _ = self.retry_later(tracked, 0);
+        }
     }
 
     /// Tracks `tracked` until `deadline`. At the in-flight limit (or after shutdown)
@@ -442,6 +536,63 @@ impl Engine {
     /// Cancels a call timeout that is no longer needed.
     pub(crate) fn cancel_call_timeout(&self, key: TimerKey) {
         self.tracker.cancel_timer(key);
+    }
+
+    // ===== user timers =====
+
+    /// Sends `message` to `to` after `delay`, on the wheel; a zero delay (or one that
+    /// rounds to now) sends at once.
+    pub(crate) fn send_after(
+        &self,
+        to: &AgentPid,
+        message: AgentMessage,
+        delay: std::time::Duration,
+    ) -> TimerRef {
+        let timer = Box::new(UserTimer {
+            to: to.clone(),
+            kind: UserKind::Once(message),
+        });
+        let deadline = self.tracker.after(delay);
+        match self.tracker.user_timer(timer, deadline) {
+            Ok(r) => r,
+            Err(timer) => {
+                if let UserKind::Once(message) = timer.kind {
+                    let _ = self.dispatch_message(to, message, MessagePriority::Normal);
+                }
+                TimerRef::fired()
+            }
+        }
+    }
+
+    /// Sends `make()` to `to` every `period` (non-zero), the first after one period.
+    pub(crate) fn send_interval(
+        &self,
+        to: &AgentPid,
+        make: Box<dyn FnMut() -> AgentMessage + Send>,
+        period: std::time::Duration,
+    ) -> TimerRef {
+        let tick = crate::timer::TICK.as_nanos();
+        let ticks = u64::try_from(period.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX);
+        let timer = Box::new(UserTimer {
+            to: to.clone(),
+            kind: UserKind::Interval {
+                id: 0,
+                make,
+                period: ticks.max(1),
+                deadline: 0,
+            },
+        });
+        let deadline = self.tracker.after(period);
+        // A period is at least a tick, so the first deadline is after now, short of the
+        // clock's last tick (then the interval never fires).
+        self.tracker
+            .user_timer(timer, deadline)
+            .unwrap_or_else(|_| TimerRef::fired())
+    }
+
+    /// Cancels a user timer; `true` if it had not fired (an interval: was running).
+    pub(crate) fn cancel_user_timer(&self, timer: TimerRef) -> bool {
+        self.tracker.cancel_user(timer)
     }
 
     // ===== acks and the ledger =====

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::manager::{DeliveryManager, DeliveryRecord, DeliveryStats, DeliveryStatus};
 pub use self::retry::RetryPolicy;
+pub use self::tracker::TimerRef;
 
 /// Delivery guarantee levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]

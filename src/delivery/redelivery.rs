@@ -18,10 +18,11 @@ use std::time::Instant;
 
 use super::dedup::Reservation;
 use super::engine::{refused, AckedPush, Engine, TrackFailed};
-use super::tracker::{Due, Stage, Tracked};
+use super::tracker::{Due, Stage, Tracked, UserKind, UserTimer};
 use super::DeliveryGuarantee;
 use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadMessage};
-use crate::message::{AgentPid, MessageId, Outgoing};
+use crate::error::MessagingError;
+use crate::message::{AgentPid, DeliveryOptions, MessageId, MessagePriority, Outgoing};
 use crate::observe::events;
 use crate::router::{Destination, Push, Refusal};
 use crate::timer::service::{Fire, TimerService};
@@ -34,6 +35,7 @@ impl Engine {
         for event in due {
             match event {
                 Due::Call(timeout) => timeout.expire(),
+                Due::User(timer) => self.fire_user(timer),
                 Due::Tracked(tracked) => {
                     self.retry(tracked);
                     self.tracker.settled();
@@ -44,6 +46,51 @@ impl Engine {
             self.publish_metrics(false);
         }
         self.tracker.next_deadline()
+    }
+
+    /// A user's timer fired: `send_after` sends its message (an agent gone meanwhile
+    /// dead-letters it, as any send would); `send_interval` makes and sends the next
+    /// message and re-arms, unless its target is gone (then it ends, making nothing)
+    /// or its `make` panicked (then it ends too).
+    fn fire_user(&self, mut timer: Box<UserTimer>) {
+        let to = timer.to.clone();
+        let (make, period, deadline) = match &mut timer.kind {
+            UserKind::Once(_) => {
+                let UserKind::Once(message) = timer.kind else {
+                    unreachable!("matched Once")
+                };
+                let _ = self.dispatch_message(&to, message, MessagePriority::Normal);
+                return;
+            }
+            UserKind::Interval {
+                make,
+                period,
+                deadline,
+                ..
+            } => (make, *period, *deadline),
+        };
+        if !self.routes.knows(&to).unwrap_or(true) {
+            return self.tracker.forget_interval(&timer);
+        }
+        let Ok(message) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(make)) else {
+            return self.tracker.forget_interval(&timer);
+        };
+        if let Err(MessagingError::AgentNotFound(_) | MessagingError::ChannelClosed(_)) =
+            self.dispatch_message(&to, message, MessagePriority::Normal)
+        {
+            return self.tracker.forget_interval(&timer);
+        }
+        // Fixed rate; a clock that jumped past several periods fires once, then
+        // keeps the period from now (no burst).
+        let now = self.tracker.now();
+        let mut next = deadline.saturating_add(period);
+        if next <= now {
+            next = now.saturating_add(period);
+        }
+        if let Err(timer) = self.tracker.rearm(timer, next) {
+            // Only at the clock's last tick: nothing can be scheduled any more.
+            self.tracker.forget_interval(&timer);
+        }
     }
 
     /// A tracked message's timer fired.
@@ -78,6 +125,23 @@ impl Engine {
             let attempts = tracked.attempts;
             return self.give_up(&to, tracked.payload, attempts, DeadLetterReason::Expired);
         }
+        // Handed back from a crashed agent: to its name's holder now, or later.
+        let to = match &tracked.by_name {
+            Some(name) => match self.names.get().and_then(|resolve| resolve(name)) {
+                Some(pid) => {
+                    tracked.to = pid.clone();
+                    pid
+                }
+                None => {
+                    tracked.attempts = tracked.attempts.saturating_add(1);
+                    self.count(&counters.retries);
+                    tracked.last_refusal = None;
+                    let _ = self.retry_later(tracked, 0);
+                    return;
+                }
+            },
+            None => to,
+        };
         let reserved = match self.guarantee {
             DeliveryGuarantee::ExactlyOnce => {
                 let id = tracked.payload.id().clone();
@@ -120,6 +184,13 @@ impl Engine {
                 self.give_up(&to, payload, attempts, DeadLetterReason::AgentNotFound)
             }
             Push::Failed(payload, error) => self.router_failed(&to, payload, attempts, &error),
+            Push::Fanout(payload, members) => {
+                let options = DeliveryOptions {
+                    priority: tracked.priority,
+                    ..DeliveryOptions::default()
+                };
+                let _ = self.fan_out(&to, payload, &members, &options, attempts);
+            }
         }
     }
 
@@ -154,6 +225,10 @@ impl Engine {
     ) -> Result<(), TrackFailed> {
         if tracked.attempts > tracked.policy.max_retries() {
             let reason = match tracked.last_refusal {
+                None if tracked.by_name.is_some() => DeadLetterReason::RetriesExhausted(format!(
+                    "no agent registered as {:?} took over",
+                    tracked.by_name.as_deref().unwrap_or_default()
+                )),
                 Some(Refusal::CircuitOpen) => DeadLetterReason::CircuitOpen,
                 Some(Refusal::EmptyGroup) => {
                     DeadLetterReason::RetriesExhausted("group has no members".into())

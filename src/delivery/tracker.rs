@@ -27,7 +27,8 @@ use chrono::{DateTime, Utc};
 
 use super::manager::{DeliveryRecord, DeliveryStatus};
 use crate::message::{
-    reply::ReplyTimeout, AgentPid, MessageEnvelope, MessageId, MessagePriority, Outgoing,
+    reply::ReplyTimeout, AgentMessage, AgentPid, MessageEnvelope, MessageId, MessagePriority,
+    Outgoing,
 };
 use crate::router::Refusal;
 use crate::stats::Counter;
@@ -61,6 +62,9 @@ pub(crate) struct Tracked {
     pub(crate) last_refusal: Option<Refusal>,
     /// `Retry`: the message to push. `AwaitAck`: the envelope to redeliver.
     pub(crate) payload: Outgoing,
+    /// Set for a message handed back from a crashed agent: each retry goes to the
+    /// agent registered under this name then (the crashed one's successor).
+    pub(crate) by_name: Option<String>,
 }
 
 /// What the wheel holds.
@@ -71,6 +75,65 @@ pub(crate) enum TimerEvent {
     Tracked(Box<Tracked>),
     /// A call's reply is overdue.
     Call(ReplyTimeout),
+    /// A user's timer (`send_after`, `send_interval`) is due.
+    User(Box<UserTimer>),
+}
+
+/// A user's timer: a message to send to `to` once, or one made every period.
+pub(crate) struct UserTimer {
+    pub(crate) to: AgentPid,
+    pub(crate) kind: UserKind,
+}
+
+/// What a [`UserTimer`] sends.
+pub(crate) enum UserKind {
+    /// `send_after`: this message, once.
+    Once(AgentMessage),
+    /// `send_interval`: a message made by `make` every `period` ticks; `deadline` is
+    /// the tick it is due at now, `id` its entry in `State::intervals`.
+    Interval {
+        id: u64,
+        make: Box<dyn FnMut() -> AgentMessage + Send>,
+        period: u64,
+        deadline: u64,
+    },
+}
+
+impl std::fmt::Debug for UserTimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.kind {
+            UserKind::Once(_) => "once",
+            UserKind::Interval { .. } => "interval",
+        };
+        f.debug_struct("UserTimer")
+            .field("to", &self.to)
+            .field("kind", &kind)
+            .finish()
+    }
+}
+
+/// A timer set by `MessageSystem::send_after` or `send_interval`; give it to
+/// `cancel_timer` to cancel it.
+///
+/// Opaque. A ref names a timer of the system that made it: `send_after`'s names one
+/// place on the wheel (a slot and a generation, so a fired or cancelled timer's ref
+/// never cancels a later timer), `send_interval`'s an entry that outlives each firing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TimerRef(TimerRefKind);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum TimerRefKind {
+    Once(TimerKey),
+    Interval(u64),
+    /// A timer that fired when it was set (zero delay).
+    Fired,
+}
+
+impl TimerRef {
+    /// The ref of a timer that fired at once.
+    pub(crate) fn fired() -> Self {
+        TimerRef(TimerRefKind::Fired)
+    }
 }
 
 /// Why `track` refused.
@@ -89,6 +152,7 @@ pub(crate) enum TrackError {
 pub(crate) enum Due {
     Tracked(Box<Tracked>),
     Call(ReplyTimeout),
+    User(Box<UserTimer>),
 }
 
 struct State {
@@ -108,7 +172,15 @@ struct State {
     in_hand: usize,
     /// Set by `drain`: nothing more is tracked.
     closed: bool,
+    /// Live `send_interval` timers: id → the wheel key of its next firing (stale
+    /// while it fires). Cancelling removes the entry; a firing re-arms only if its
+    /// entry is still here.
+    intervals: IdMap64<TimerKey>,
+    /// The next interval id.
+    next_interval: u64,
 }
+
+type IdMap64<V> = std::collections::HashMap<u64, V, BuildHasherDefault<AHasher>>;
 
 impl State {
     fn count(&mut self, stage: Stage, up: bool) {
@@ -196,6 +268,8 @@ impl Tracker {
                 retrying: 0,
                 awaiting_ack: 0,
                 closed: false,
+                intervals: IdMap64::default(),
+                next_interval: 0,
             }),
             dedupe: Mutex::new(Dedupe::new(window, dedupe_capacity)),
             timers,
@@ -237,6 +311,10 @@ impl Tracker {
         lock(&self.dedupe).rollback(id);
     }
 
+    pub(crate) fn uncommit(&self, id: &MessageId) {
+        lock(&self.dedupe).uncommit(id);
+    }
+
     // ===== tracking =====
 
     /// Tracks `tracked` with its timer at `deadline` (waking the driver if it is the
@@ -264,7 +342,9 @@ impl Tracker {
             // Only at the last tick of time can a deadline not be after `now`.
             Err(elapsed) => match elapsed.into_inner() {
                 TimerEvent::Tracked(tracked) => return Err(TrackError::EndOfTime(tracked)),
-                TimerEvent::Call(_) => unreachable!("inserted a tracked message"),
+                TimerEvent::Call(_) | TimerEvent::User(_) => {
+                    unreachable!("inserted a tracked message")
+                }
             },
         };
         state.by_id.entry(id).or_default().push(key);
@@ -320,6 +400,106 @@ impl Tracker {
         lock(&self.state).wheel.cancel(key);
     }
 
+    // ===== user timers =====
+
+    /// Sets a user timer at `deadline`; hands it back if `deadline` has passed (the
+    /// caller fires it at once).
+    pub(crate) fn user_timer(
+        &self,
+        mut timer: Box<UserTimer>,
+        deadline: u64,
+    ) -> Result<TimerRef, Box<UserTimer>> {
+        let mut state = lock(&self.state);
+        let interval = match &mut timer.kind {
+            UserKind::Interval {
+                id, deadline: at, ..
+            } => {
+                *id = state.next_interval;
+                *at = deadline;
+                state.next_interval += 1;
+                Some(*id)
+            }
+            UserKind::Once(_) => None,
+        };
+        let key = match state.wheel.insert(deadline, TimerEvent::User(timer)) {
+            Ok(key) => key,
+            Err(elapsed) => match elapsed.into_inner() {
+                TimerEvent::User(timer) => return Err(timer),
+                _ => unreachable!("inserted a user timer"),
+            },
+        };
+        let r = match interval {
+            Some(id) => {
+                state.intervals.insert(id, key);
+                TimerRef(TimerRefKind::Interval(id))
+            }
+            None => TimerRef(TimerRefKind::Once(key)),
+        };
+        drop(state);
+        self.timers.scheduled(deadline);
+        Ok(r)
+    }
+
+    /// Sets an interval timer that fired again, at `deadline`, unless it was
+    /// cancelled meanwhile (then it is dropped). Hands it back if `deadline` has
+    /// passed.
+    pub(crate) fn rearm(&self, mut timer: Box<UserTimer>, next: u64) -> Result<(), Box<UserTimer>> {
+        let UserKind::Interval { id, deadline, .. } = &mut timer.kind else {
+            return Ok(());
+        };
+        let id = *id;
+        *deadline = next;
+        let mut state = lock(&self.state);
+        if !state.intervals.contains_key(&id) {
+            return Ok(()); // cancelled while it fired
+        }
+        match state.wheel.insert(next, TimerEvent::User(timer)) {
+            Ok(key) => {
+                state.intervals.insert(id, key);
+                drop(state);
+                self.timers.scheduled(next);
+                Ok(())
+            }
+            Err(elapsed) => match elapsed.into_inner() {
+                TimerEvent::User(timer) => Err(timer),
+                _ => unreachable!("inserted a user timer"),
+            },
+        }
+    }
+
+    /// Ends interval `id` (its target is gone).
+    pub(crate) fn forget_interval(&self, timer: &UserTimer) {
+        if let UserKind::Interval { id, .. } = &timer.kind {
+            lock(&self.state).intervals.remove(id);
+        }
+    }
+
+    /// Cancels a user timer; `true` if it had not fired (an interval: had not been
+    /// cancelled or ended).
+    pub(crate) fn cancel_user(&self, timer: TimerRef) -> bool {
+        let mut state = lock(&self.state);
+        let key = match timer.0 {
+            TimerRefKind::Fired => return false,
+            TimerRefKind::Once(key) => key,
+            TimerRefKind::Interval(id) => match state.intervals.remove(&id) {
+                // Stale while it fires: the firing sees the entry gone and stops.
+                Some(key) => {
+                    if matches!(state.wheel.get(key), Some(TimerEvent::User(_))) {
+                        state.wheel.cancel(key);
+                    }
+                    return true;
+                }
+                None => return false,
+            },
+        };
+        // Only a user timer's key: a ref can never cancel a tracked message.
+        if !matches!(state.wheel.get(key), Some(TimerEvent::User(t)) if matches!(t.kind, UserKind::Once(_)))
+        {
+            return false;
+        }
+        state.wheel.cancel(key).is_some()
+    }
+
     /// Ends tracking of an acknowledged message: the oldest copy of `id` that asked for
     /// an ack, whether it waits for its ack or for a redelivery. `false` if none.
     pub(crate) fn acknowledge(&self, id: &MessageId) -> bool {
@@ -366,6 +546,7 @@ impl Tracker {
                     due.push(Due::Tracked(tracked));
                 }
                 TimerEvent::Call(timeout) => due.push(Due::Call(timeout)),
+                TimerEvent::User(timer) => due.push(Due::User(timer)),
             }
         }
         let next = state.wheel.next_deadline();
@@ -433,7 +614,7 @@ impl Tracker {
                     }
                     Outgoing::Message(_) => None,
                 },
-                TimerEvent::Call(_) => None,
+                TimerEvent::Call(_) | TimerEvent::User(_) => None,
             })
             .collect();
         drop(state);

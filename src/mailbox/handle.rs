@@ -465,6 +465,52 @@ impl MailboxSender {
         self.shared.try_send(message, priority)
     }
 
+    /// Queues `message` at `priority`, waiting up to `timeout` for room in a bounded
+    /// mailbox (back-pressure); blocks the thread meanwhile. Senders that wait get
+    /// their slots in the order they began to wait, each woken by the receive that
+    /// frees one (no thread or timer per waiter). After the timeout the message is
+    /// handed back as `Full`; a closed mailbox hands it back as `Closed` (at once, or
+    /// when it closes during the wait). An unbounded mailbox never waits; a zero
+    /// timeout is [`try_send`](Self::try_send); `Duration::MAX` waits without end.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use terraphim_agent_messaging::{AgentMailbox, AgentMessage, AgentPid, MailboxConfig, MessagePriority, TrySendError};
+    ///
+    /// let mailbox = AgentMailbox::new(AgentPid::new(), MailboxConfig { max_messages: 1, ..Default::default() });
+    /// let sender = mailbox.sender();
+    /// sender.send_timeout(AgentMessage::cast(AgentPid::nil(), 1u64), MessagePriority::Normal, Duration::from_millis(10)).unwrap();
+    /// // Full, and nobody receives: handed back after the timeout.
+    /// let second = sender.send_timeout(AgentMessage::cast(AgentPid::nil(), 2u64), MessagePriority::Normal, Duration::from_millis(10));
+    /// assert!(matches!(second, Err(TrySendError::Full(m)) if m.payload::<u64>() == Some(&2)));
+    /// ```
+    pub fn send_timeout(
+        &self,
+        message: AgentMessage,
+        priority: MessagePriority,
+        timeout: Duration,
+    ) -> Result<(), TrySendError> {
+        self.shared.send_timeout(message, priority, timeout)
+    }
+
+    /// A future that queues `message` once there is room (the core of the tokio
+    /// twin's `send_timeout`).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn send_when_room(
+        &self,
+        message: AgentMessage,
+        priority: MessagePriority,
+    ) -> super::backpressure::SendWhenRoom<'_> {
+        super::backpressure::SendWhenRoom::new(&self.shared, message, priority)
+    }
+
+    /// Senders waiting for room in this mailbox now (`send_timeout`).
+    pub fn blocked_senders(&self) -> usize {
+        self.shared.blocked_senders()
+    }
+
     /// The destination agent.
     pub fn agent_id(&self) -> &AgentPid {
         &self.shared.pid

@@ -10,6 +10,8 @@
 //! 4. [`shared`](self::shared): capacity, the receiver claim, close and drain, stats.
 //! 5. [`handle`](self::handle): the public [`AgentMailbox`] and [`MailboxSender`].
 //! 6. [`handback`](self::handback): refused sends handed back to the delivery engine.
+//! 7. [`backpressure`](self::backpressure): senders waiting for room in a bounded
+//!    mailbox (`send_timeout`), woken in order.
 //!
 //! Mailboxes by pid ([`MailboxManager`](crate::MailboxManager)) live a layer up, over
 //! the agent table.
@@ -24,6 +26,7 @@
 //! - One receiver at a time; a second concurrent receive gets `ReceiverBusy`.
 //! - After `close`, the receiver drains what was queued, then gets `ChannelClosed`.
 
+pub(crate) mod backpressure;
 pub(crate) mod handback;
 pub(crate) mod handle;
 pub(crate) mod lane;

@@ -46,6 +46,20 @@ pub(crate) struct Settings {
     pub(crate) epoch: Instant,
     /// `epoch` on the wall clock.
     pub(crate) epoch_utc: chrono::DateTime<chrono::Utc>,
+    /// What a registered mailbox does when its last receiving handle is dropped while
+    /// the thread is panicking: set once by the system that owns the mailboxes (it
+    /// stops the agent with reason `panicked: …`). The mailbox layer cannot name the
+    /// system, so the system hands it this hook; one per system, not per mailbox.
+    pub(crate) on_crash: std::sync::OnceLock<CrashHook>,
+}
+
+/// See [`Settings::on_crash`]: called with the mailbox whose receiver crashed.
+pub(crate) struct CrashHook(pub(crate) Box<dyn Fn(&Shared) + Send + Sync>);
+
+impl std::fmt::Debug for CrashHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CrashHook")
+    }
 }
 
 impl Settings {
@@ -68,6 +82,7 @@ impl Settings {
             dead_letters,
             epoch: Instant::now(),
             epoch_utc: chrono::Utc::now(),
+            on_crash: std::sync::OnceLock::new(),
         }
     }
 
@@ -141,9 +156,9 @@ pub(crate) struct Shared {
     /// pointer.
     tx: LanesTx<AgentMessage>,
     /// Bounded mode: messages queued or being queued. Unused when unbounded.
-    reserved: AtomicUsize,
+    pub(super) reserved: AtomicUsize,
     /// Bounded capacity; 0 = unbounded.
-    capacity: usize,
+    pub(super) capacity: usize,
     /// The receiver's wait cell: its state word (first) is read on every send and
     /// written when the receiver goes to sleep; the waiter after it is cold.
     pub(crate) waiter: WaitCell,
@@ -154,6 +169,9 @@ pub(crate) struct Shared {
     pub(crate) breaker: Breaker,
     /// `AgentMailbox` handles alive (receivers that could still drain).
     pub(crate) rx_handles: AtomicUsize,
+    /// Senders waiting for room (`send_timeout`); null until the first one waits
+    /// (see `backpressure`).
+    pub(super) send_waiters: AtomicPtr<super::backpressure::SendWaiters>,
 
     // ----- receive -----
     /// The `Normal` lane's head.
@@ -214,6 +232,7 @@ impl Shared {
             rx: LanesRx::new(),
             settings,
             breaker: Breaker::new(),
+            send_waiters: AtomicPtr::new(std::ptr::null_mut()),
         };
         if shared.settings.config_error.is_some() {
             shared.lanes().close();
@@ -443,7 +462,11 @@ impl Shared {
     fn count_pop(&self) {
         // `capacity` lives on the senders' line; read the settings' copy.
         if self.settings.config.max_messages > 0 {
-            self.reserved.fetch_sub(1, AcqRel);
+            // SeqCst: the sender that waits for room loads `reserved` with SeqCst
+            // after queueing itself, and `wake_a_sender` loads its queue with SeqCst
+            // after this (see `backpressure`).
+            self.reserved.fetch_sub(1, SeqCst);
+            self.wake_a_sender();
         }
         // Only the claim holder writes `pops`: a load and a store suffice.
         let pops = self.pops.load(Relaxed);
@@ -515,14 +538,29 @@ impl Shared {
     /// Closes the mailbox: later sends fail, the receiver drains what is queued, then
     /// gets `ChannelClosed`. If no receiver handle is left, drains into dead letters.
     pub(crate) fn close(&self) -> bool {
+        self.close_with(DeadLetterReason::MailboxClosed)
+    }
+
+    /// [`close`](Self::close), dead-lettering what no receiver is left to drain with
+    /// `reason` (an agent stopped by `exit`, a crash or a link).
+    pub(crate) fn close_with(&self, reason: DeadLetterReason) -> bool {
         let closed_now = self.lanes().close();
         self.waiter.wake();
+        self.wake_all_senders();
         // Pairs with the fence in `release_rx_handle`: one of the two sees the other.
         fence(SeqCst);
         if self.rx_handles.load(Relaxed) == 0 {
-            self.drain_to_dead_letters();
+            self.drain_to_dead_letters(reason);
         }
         closed_now
+    }
+
+    /// Closes the mailbox without draining it: the caller takes what is queued
+    /// ([`take_queued`](Self::take_queued)).
+    pub(crate) fn close_keeping(&self) {
+        self.lanes().close();
+        self.waiter.wake();
+        self.wake_all_senders();
     }
 
     /// Called when an `AgentMessage` handle goes away.
@@ -533,15 +571,36 @@ impl Shared {
                 self.close();
                 return;
             }
+            // The last receiver went down with its thread: the agent crashed. The
+            // system's hook stops it (which closes and drains the mailbox).
+            if std::thread::panicking() && !self.lanes().is_closed() {
+                if let Some(hook) = self.settings.on_crash.get() {
+                    (hook.0)(self);
+                }
+            }
             fence(SeqCst);
             if self.lanes().is_closed() {
-                self.drain_to_dead_letters();
+                self.drain_to_dead_letters(DeadLetterReason::MailboxClosed);
             }
         }
     }
 
+    /// Takes every queued message of a closed mailbox that no receiver holds (a
+    /// crashed agent's), for the system to hand back to the delivery engine. Empty if
+    /// a receiver holds the claim.
+    pub(crate) fn take_queued(&self) -> Vec<AgentMessage> {
+        let mut taken = Vec::new();
+        let Ok(claim) = self.claim() else {
+            return taken;
+        };
+        while let Some(Ok(message)) = self.pop(&claim) {
+            taken.push(message);
+        }
+        taken
+    }
+
     /// Moves every queued message into the dead letters (closed mailboxes only).
-    fn drain_to_dead_letters(&self) {
+    fn drain_to_dead_letters(&self, reason: DeadLetterReason) {
         // If someone holds the claim, that receiver drains instead.
         let Ok(claim) = self.claim() else { return };
         while let Some(Ok(message)) = self.pop(&claim) {
@@ -549,7 +608,7 @@ impl Shared {
             self.settings.dead_letters.push(DeadLetter::message(
                 self.pid.clone(),
                 message.disarm(),
-                DeadLetterReason::MailboxClosed,
+                reason.clone(),
             ));
         }
     }
@@ -608,6 +667,12 @@ impl Drop for Shared {
         let p = self.sampled.load(Acquire);
         if !p.is_null() {
             // SAFETY: installed from a `Box`, reachable only through `self`.
+            drop(unsafe { Box::from_raw(p) });
+        }
+        let p = self.send_waiters.load(Acquire);
+        if !p.is_null() {
+            // SAFETY: installed from a `Box` (`backpressure`), reachable only through
+            // `self`.
             drop(unsafe { Box::from_raw(p) });
         }
     }

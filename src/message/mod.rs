@@ -266,6 +266,42 @@ impl AgentMessage {
         self
     }
 
+    /// A copy with a fresh id, for a broadcast; `None` for a `Call` (one caller waits
+    /// for one reply) and for a payload of a type [`clone_payload`] does not know.
+    pub(crate) fn try_clone(&self) -> Option<AgentMessage> {
+        let id = MessageId::new();
+        Some(match self {
+            AgentMessage::Call { .. } => return None,
+            AgentMessage::Cast {
+                from,
+                payload,
+                message_type,
+                ..
+            } => AgentMessage::Cast {
+                id,
+                from: from.clone(),
+                payload: clone_payload(payload)?,
+                message_type: message_type.clone(),
+            },
+            AgentMessage::Info { info, .. } => AgentMessage::Info {
+                id,
+                info: info.clone(),
+            },
+            AgentMessage::Reply { to, payload, .. } => AgentMessage::Reply {
+                id,
+                to: to.clone(),
+                payload: clone_payload(payload)?,
+            },
+            AgentMessage::Ack {
+                original_message_id,
+                ..
+            } => AgentMessage::Ack {
+                id,
+                original_message_id: original_message_id.clone(),
+            },
+        })
+    }
+
     /// The variant's name, for logs and dead letters.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -323,6 +359,43 @@ impl fmt::Debug for AgentMessage {
         }
         d.finish()
     }
+}
+
+/// A copy of a payload of one of the types a broadcast can copy: `serde_json::Value`
+/// (every envelope), `String`, `&'static str`, `Vec<u8>`, `bool`, `()`, the integer
+/// types and `f32`/`f64`. A payload is a `Box<dyn Any>`, which has no `clone`; other
+/// types are refused (wrap them in JSON, or send one message per member).
+pub(crate) fn clone_payload(payload: &Payload) -> Option<Payload> {
+    macro_rules! try_types {
+        ($($t:ty),*) => {$(
+            if let Some(v) = payload.downcast_ref::<$t>() {
+                return Some(Box::new(v.clone()));
+            }
+        )*};
+    }
+    try_types!(
+        serde_json::Value,
+        String,
+        &'static str,
+        Vec<u8>,
+        bool,
+        (),
+        u8,
+        u16,
+        u32,
+        u64,
+        u128,
+        usize,
+        i8,
+        i16,
+        i32,
+        i64,
+        i128,
+        isize,
+        f32,
+        f64
+    );
+    None
 }
 
 /// Shows common payload types by value and anything else as `<opaque>`.
@@ -405,6 +478,20 @@ pub(crate) enum Outgoing {
 }
 
 impl Outgoing {
+    /// A copy addressed to `member` with a fresh id, for a broadcast; `None` if the
+    /// message cannot be copied (see [`AgentMessage::try_clone`]).
+    pub(crate) fn copy_for(&self, member: &AgentPid) -> Option<Outgoing> {
+        match self {
+            Outgoing::Envelope(e) => {
+                let mut copy = e.clone();
+                copy.id = MessageId::new();
+                copy.to = member.clone();
+                Some(Outgoing::Envelope(copy))
+            }
+            Outgoing::Message(m) => m.try_clone().map(Outgoing::Message),
+        }
+    }
+
     pub(crate) fn id(&self) -> &MessageId {
         match self {
             Outgoing::Envelope(e) => &e.id,

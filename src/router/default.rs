@@ -11,11 +11,13 @@
 //! | mailbox full | `Refused(MailboxFull)` (the breaker records a failure) |
 //! | breaker open, or half-open with its probe out | `Refused(CircuitOpen, retry_at)` |
 //! | group with no member | `Refused(EmptyGroup)` |
+//! | broadcast group | `Fanout(members)`: the engine sends a copy to each |
 //! | mailbox closed meanwhile | `Closed` |
 //! | no such pid | `NotFound` |
 
 use super::{Destination, Push, Refusal};
 use crate::breaker::BreakerSettings;
+use crate::group::LoadBalance;
 use crate::mailbox::shared::Shared;
 use crate::message::{AgentMessage, AgentPid, MessageEnvelope, MessagePriority, Outgoing};
 use crate::observe::events;
@@ -46,6 +48,11 @@ impl LocalRoutes {
             timers,
             breaker_trips: Counter::new(),
         }
+    }
+
+    /// Whether `pid` is registered (an agent or a group).
+    pub(crate) fn knows(&self, pid: &AgentPid) -> bool {
+        self.table.lookup(pid).is_some()
     }
 
     /// One push into `mailbox`, through its breaker.
@@ -125,6 +132,14 @@ impl LocalRoutes {
         };
         match found.target() {
             Target::Agent(mailbox) => self.push_into(mailbox, message, priority),
+            Target::Group(group) if group.strategy() == LoadBalance::Broadcast => {
+                let members = group.members();
+                let out = Outgoing::Message(message);
+                if members.is_empty() {
+                    return Push::Refused(out, Refusal::EmptyGroup, 0);
+                }
+                Push::Fanout(out, members)
+            }
             Target::Group(group) => {
                 let mut message = Some(message);
                 let pushed = group.with_member(|member| {

@@ -134,6 +134,8 @@ pub(crate) enum Push {
     NotFound(Outgoing),
     /// A custom router failed otherwise; the message, if it handed it back.
     Failed(Option<Outgoing>, MessagingError),
+    /// A broadcast group: the engine sends a copy to each of these members.
+    Fanout(Outgoing, Vec<AgentPid>),
 }
 
 impl Push {
@@ -142,11 +144,12 @@ impl Push {
         match self {
             Push::Done | Push::Failed(None, _) => None,
             Push::Refused(out, ..) | Push::Closed(out) | Push::NotFound(out) => Some(out),
-            Push::Failed(Some(out), _) => Some(out),
+            Push::Failed(Some(out), _) | Push::Fanout(out, _) => Some(out),
         }
     }
 
-    /// Why the push did not deliver, in words (an event's `reason`; empty for `Done`).
+    /// Why the push did not deliver, in words (an event's `reason`; empty for `Done`
+    /// and `Fanout`).
     pub(crate) fn reason(&self) -> &'static str {
         match self {
             Push::Done => "",
@@ -154,6 +157,7 @@ impl Push {
             Push::Closed(_) => "mailbox closed",
             Push::NotFound(_) => "agent not found",
             Push::Failed(..) => "router error",
+            Push::Fanout(..) => "",
         }
     }
 
@@ -166,6 +170,7 @@ impl Push {
             Push::Closed(out) => Push::Closed(f(out)),
             Push::NotFound(out) => Push::NotFound(f(out)),
             Push::Failed(out, e) => Push::Failed(out.map(f), e),
+            Push::Fanout(out, members) => Push::Fanout(f(out), members),
         }
     }
 }
@@ -197,6 +202,15 @@ impl Routes {
     pub(crate) fn forget(&self, pid: &AgentPid) {
         if let Routes::Custom(custom) = self {
             custom.forget(pid);
+        }
+    }
+
+    /// Whether `pid` is a destination now: `None` when a custom router routes (it
+    /// alone knows).
+    pub(crate) fn knows(&self, pid: &AgentPid) -> Option<bool> {
+        match self {
+            Routes::Local(local) => Some(local.knows(pid)),
+            Routes::Custom(_) => None,
         }
     }
 

@@ -10,7 +10,7 @@ use crate::dead_letter::{DeadLetters, DEFAULT_DEAD_LETTER_CAPACITY};
 use crate::delivery::engine::Engine;
 use crate::delivery::{DeliveryConfig, RetryPolicy, RouterConfig};
 use crate::error::{MessagingError, MessagingResult};
-use crate::mailbox::shared::Settings;
+use crate::mailbox::shared::{CrashHook, Settings};
 use crate::mailbox::MailboxConfig;
 use crate::router::custom::CustomRoutes;
 use crate::router::default::LocalRoutes;
@@ -127,7 +127,7 @@ impl MessageSystemBuilder {
             dead_letters.clone(),
         ));
         let table = Arc::new(AgentTable::new());
-        let mailboxes = MailboxManager::with_parts(table.clone(), settings);
+        let mailboxes = MailboxManager::with_parts(table.clone(), settings.clone());
         let clock = self
             .clock
             .unwrap_or_else(|| std::sync::Arc::new(SystemClock));
@@ -167,16 +167,32 @@ impl MessageSystemBuilder {
         let fire: std::sync::Arc<dyn Fire> = engine.clone();
         timers.attach(std::sync::Arc::downgrade(&fire));
         engine.start_metering();
-        MessageSystem {
+        super::signals::install_panic_hook();
+        let system = MessageSystem {
             inner: std::sync::Arc::new(Inner {
                 config: self.config,
                 config_error,
                 mailboxes,
                 engine,
                 dead_letters,
+                signals: super::signals::Signals::new(),
                 shut_down: AtomicBool::new(false),
             }),
-        }
+        };
+        // A crashed receiver stops its agent; the hooks hold the system weakly (the
+        // system owns the mailboxes and the engine that hold them).
+        let weak = std::sync::Arc::downgrade(&system.inner);
+        let names = weak.clone();
+        let _ = system.inner.engine.names.set(Box::new(move |name| {
+            let inner = names.upgrade()?;
+            MessageSystem { inner }.whereis(name)
+        }));
+        let _ = settings.on_crash.set(CrashHook(Box::new(move |mailbox| {
+            if let Some(inner) = weak.upgrade() {
+                MessageSystem { inner }.crashed(mailbox);
+            }
+        })));
+        system
     }
 }
 

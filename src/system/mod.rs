@@ -6,6 +6,8 @@
 //! 3. `call`: [`CallFuture`], a call awaited on any executor.
 //! 4. `default_router`: [`DefaultMessageRouter`], the built-in routing as a
 //!    standalone [`MessageRouter`](crate::MessageRouter).
+//! 5. `signals`: monitors, links, exit reasons, trapped exits, names, and the one
+//!    function every stop goes through.
 //!
 //! # Invariants
 //!
@@ -17,6 +19,7 @@
 mod builder;
 mod call;
 mod default_router;
+mod signals;
 
 use std::any::Any;
 use std::fmt;
@@ -28,11 +31,12 @@ pub use self::call::CallFuture;
 pub(crate) use self::call::{downcast_reply, reply_error};
 use self::call::{observe_call, Waiting};
 pub use self::default_router::DefaultMessageRouter;
+pub use self::signals::{MonitorRef, MAX_NAME_LEN};
 use crate::dead_letter::{
     DeadLetter, DeadLetterKind, DeadLetterStats, DeadLetterSubscription, DeadLetters,
 };
 use crate::delivery::engine::Engine;
-use crate::delivery::{DeliveryManager, DeliveryStats, RouterConfig};
+use crate::delivery::{DeliveryManager, DeliveryStats, RouterConfig, TimerRef};
 use crate::error::{MessagingError, MessagingResult};
 use crate::group::{Group, LoadBalance};
 use crate::mailbox::{AgentMailbox, MailboxSender, MailboxStats};
@@ -87,6 +91,8 @@ struct Inner {
     /// A std `Arc`: the timer driver holds a `Weak` to it.
     engine: std::sync::Arc<Engine>,
     dead_letters: Arc<DeadLetters>,
+    /// Monitors, links, trapped exits and names (see `signals`).
+    signals: signals::Signals,
     shut_down: AtomicBool,
 }
 
@@ -141,17 +147,11 @@ impl MessageSystem {
 
     /// Unregisters `agent_id` and closes its mailbox: a receiver holding its mailbox
     /// drains what is queued and then gets `ChannelClosed`; with no receiver left, the
-    /// queued messages go to the dead letters.
+    /// queued messages go to the dead letters. The agent stops with reason
+    /// `"normal"`: its monitors fire, its names are released, its links are removed
+    /// (a linked agent that traps exits is told; others are not stopped).
     pub fn unregister_agent(&self, agent_id: &AgentPid) -> MessagingResult<()> {
-        if let Some(router) = self.custom_router() {
-            router.unregister_agent(agent_id)?;
-        }
-        self.inner.mailboxes.remove_mailbox(agent_id)?;
-        self.inner.engine.routes().forget(agent_id);
-        // A member that goes away leaves its groups (O(groups), not O(agents)).
-        for group in self.inner.mailboxes.table().groups() {
-            let _ = group.leave(agent_id);
-        }
+        self.stop(agent_id, signals::NORMAL)?;
         events::unregistered(agent_id);
         Ok(())
     }
@@ -182,6 +182,7 @@ impl MessageSystem {
             .ok_or_else(|| MessagingError::AgentNotFound(member.clone()))?;
         self.group(group)?.join(sender)?;
         events::group_joined(group, member);
+        self.group_changed(group, member, "group_member_joined");
         Ok(())
     }
 
@@ -189,6 +190,7 @@ impl MessageSystem {
     pub fn leave_group(&self, group: &AgentPid, member: &AgentPid) -> MessagingResult<()> {
         self.group(group)?.leave(member)?;
         events::group_left(group, member);
+        self.group_changed(group, member, "group_member_left");
         Ok(())
     }
 
@@ -197,10 +199,11 @@ impl MessageSystem {
         Ok(self.group(group)?.members())
     }
 
-    /// Removes `group`; its members stay registered.
+    /// Removes `group`; its members stay registered. Its monitors fire with
+    /// `"normal"`.
     pub fn delete_group(&self, group: &AgentPid) -> MessagingResult<()> {
         self.group(group)?;
-        self.inner.mailboxes.table().remove(group);
+        self.remove_group(group);
         Ok(())
     }
 
@@ -323,6 +326,136 @@ impl MessageSystem {
         downcast_reply(to, reply)
     }
 
+    /// Queues `message` in `to`'s bounded mailbox at `Normal` priority, waiting up
+    /// to `timeout` for room (back-pressure; blocks the thread): see
+    /// [`MailboxSender::send_timeout`]. Goes straight to the mailbox, as a
+    /// [`sender`](Self::sender) does: no retries (waiting is the alternative to
+    /// them), and the mailbox's own counters, not the delivery ledger, count it.
+    ///
+    /// # Errors
+    ///
+    /// The message comes back with why: `MailboxFull` after the timeout,
+    /// `ChannelClosed`, `AgentNotFound`, or `InvalidMessage` for a group (it has no
+    /// one mailbox to wait for).
+    // The error hands the message back, as `TrySendError` does: it is the message's size.
+    #[allow(clippy::result_large_err)]
+    pub fn send_timeout(
+        &self,
+        to: &AgentPid,
+        message: AgentMessage,
+        timeout: Duration,
+    ) -> Result<(), crate::error::SendTimeoutError> {
+        let (error, message) = match self.check().and_then(|()| self.resolve_for_waiting(to)) {
+            Ok(sender) => match sender.send_timeout(message, MessagePriority::Normal, timeout) {
+                Ok(()) => return Ok(()),
+                Err(e) => (e.to_error(to), e.into_inner()),
+            },
+            Err(error) => (error, message),
+        };
+        Err(crate::error::SendTimeoutError { error, message })
+    }
+
+    /// The mailbox `send_timeout` waits on.
+    pub(crate) fn resolve_for_waiting(&self, to: &AgentPid) -> MessagingResult<MailboxSender> {
+        if let Some(sender) = self.sender(to) {
+            return Ok(sender);
+        }
+        if self.inner.mailboxes.table().group(to).is_some() {
+            return Err(MessagingError::InvalidMessage(format!(
+                "{to} is a group: send_timeout waits for room in one agent's mailbox"
+            )));
+        }
+        Err(MessagingError::AgentNotFound(to.clone()))
+    }
+
+    // ===== user timers =====
+
+    /// Sends `message` to `to` after `delay` (Erlang's `erlang:send_after`), on the
+    /// system's timer wheel: no thread or task per timer, and it follows the system's
+    /// clock (a `ManualClock` test fires it with `run_due_timers`). When it fires, the
+    /// message is sent as [`send`](Self::send) would: to an agent that has stopped
+    /// meanwhile, it is dead-lettered (`AgentNotFound`).
+    ///
+    /// A zero delay sends at once (the ref's [`cancel_timer`](Self::cancel_timer) then
+    /// returns `false`); `Duration::MAX` (or anything past the clock's range) never
+    /// fires but holds its message until cancelled or the system is dropped. A timer
+    /// still pending at `shutdown` never fires: its message was never sent.
+    ///
+    /// A pending timer costs about 150 bytes with its message (a wheel slot, the
+    /// boxed timer holding the message inline, the wheel's spare capacity), plus the
+    /// message's payload: `tests/user_timers.rs` measures 150 bytes per timer at a
+    /// million pending.
+    ///
+    /// # Errors
+    ///
+    /// `AgentNotFound` if `to` is not registered now (with the built-in routes); the
+    /// system's error after shutdown.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use terraphim_agent_messaging::{AgentMessage, AgentPid, MessageSystem, RouterConfig};
+    ///
+    /// let system = MessageSystem::new(RouterConfig::default());
+    /// let pid = AgentPid::new();
+    /// system.register_agent(pid.clone())?;
+    /// let tick = system.send_after(&pid, AgentMessage::cast(AgentPid::nil(), "tick"), Duration::from_millis(5))?;
+    /// let message = system.get_mailbox(&pid).unwrap().receive()?;
+    /// assert_eq!(message.payload::<&str>(), Some(&"tick"));
+    /// assert!(!system.cancel_timer(tick), "it fired");
+    /// # Ok::<(), terraphim_agent_messaging::MessagingError>(())
+    /// ```
+    pub fn send_after(
+        &self,
+        to: &AgentPid,
+        message: AgentMessage,
+        delay: Duration,
+    ) -> MessagingResult<TimerRef> {
+        self.check()?;
+        if self.inner.engine.routes().knows(to) == Some(false) {
+            return Err(MessagingError::AgentNotFound(to.clone()));
+        }
+        Ok(self.inner.engine.send_after(to, message, delay))
+    }
+
+    /// Sends `make()` to `to` every `period` (Erlang's `timer:send_interval`), the
+    /// first one period from now, on the system's timer wheel. Fixed rate: a clock
+    /// that jumps over several periods fires once, then goes on from there. The timer
+    /// cancels itself once `to` has stopped (making no more messages), or if `make`
+    /// panics.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidMessage` for a zero period (it would fire without end);
+    /// `AgentNotFound` if `to` is not registered now (with the built-in routes).
+    /// `Duration::MAX` is accepted and never fires.
+    pub fn send_interval(
+        &self,
+        to: &AgentPid,
+        make: impl FnMut() -> AgentMessage + Send + 'static,
+        period: Duration,
+    ) -> MessagingResult<TimerRef> {
+        self.check()?;
+        if period.is_zero() {
+            return Err(MessagingError::InvalidMessage(
+                "send_interval's period must be greater than zero".into(),
+            ));
+        }
+        if self.inner.engine.routes().knows(to) == Some(false) {
+            return Err(MessagingError::AgentNotFound(to.clone()));
+        }
+        Ok(self.inner.engine.send_interval(to, Box::new(make), period))
+    }
+
+    /// Cancels a timer of [`send_after`](Self::send_after) or
+    /// [`send_interval`](Self::send_interval). `true` if it was pending (its message
+    /// is dropped unsent) or, for an interval, still running; `false` if it fired
+    /// already, ended, or was cancelled before.
+    pub fn cancel_timer(&self, timer: TimerRef) -> bool {
+        self.inner.engine.cancel_user_timer(timer)
+    }
+
     /// A pre-resolved sender to `agent_id`: no lookup per send.
     pub fn sender(&self, agent_id: &AgentPid) -> Option<MailboxSender> {
         self.inner.mailboxes.get_mailbox_sender(agent_id)
@@ -434,6 +567,7 @@ impl MessageSystem {
             Some(router) => router.shutdown(),
             None => Ok(()),
         };
+        self.shutdown_signals();
         self.inner.engine.stop();
         self.inner.mailboxes.close_all();
         // After the last letters the shutdown buries: subscribers receive those, then end.

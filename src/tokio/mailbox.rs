@@ -3,8 +3,9 @@
 //!
 //! Receiving uses the core's [`receive_async`](crate::AgentMailbox::receive_async)
 //! future: a waiting receive registers the task's waker and never blocks a runtime
-//! thread. Sending never waits (mailboxes refuse when full rather than apply
-//! backpressure), so the async sends complete in their first poll.
+//! thread. Sending does not wait (a full mailbox refuses), so the async sends
+//! complete in their first poll; `send_timeout` is the one send that waits for room
+//! (back-pressure), awaiting the receive that frees a slot.
 
 use std::fmt;
 use std::time::Duration;
@@ -331,6 +332,36 @@ impl MailboxSender {
         priority: MessagePriority,
     ) -> Result<(), TrySendError> {
         self.inner.try_send(message, priority)
+    }
+
+    /// Queues `message` at `priority`, waiting up to `timeout` for room in a bounded
+    /// mailbox without blocking the thread (see [`crate::MailboxSender::send_timeout`]):
+    /// waiting senders get their slots in the order they began to wait. After the
+    /// timeout the message is handed back as `Full`. The timeout uses `tokio::time`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future gives up the place in line and drops the message (the
+    /// timeout hands it back instead).
+    pub async fn send_timeout(
+        &self,
+        message: AgentMessage,
+        priority: MessagePriority,
+        timeout: Duration,
+    ) -> Result<(), TrySendError> {
+        let mut waiting = self.inner.send_when_room(message, priority);
+        match ::tokio::time::timeout(timeout, &mut waiting).await {
+            Ok(result) => result,
+            Err(_) => match waiting.into_message() {
+                Some(message) => Err(TrySendError::Full(message)),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Senders waiting for room in this mailbox now.
+    pub fn blocked_senders(&self) -> usize {
+        self.inner.blocked_senders()
     }
 
     /// The destination agent.

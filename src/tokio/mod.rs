@@ -82,8 +82,8 @@ pub use crate::{
     DeadMessage, DefaultMessageRouter, DeliveryConfig, DeliveryGuarantee, DeliveryOptions,
     DeliveryRecord, DeliveryStats, DeliveryStatus, Elapsed, ErrorCategory, LoadBalance,
     MailboxConfig, MailboxStats, ManualClock, MessageEnvelope, MessageId, MessagePriority,
-    MessagingError, MessagingResult, Payload, ReceiveFuture, ReplyError, ReplyReceiver,
-    ReplySender, RescheduleError, RetryPolicy, RouterConfig, RouterStats, SupervisorId,
-    SystemClock, SystemInfo, TickSource, TimerDriver, TimerKey, TimerWheel, TrySendError,
-    TypedMessage, DEFAULT_DEAD_LETTER_CAPACITY, TICK,
+    MessagingError, MessagingResult, MonitorRef, Payload, ReceiveFuture, ReplyError, ReplyReceiver,
+    ReplySender, RescheduleError, RetryPolicy, RouterConfig, RouterStats, SendTimeoutError,
+    SupervisorId, SystemClock, SystemInfo, TickSource, TimerDriver, TimerKey, TimerRef, TimerWheel,
+    TrySendError, TypedMessage, DEFAULT_DEAD_LETTER_CAPACITY, MAX_NAME_LEN, TICK,
 };

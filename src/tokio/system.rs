@@ -19,15 +19,15 @@ use super::router::{MessageRouter, PolledRouter};
 use super::timers::TimerTask;
 use crate::breaker::CircuitBreakerConfig;
 use crate::dead_letter::{DeadLetter, DeadLetterKind, DeadLetterStats, DeadLetterSubscription};
-use crate::delivery::{DeliveryStats, RouterConfig};
-use crate::error::{MessagingError, MessagingResult};
+use crate::delivery::{DeliveryStats, RouterConfig, TimerRef};
+use crate::error::{MessagingError, MessagingResult, SendTimeoutError};
 use crate::group::LoadBalance;
 use crate::mailbox::{MailboxConfig, MailboxStats};
 use crate::message::{
     AgentMessage, AgentPid, MessageEnvelope, MessageId, MessagePriority, Payload,
 };
 use crate::router::RouterStats;
-use crate::system::downcast_reply;
+use crate::system::{downcast_reply, MonitorRef};
 use crate::timer::driver::TimerDriver;
 use crate::timer::service::Fire;
 use crate::timer::Clock;
@@ -425,6 +425,191 @@ impl MessageSystem {
     /// Completes in its first poll.
     pub async fn delete_group(&self, group: &AgentPid) -> MessagingResult<()> {
         self.shared.core.delete_group(group)
+    }
+
+    /// Queues `message` in `to`'s bounded mailbox, waiting up to `timeout` for room
+    /// without blocking the thread (see [`crate::MessageSystem::send_timeout`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`MailboxSender::send_timeout`].
+    // The error hands the message back, as `TrySendError` does: it is the message's size.
+    #[allow(clippy::result_large_err)]
+    pub async fn send_timeout(
+        &self,
+        to: &AgentPid,
+        message: AgentMessage,
+        timeout: Duration,
+    ) -> Result<(), SendTimeoutError> {
+        let sender = match self.shared.core.resolve_for_waiting(to) {
+            Ok(sender) => MailboxSender::from(sender),
+            Err(error) => return Err(SendTimeoutError { error, message }),
+        };
+        sender
+            .send_timeout(message, MessagePriority::Normal, timeout)
+            .await
+            .map_err(|e| SendTimeoutError {
+                error: e.to_error(to),
+                message: e.into_inner(),
+            })
+    }
+
+    // ===== user timers =====
+
+    /// Sends `message` to `to` after `delay`, on the system's timer wheel (see
+    /// [`crate::MessageSystem::send_after`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Completes in its first poll.
+    pub async fn send_after(
+        &self,
+        to: &AgentPid,
+        message: AgentMessage,
+        delay: Duration,
+    ) -> MessagingResult<TimerRef> {
+        self.shared.core.send_after(to, message, delay)
+    }
+
+    /// Sends `make()` to `to` every `period` (see
+    /// [`crate::MessageSystem::send_interval`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Completes in its first poll.
+    pub async fn send_interval(
+        &self,
+        to: &AgentPid,
+        make: impl FnMut() -> AgentMessage + Send + 'static,
+        period: Duration,
+    ) -> MessagingResult<TimerRef> {
+        self.shared.core.send_interval(to, make, period)
+    }
+
+    /// Cancels a timer; `true` if it was pending (or, an interval, running).
+    pub fn cancel_timer(&self, timer: TimerRef) -> bool {
+        self.shared.core.cancel_timer(timer)
+    }
+
+    // ===== signals and names =====
+
+    /// Monitors `target` for `watcher` (see [`crate::MessageSystem::monitor`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Completes in its first poll.
+    pub async fn monitor(
+        &self,
+        watcher: &AgentPid,
+        target: &AgentPid,
+    ) -> MessagingResult<MonitorRef> {
+        self.shared.core.monitor(watcher, target)
+    }
+
+    /// Removes a monitor; `true` if it had not fired yet.
+    pub fn demonitor(&self, monitor: MonitorRef) -> bool {
+        self.shared.core.demonitor(monitor)
+    }
+
+    /// Links `a` and `b` (see [`crate::MessageSystem::link`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Completes in its first poll.
+    pub async fn link(&self, a: &AgentPid, b: &AgentPid) -> MessagingResult<()> {
+        self.shared.core.link(a, b)
+    }
+
+    /// Removes the link between `a` and `b`, if any.
+    ///
+    /// # Cancel safety
+    ///
+    /// Completes in its first poll.
+    pub async fn unlink(&self, a: &AgentPid, b: &AgentPid) -> MessagingResult<()> {
+        self.shared.core.unlink(a, b)
+    }
+
+    /// Whether `pid` traps exits (see [`crate::MessageSystem::trap_exits`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Completes in its first poll.
+    pub async fn trap_exits(&self, pid: &AgentPid, trap: bool) -> MessagingResult<()> {
+        self.shared.core.trap_exits(pid, trap)
+    }
+
+    /// Stops `pid` with `reason` (see [`crate::MessageSystem::exit`]). With a custom
+    /// router, the router's `unregister_agent` is awaited first.
+    ///
+    /// # Cancel safety
+    ///
+    /// With the built-in router it completes in its first poll.
+    pub async fn exit(&self, pid: &AgentPid, reason: &str) -> MessagingResult<()> {
+        if let Some(router) = &self.shared.router {
+            router.unregister_agent(pid).await?;
+        }
+        self.shared.core.exit(pid, reason)
+    }
+
+    /// Registers `name` for `pid` (see [`crate::MessageSystem::register_name`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Completes in its first poll.
+    pub async fn register_name(&self, name: &str, pid: &AgentPid) -> MessagingResult<()> {
+        self.shared.core.register_name(name, pid)
+    }
+
+    /// Releases `name`; `true` if it was registered.
+    pub fn unregister_name(&self, name: &str) -> bool {
+        self.shared.core.unregister_name(name)
+    }
+
+    /// The agent registered as `name`, if any.
+    pub fn whereis(&self, name: &str) -> Option<AgentPid> {
+        self.shared.core.whereis(name)
+    }
+
+    /// Sends `message` to the agent registered as `name` (resolved now).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`send_message`](Self::send_message).
+    pub async fn send_named(&self, name: &str, message: AgentMessage) -> MessagingResult<()> {
+        self.shared.core.send_named(name, message)
+    }
+
+    /// Routes `envelope` to the agent registered as `name` (resolved now).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`send_message`](Self::send_message).
+    pub async fn send_message_named(
+        &self,
+        name: &str,
+        envelope: MessageEnvelope,
+    ) -> MessagingResult<()> {
+        self.shared.core.send_message_named(name, envelope)
+    }
+
+    /// [`call`](Self::call) to the agent registered as `name` (resolved now).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`call`](Self::call).
+    pub async fn call_named<T: Any + Send>(
+        &self,
+        from: AgentPid,
+        name: &str,
+        payload: T,
+        timeout: Duration,
+    ) -> MessagingResult<Payload> {
+        let to = self
+            .shared
+            .core
+            .whereis(name)
+            .ok_or_else(|| MessagingError::UnknownName(name.to_string()))?;
+        self.call(from, &to, payload, timeout).await
     }
 
     // ===== observing =====
