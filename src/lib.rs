@@ -127,6 +127,49 @@ pub mod __private {
         system.mailboxes().table().set_next_generation(generation);
     }
 
+    /// A send stopped between claiming its position and writing its message, as a
+    /// producer descheduled mid-send leaves it: until [`StalledSend::finish`] (or the
+    /// drop) the receiver sees that lane as busy at the claimed position.
+    pub struct StalledSend<'a> {
+        half: Option<crate::mailbox::shared::HalfSent<'a>>,
+        message: Option<crate::AgentMessage>,
+    }
+
+    /// Claims a position for `message` at `priority` in `sender`'s mailbox without
+    /// writing it; hands the message back if the mailbox is full or closed.
+    pub fn stall_send(
+        sender: &crate::MailboxSender,
+        message: crate::AgentMessage,
+        priority: crate::MessagePriority,
+    ) -> Result<StalledSend<'_>, crate::AgentMessage> {
+        match sender.shared().half_send(priority) {
+            Some(half) => Ok(StalledSend {
+                half: Some(half),
+                message: Some(message),
+            }),
+            None => Err(message),
+        }
+    }
+
+    impl StalledSend<'_> {
+        /// Writes the message and wakes the receiver, as the send would have.
+        pub fn finish(mut self) {
+            self.finish_now();
+        }
+
+        fn finish_now(&mut self) {
+            if let (Some(half), Some(message)) = (self.half.take(), self.message.take()) {
+                half.finish(message);
+            }
+        }
+    }
+
+    impl Drop for StalledSend<'_> {
+        fn drop(&mut self) {
+            self.finish_now();
+        }
+    }
+
     /// What one pop attempt on a [`LaneModel`] found.
     #[cfg(loom)]
     pub type Pop<T> = crate::mailbox::lane::Pop<T>;

@@ -40,6 +40,7 @@
 //! next block is being installed", during which producers wait.
 #![allow(unsafe_code)]
 
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::ptr;
 
@@ -158,6 +159,37 @@ pub enum Pop<T> {
     Closed,
 }
 
+/// A position claimed by [`LaneRef::claim`] and not yet written.
+///
+/// Until [`Reserved::write`] the receiver sees the lane as busy at this position (a
+/// producer descheduled mid-send). One that is dropped unwritten leaves the lane busy
+/// there for good, which is safe: the slot is never read ([`drop_queued`] skips it).
+#[must_use = "the receiver waits at an unwritten position until it is written"]
+pub(crate) struct Reserved<'a, T> {
+    /// The block of the claimed slot: live until the consumer has read that slot.
+    block: *mut Block<T>,
+    /// The slot's offset in `block`, below `BLOCK_CAP`.
+    offset: usize,
+    /// Messages pushed into the lane before this one.
+    pub(crate) before: usize,
+    _lane: PhantomData<&'a Tail<T>>,
+}
+
+impl<T> Reserved<'_, T> {
+    /// Writes `value` into the claimed slot and publishes it to the receiver.
+    #[inline]
+    pub(crate) fn write(self, value: T) {
+        // SAFETY: `block` is live and slot `offset` is ours alone: the claim CAS gave
+        // this reservation that position and no other, and the consumer frees a block
+        // only after reading every slot of it, which it cannot do before this write.
+        unsafe {
+            let slot = (*self.block).slots.get_unchecked(self.offset);
+            slot.value.with_mut(|p| p.write(MaybeUninit::new(value)));
+            slot.ready.store(true, Release);
+        }
+    }
+}
+
 /// The producers' half of a lane.
 pub(crate) struct Tail<T> {
     /// Producers' claim counter (position `<< SHIFT`, plus [`CLOSED`]).
@@ -259,6 +291,21 @@ impl<'a, T> LaneRef<'a, T> {
     /// how many messages were pushed before this one.
     #[inline]
     pub(crate) fn push(&self, value: T) -> Result<usize, T> {
+        match self.claim() {
+            Some(reserved) => {
+                let before = reserved.before;
+                reserved.write(value);
+                Ok(before)
+            }
+            None => Err(value),
+        }
+    }
+
+    /// The first half of a push: claims the next position (installing blocks as needed),
+    /// or `None` if the lane is closed. The position stays unwritten, and the receiver
+    /// sees the lane as busy at it, until [`Reserved::write`].
+    #[inline]
+    pub(crate) fn claim(&self) -> Option<Reserved<'a, T>> {
         let mut tail = self.tail.index.load(Acquire);
         let mut block = self.tail.block.load(Acquire);
         // Allocated before claiming the last slot of a block so that other producers
@@ -275,7 +322,7 @@ impl<'a, T> LaneRef<'a, T> {
                 if let Some(unused) = next_block {
                     Block::park(&self.head.spare, unused);
                 }
-                return Err(value);
+                return None;
             }
             let offset = (tail >> SHIFT) % LAP;
 
@@ -344,18 +391,16 @@ impl<'a, T> LaneRef<'a, T> {
                         // before reading our slot, which we have not written yet.
                         unsafe { (*block).next.store(next, Release) };
                     }
-                    // SAFETY: as above, `block` is live and slot `offset` is ours alone:
-                    // the CAS gave this producer that position and no other.
-                    unsafe {
-                        let slot = (*block).slots.get_unchecked(offset);
-                        slot.value.with_mut(|p| p.write(MaybeUninit::new(value)));
-                        slot.ready.store(true, Release);
-                    }
                     if let Some(unused) = next_block {
                         // Another producer took the last slot after we readied a block.
                         Block::park(&self.head.spare, unused);
                     }
-                    return Ok(count(tail));
+                    return Some(Reserved {
+                        block,
+                        offset,
+                        before: count(tail),
+                        _lane: PhantomData,
+                    });
                 }
                 Err(current) => {
                     tail = current;
@@ -494,11 +539,15 @@ pub(crate) unsafe fn drop_queued<T>(tail: &mut Tail<T>, head: &mut Head<T>) {
     while position != tail {
         let offset = (position >> SHIFT) % LAP;
         if offset < BLOCK_CAP {
-            // SAFETY: no producer or consumer is active (the contract), so every claimed
-            // position below `tail` was written, and `block` is its block.
+            // SAFETY: no producer or consumer is active (the contract), and `block` is the
+            // block of `position`. A claimed position was written iff its `ready` is set
+            // (a `Reserved` dropped unwritten leaves it clear), and only then is its value
+            // initialised.
             unsafe {
                 let slot = (*block).slots.get_unchecked(offset);
-                slot.value.with_mut(|p| (*p).assume_init_drop());
+                if slot.ready.load(Acquire) {
+                    slot.value.with_mut(|p| (*p).assume_init_drop());
+                }
             }
         } else {
             // SAFETY: all slots of `block` are done; `next` was set by the producer that

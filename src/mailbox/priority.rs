@@ -24,7 +24,7 @@
 use std::ptr::{self, NonNull};
 use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
 
-use super::lane::{drop_queued, Head, Lane, LaneRef, Pop, Tail};
+use super::lane::{drop_queued, Head, Lane, LaneRef, Pop, Reserved, Tail};
 use crate::message::MessagePriority;
 use crate::sync::{AtomicPtr, UnsafeCell};
 
@@ -233,6 +233,12 @@ impl<'a, T> Lanes<'a, T> {
             Some(lane) => lane.push(value),
             None => Err(value),
         }
+    }
+
+    /// The first half of [`Lanes::push`]: claims a position in `priority`'s lane, or
+    /// `None` if closed (see `LaneRef::claim`).
+    pub(crate) fn claim(self, priority: MessagePriority) -> Option<Reserved<'a, T>> {
+        self.lane_for_push(priority)?.claim()
     }
 
     /// Closes every lane. Returns `true` if this call closed the mailbox.

@@ -15,7 +15,7 @@
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use std::time::{Duration, Instant};
 
-use super::lane::Pop;
+use super::lane::{Pop, Reserved};
 use super::priority::{drop_lanes, ExtraLanes, Lanes, LanesRx, LanesTx};
 use super::MailboxConfig;
 use crate::breaker::Breaker;
@@ -179,6 +179,24 @@ const _: () = {
     assert!(offset_of!(Shared, settings) > offset_of!(Shared, rx));
 };
 
+/// A send between its claim and its write (see [`Shared::half_send`]).
+pub(crate) struct HalfSent<'a> {
+    shared: &'a Shared,
+    reserved: Reserved<'a, AgentMessage>,
+}
+
+impl HalfSent<'_> {
+    /// Writes `message` and wakes the receiver: the rest of `try_send`.
+    pub(crate) fn finish(self, message: AgentMessage) {
+        let before = self.reserved.before;
+        self.reserved.write(message);
+        self.shared.waiter.wake();
+        if before % SAMPLE_EVERY == 0 {
+            self.shared.sample_received();
+        }
+    }
+}
+
 /// The receiver claim; released on drop.
 pub(crate) struct Claim<'a>(&'a Shared);
 
@@ -283,6 +301,27 @@ impl Shared {
                     self.reserved.fetch_sub(1, AcqRel);
                 }
                 Err(TrySendError::Closed(message))
+            }
+        }
+    }
+
+    /// `try_send` stopped after its claim: the position is taken (and capacity
+    /// reserved), the message not yet written. `None` if full or closed. For white-box
+    /// tests of a producer descheduled mid-send (`__private::StalledSend`).
+    pub(crate) fn half_send(&self, priority: MessagePriority) -> Option<HalfSent<'_>> {
+        if self.capacity > 0 && !self.reserve() {
+            return None;
+        }
+        match self.lanes().claim(priority) {
+            Some(reserved) => Some(HalfSent {
+                shared: self,
+                reserved,
+            }),
+            None => {
+                if self.capacity > 0 {
+                    self.reserved.fetch_sub(1, AcqRel);
+                }
+                None
             }
         }
     }
