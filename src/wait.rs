@@ -16,9 +16,10 @@
 //!   Otherwise it sets `WAKING`; if the state was exactly `WAITING` it takes the waiter
 //!   and wakes it. A wake that lands during `REGISTERING` is noticed by the registering
 //!   receiver, which then wakes itself.
-//! - Loom treats `SeqCst` accesses as `AcqRel` (loom README), which would report this
-//!   handshake as a lost wake-up. Under `cfg(loom)` both sides add `fence(SeqCst)`,
-//!   which loom does model: the same handshake, in the form loom can check.
+//! - Loom treats `SeqCst` accesses as `AcqRel` (loom README), so it reports this
+//!   handshake as a lost wake-up unless the handshake holds without the `SeqCst` total
+//!   order. Loom now runs it as it ships (it used to add a `fence(SeqCst)` on each side
+//!   under `cfg(loom)` only, and so checked another protocol).
 //!
 //! Only the holder of `REGISTERING` (the receiver) or of `WAKING` (the producer that
 //! moved the state from `WAITING`) touches `waiter`.
@@ -27,8 +28,6 @@
 use std::sync::atomic::Ordering::{AcqRel, Acquire, SeqCst};
 use std::task::Waker;
 
-#[cfg(loom)]
-use crate::sync::fence;
 use crate::sync::{thread, AtomicUsize, UnsafeCell};
 
 /// Nobody waits (a stale waiter may be stored; it is never woken from this state).
@@ -128,15 +127,11 @@ impl WaitCell {
                 crate::sync::spin_hint();
             }
         }
-        #[cfg(loom)]
-        fence(SeqCst);
     }
 
     /// Wakes the registered waiter, if any. Called by producers after publishing.
     #[inline]
     pub(crate) fn wake(&self) {
-        #[cfg(loom)]
-        fence(SeqCst);
         if self.state.load(SeqCst) == IDLE {
             return;
         }
