@@ -200,7 +200,7 @@ pub mod __private {
         #[allow(unsafe_code)]
         pub unsafe fn pop(&self) -> Pop<T> {
             // SAFETY: forwarded to the caller.
-            unsafe { self.0.get().pop() }
+            unsafe { self.0.get().pop(crate::wait::Look::Plain) }
         }
 
         /// Closes the lane; `true` if this call closed it.

@@ -169,7 +169,7 @@ fn async_receive_is_pending_then_woken_by_the_stalled_write() {
             }
         }
     });
-    let mut poll = || {
+    let poll = || {
         to_poller.send(()).unwrap();
         from_poller
             .recv_timeout(WATCHDOG)

@@ -47,7 +47,9 @@ use std::ptr;
 use crossbeam_utils::CachePadded;
 
 use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, SpinWait, UnsafeCell};
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+
+use crate::wait::Look;
 
 /// Positions per lap: `BLOCK_CAP` slots plus one "installing the next block" marker.
 /// Tiny under loom so that models cross block boundaries with a handful of messages.
@@ -150,11 +152,17 @@ pub enum Pop<T> {
     Msg(T),
     /// Nothing is queued: no producer has claimed a position past the head.
     Empty,
-    /// A producer has claimed the head position (or a later one) and is still writing
-    /// it, or is still publishing the lane's first block: the value will be ready within
-    /// a few instructions. Returning `Empty` here would hide a later message whose send
-    /// already returned (tokio #2020), and let a lower priority overtake it.
+    /// A producer has claimed the head position and is still writing it, and a later
+    /// position is claimed too (its send may have returned), or the lane's first block is
+    /// not yet published: the head will be ready within a few instructions, unless its
+    /// producer was descheduled. Returning `Empty` here would hide a later message whose
+    /// send already returned (tokio #2020), and let a lower priority overtake it.
     Busy,
+    /// A producer has claimed the head position and is still writing it, and nothing
+    /// past it is claimed: the lane's only message is one whose send has not returned.
+    /// A receive may order itself before that send, as before a send that has not
+    /// started, and look at lower priorities (see `priority`).
+    Writing,
     /// The lane is closed and every message in it has been taken.
     Closed,
 }
@@ -185,7 +193,10 @@ impl<T> Reserved<'_, T> {
         unsafe {
             let slot = (*self.block).slots.get_unchecked(self.offset);
             slot.value.with_mut(|p| p.write(MaybeUninit::new(value)));
-            slot.ready.store(true, Release);
+            // A read-modify-write, not a store: a receiver that sleeps on this slot
+            // looked at it with one after registering, and this must read from that
+            // look or be read by it (the `wait` module's protocol).
+            slot.ready.swap(true, AcqRel);
         }
     }
 }
@@ -348,8 +359,11 @@ impl<'a, T> LaneRef<'a, T> {
                 {
                     Ok(_) => {
                         // Publish it to the consumer; only this producer ever stores here
-                        // while `head_block` is null.
-                        self.head.block.store(new, Release);
+                        // while `head_block` is null. A swap, as the `ready` flag's (the
+                        // receiver may sleep on a lane whose first block is not yet here;
+                        // the wake comes from this producer's send).
+                        let _null = self.head.block.swap(new, AcqRel);
+                        debug_assert!(_null.is_null());
                         block = new;
                     }
                     Err(_) => {
@@ -411,22 +425,24 @@ impl<'a, T> LaneRef<'a, T> {
         }
     }
 
-    /// Takes the next message.
+    /// Takes the next message. `look` is [`Look::BeforeSleep`] for the receiver's last
+    /// look before it sleeps: the words it reads are then read with read-modify-writes
+    /// (the `wait` module's protocol).
     ///
     /// # Safety
     ///
     /// Only one thread may call `pop` (or [`LaneRef::peek`]) at a time: the caller must hold
     /// the mailbox's receiver claim.
     #[inline]
-    pub(crate) unsafe fn pop(&self) -> Pop<T> {
+    pub(crate) unsafe fn pop(&self, look: Look) -> Pop<T> {
         let head = self.head.index.load(Relaxed);
-        let block = self.head.block.load(Acquire);
+        let block = self.head_block(look);
         if !block.is_null() {
             let offset = (head >> SHIFT) % LAP;
             // SAFETY: `block` is the consumer's current block, which only the consumer
             // frees; `offset < BLOCK_CAP` because the consumer steps over the marker.
             let slot = unsafe { (*block).slots.get_unchecked(offset) };
-            if slot.ready.load(Acquire) {
+            if is_ready(slot, look) {
                 // SAFETY: `ready` (Acquire) shows the producer's write; the value is read
                 // once, as the head then moves past it.
                 let value = slot.value.with(|p| unsafe { p.read().assume_init() });
@@ -439,7 +455,26 @@ impl<'a, T> LaneRef<'a, T> {
                 return Pop::Msg(value);
             }
         }
-        self.nothing_ready(head)
+        self.nothing_ready(head, !block.is_null(), look)
+    }
+
+    /// The consumer's block; null until the first producer publishes it.
+    #[inline]
+    fn head_block(&self, look: Look) -> *mut Block<T> {
+        let block = self.head.block.load(Acquire);
+        if block.is_null() && look == Look::BeforeSleep {
+            // Writes back null if still null, so that the installer's swap reads from it.
+            return match self.head.block.compare_exchange(
+                ptr::null_mut(),
+                ptr::null_mut(),
+                AcqRel,
+                Acquire,
+            ) {
+                Ok(null) => null,
+                Err(block) => block,
+            };
+        }
+        block
     }
 
     /// Moves the head past `block`, whose last slot the consumer has just read, and
@@ -465,15 +500,23 @@ impl<'a, T> LaneRef<'a, T> {
     }
 
     /// Nothing is ready at `head`: tells an empty lane from one whose head is claimed but
-    /// not yet written (or whose first block is not yet published), or a closed one.
+    /// not yet written (the only message, or with more behind it, or in a first block
+    /// not yet published), or a closed one.
     #[inline(never)]
-    fn nothing_ready(&self, head: usize) -> Pop<T> {
-        // SeqCst: this load pairs with the claim CAS (SeqCst) and the waiter's state
-        // accesses, so a receiver that registered and then finds nothing claimed here
-        // cannot miss a producer that then skips the wake (see `waiter`).
-        let tail = self.tail.index.load(SeqCst);
+    fn nothing_ready(&self, head: usize, has_block: bool, look: Look) -> Pop<T> {
+        let tail = match look {
+            Look::Plain => self.tail.index.load(Acquire),
+            // So that a claim this look misses sees the registration (`wait`).
+            Look::BeforeSleep => self.tail.index.fetch_add(0, AcqRel),
+        };
         if tail & !CLOSED != head {
-            Pop::Busy
+            // Positions are claimed in order from the head, so one claimed position is
+            // the head's, unwritten when we looked: its send had not returned.
+            if has_block && count(tail).saturating_sub(count(head)) == 1 {
+                Pop::Writing
+            } else {
+                Pop::Busy
+            }
         } else if tail & CLOSED == 0 {
             Pop::Empty
         } else {
@@ -486,14 +529,14 @@ impl<'a, T> LaneRef<'a, T> {
     /// # Safety
     ///
     /// As for [`LaneRef::pop`]: only the receiver-claim holder may call this.
-    pub(crate) unsafe fn peek(&self) -> bool {
-        let block = self.head.block.load(Acquire);
+    pub(crate) unsafe fn peek(&self, look: Look) -> bool {
+        let block = self.head_block(look);
         if block.is_null() {
             return false;
         }
         let offset = (self.head.index.load(Relaxed) >> SHIFT) % LAP;
         // SAFETY: as in `pop`: the consumer's block is live while we hold the claim.
-        unsafe { (*block).slots.get_unchecked(offset).ready.load(Acquire) }
+        is_ready(unsafe { (*block).slots.get_unchecked(offset) }, look)
     }
 
     /// Closes the lane. Returns `true` if this call closed it.
@@ -521,6 +564,15 @@ impl<'a, T> LaneRef<'a, T> {
         // Read the head first: it never overtakes the tail, so this never underflows.
         let popped = self.popped();
         self.pushed().saturating_sub(popped)
+    }
+}
+
+/// Whether `slot` is written, looked at as `look` says (see `LaneRef::pop`).
+#[inline]
+fn is_ready<T>(slot: &Slot<T>, look: Look) -> bool {
+    match look {
+        Look::Plain => slot.ready.load(Acquire),
+        Look::BeforeSleep => slot.ready.fetch_or(false, AcqRel),
     }
 }
 
@@ -601,7 +653,7 @@ mod tests {
     fn drain(lane: &Lane<u64>) -> Vec<u64> {
         let mut out = Vec::new();
         // SAFETY: the test thread is the only consumer.
-        while let Pop::Msg(v) = unsafe { lane.get().pop() } {
+        while let Pop::Msg(v) = unsafe { lane.get().pop(Look::Plain) } {
             out.push(v);
         }
         out
@@ -629,7 +681,7 @@ mod tests {
             assert_eq!(lane.get().pushed(), n);
             assert_eq!(lane.get().len(), n, "len at {n}");
             // SAFETY: single consumer.
-            assert_eq!(unsafe { lane.get().peek() }, n > 0);
+            assert_eq!(unsafe { lane.get().peek(Look::Plain) }, n > 0);
         }
     }
 
@@ -642,8 +694,8 @@ mod tests {
         assert_eq!(lane.get().push(2), Err(2));
         // SAFETY: single consumer.
         unsafe {
-            assert!(matches!(lane.get().pop(), Pop::Msg(1)));
-            assert!(matches!(lane.get().pop(), Pop::Closed));
+            assert!(matches!(lane.get().pop(Look::Plain), Pop::Msg(1)));
+            assert!(matches!(lane.get().pop(Look::Plain), Pop::Closed));
         }
     }
 
@@ -656,7 +708,7 @@ mod tests {
                 lane.get().push(token.clone()).unwrap();
             }
             // SAFETY: single consumer.
-            unsafe { lane.get().pop() };
+            unsafe { lane.get().pop(Look::Plain) };
         }
         assert_eq!(std::sync::Arc::strong_count(&token), 1);
     }
