@@ -14,8 +14,10 @@ mod breaker;
 mod delivery;
 mod lane;
 mod mailbox;
+mod receive;
 mod reply;
 mod table;
+mod timer;
 
 use std::future::Future;
 use std::panic::Location;
