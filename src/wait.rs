@@ -284,7 +284,9 @@ pub(crate) fn block_until<R>(
         thread::yield_now();
     }
     loop {
-        drop(cell.register(Waiter::Thread(thread::current())));
+        if let Some(displaced) = cell.register(Waiter::Thread(thread::current())) {
+            displaced.wake();
+        }
         if let Some(r) = ready(Look::BeforeSleep) {
             cell.deregister();
             return Some(r);

@@ -518,9 +518,11 @@ impl fmt::Debug for MailboxSender {
     }
 }
 
-/// A receiver whose registration another one displaced (dropped, as before).
+/// Wakes a receiver whose registration another one displaced, so that it polls again
+/// and sees the message, or `ReceiverBusy` while the other holds the claim (issue 12,
+/// item 3: the displaced waker used to be dropped, and that task slept on).
 fn wake_displaced(displaced: Waiter) {
-    drop(displaced);
+    displaced.wake();
 }
 
 /// How often [`AgentMailbox::wait_for_shutdown`] looks again, at most.
