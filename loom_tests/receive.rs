@@ -52,43 +52,46 @@ fn messages(gots: &[Got]) -> Vec<(u8, u8)> {
 
 // ===== the receiver claim between two receivers =====
 
-/// Two threads receive from one mailbox through their own handles (`try_receive`, then
-/// `receive_timeout`) while main sends two messages: the claim passes between them
+/// Two threads receive from one mailbox through their own handles (one `try_receive`,
+/// one `receive_timeout`) while main sends two messages: the claim passes between them
 /// (with the lane's head, which each reads as the single consumer), a receive that
-/// finds it taken gets `ReceiverBusy`, and each message arrives exactly once, each
-/// receiver seeing them in send order.
+/// finds it taken gets `ReceiverBusy`, and each message arrives exactly once: the rest
+/// is drained in order after the joins. (Two attempts per receiver cost ~1 M
+/// iterations; one each keeps the handoff and the busy case.)
 #[test]
 fn claim_handed_between_two_receivers() {
     model(|| {
         let token = Arc::new(());
         let mailbox = unbounded();
-        let receivers: Vec<_> = (0..2)
-            .map(|_| {
-                let mailbox = mailbox.clone();
-                spawn(move || {
-                    let first = got(mailbox.try_receive());
-                    let second = got(mailbox
-                        .receive_timeout(std::time::Duration::from_secs(1))
-                        .map(Some));
-                    vec![first, second]
-                })
+        let polling = {
+            let mailbox = mailbox.clone();
+            spawn(move || got(mailbox.try_receive()))
+        };
+        let blocking = {
+            let mailbox = mailbox.clone();
+            spawn(move || {
+                got(mailbox
+                    .receive_timeout(std::time::Duration::from_secs(1))
+                    .map(Some))
             })
-            .collect();
+        };
         let sender = mailbox.sender();
         sender.try_send(tagged(&token, 0, 0), NORMAL).unwrap();
         sender.try_send(tagged(&token, 0, 1), NORMAL).unwrap();
-        let mut all = Vec::new();
-        for r in receivers {
-            let gots = r.join().unwrap();
-            let mine = messages(&gots);
-            assert!(mine.windows(2).all(|w| w[0] < w[1]), "FIFO: {gots:?}");
-            all.extend(mine);
-        }
-        while let Some(message) = mailbox.try_receive().unwrap() {
-            all.push(tag(&message));
-        }
+        let gots = [polling.join().unwrap(), blocking.join().unwrap()];
+        let mut all = messages(&gots);
         all.sort_unstable();
-        assert_eq!(all, [(0, 0), (0, 1)], "exactly once");
+        let mut rest = Vec::new();
+        while let Some(message) = mailbox.try_receive().unwrap() {
+            rest.push(tag(&message));
+        }
+        assert!(rest.windows(2).all(|w| w[0] < w[1]), "FIFO: {rest:?}");
+        if let (Some(taken), Some(left)) = (all.last(), rest.first()) {
+            assert!(taken < left, "a later message taken before an earlier one");
+        }
+        all.extend(rest);
+        all.sort_unstable();
+        assert_eq!(all, [(0, 0), (0, 1)], "exactly once: {gots:?}");
         drop((mailbox, sender));
         assert_all_dropped(&token);
     });
@@ -232,9 +235,10 @@ fn anti_starvation_drain() {
 
 // ===== receive_many =====
 
-/// P sends three messages (across a block boundary) while main takes batches with
-/// `receive_many(limit 2)`: every batch has at least one message and at most two, and
-/// the three arrive once each, in order.
+/// P sends two messages (filling a block and installing the next) while main takes
+/// them in batches with `receive_many`: every batch has at least one message and no
+/// more than asked, and both arrive once each, in order. (Three messages cost ~240 k
+/// iterations.)
 #[test]
 fn receive_many_with_a_concurrent_producer() {
     model(|| {
@@ -242,18 +246,19 @@ fn receive_many_with_a_concurrent_producer() {
         let mailbox = unbounded();
         let (sender, t) = (mailbox.sender(), token.clone());
         let producer = spawn(move || {
-            for seq in 0..3 {
+            for seq in 0..2 {
                 sender.try_send(tagged(&t, 0, seq), NORMAL).unwrap();
             }
         });
         let mut all = Vec::new();
-        while all.len() < 3 {
+        while all.len() < 2 {
             let mut buf = Vec::new();
-            let n = mailbox.receive_many(&mut buf, 2).unwrap();
-            assert!((1..=2).contains(&n) && n == buf.len(), "{n} of {buf:?}");
+            let limit = 2 - all.len();
+            let n = mailbox.receive_many(&mut buf, limit).unwrap();
+            assert!((1..=limit).contains(&n) && n == buf.len(), "{n} of {buf:?}");
             all.extend(buf.iter().map(tag));
         }
-        assert_eq!(all, [(0, 0), (0, 1), (0, 2)]);
+        assert_eq!(all, [(0, 0), (0, 1)]);
         producer.join().unwrap();
         drop(mailbox);
         assert_all_dropped(&token);
