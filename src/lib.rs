@@ -171,15 +171,33 @@ pub mod __private {
     }
 
     /// What one pop attempt on a [`LaneModel`] found.
-    #[cfg(loom)]
     pub type Pop<T> = crate::mailbox::lane::Pop<T>;
 
     /// One lane on its own, for loom models that drive it below the mailbox (a consumer
     /// that takes one attempt at a time and never spins).
-    #[cfg(loom)]
+    ///
+    /// Like the lane, it is `Send` and `Sync` exactly when its values are `Send`: values
+    /// move from producers to the consumer, and none is shared. So a `Cell` may travel
+    /// through it:
+    ///
+    /// ```
+    /// fn send_sync<T: Send + Sync>() {}
+    /// send_sync::<terraphim_agent_messaging::__private::LaneModel<std::cell::Cell<u8>>>();
+    /// ```
+    ///
+    /// but an `Rc` may not (it would let two threads touch one count):
+    ///
+    /// ```compile_fail,E0277
+    /// fn send<T: Send>() {}
+    /// send::<terraphim_agent_messaging::__private::LaneModel<std::rc::Rc<u8>>>();
+    /// ```
+    ///
+    /// ```compile_fail,E0277
+    /// fn sync<T: Sync>() {}
+    /// sync::<terraphim_agent_messaging::__private::LaneModel<std::rc::Rc<u8>>>();
+    /// ```
     pub struct LaneModel<T>(crate::mailbox::lane::Lane<T>);
 
-    #[cfg(loom)]
     impl<T> LaneModel<T> {
         /// An empty lane.
         #[allow(clippy::new_without_default)]
