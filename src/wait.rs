@@ -149,7 +149,9 @@ impl WaitCell {
         let old = self.waiter.with_mut(|p| unsafe { (*p).replace(waiter) });
         let displaced = match old {
             // SAFETY: as above; a shared look at the waiter just stored.
-            Some(old) if prev == WAITING && !self.waiter.with(|p| unsafe { is_same(&*p, &old) }) => {
+            Some(old)
+                if prev == WAITING && !self.waiter.with(|p| unsafe { is_same(&*p, &old) }) =>
+            {
                 Some(old)
             }
             _ => None,

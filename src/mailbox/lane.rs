@@ -237,6 +237,21 @@ impl<T> Clone for LaneRef<'_, T> {
 
 impl<T> Copy for LaneRef<'_, T> {}
 
+// Without the four impls below the halves, made of atomics and raw pointers, would be
+// `Send` and `Sync` for every `T`, and a lane of `Rc`s could be shared (issue 12, item 5;
+// doc-tests on `__private::LaneModel`).
+//
+// SAFETY: a lane moves values of `T` from producers to the single consumer and never
+// shares one (no `&T` is handed out), so `T: Send` is what sending a half, or sharing
+// it between threads, needs.
+unsafe impl<T: Send> Send for Tail<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for Tail<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Send for Head<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for Head<T> {}
+
 /// A lane owning both halves, each on its own cache line.
 pub(crate) struct Lane<T> {
     tail: CachePadded<Tail<T>>,

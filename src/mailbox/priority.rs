@@ -104,6 +104,13 @@ unsafe impl<T: Send> Send for Extra<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send> Sync for Extra<T> {}
 
+// SAFETY: the pointer leads to an `Extra<T>` that this owns (freed in `drop_lanes`),
+// which is `Send` and `Sync` exactly when `T: Send`; without these impls the pointer
+// alone would make this `Send` and `Sync` for every `T`.
+unsafe impl<T: Send> Send for ExtraLanes<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for ExtraLanes<T> {}
+
 /// Marks "closed before the extra lanes existed". Never dereferenced; no allocation
 /// can live at this address (it is in the first page).
 fn closed_sentinel<T>() -> *mut Extra<T> {

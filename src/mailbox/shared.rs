@@ -23,9 +23,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
 use crate::error::{MessagingError, TrySendError};
 use crate::message::{AgentMessage, AgentPid, MessagePriority};
 use crate::stats::record_max;
-use crate::sync::{
-    fence, Arc, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, BriefSpin, SpinWait,
-};
+use crate::sync::{fence, Arc, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, BriefSpin, SpinWait};
 use crate::wait::{Look, WaitCell};
 
 /// Timestamps and processing times are sampled once per this many messages, so the

@@ -174,7 +174,9 @@ impl ReplyReceiver {
     fn wait(&mut self, timeout: Option<Duration>) -> Option<Result<Payload, ReplyError>> {
         let slot = &*self.slot;
         // SAFETY: `&mut self` is held for the whole wait: no other take can run.
-        block_until(&slot.waiter, timeout, |look| unsafe { slot.take(look) }.transpose())
+        block_until(&slot.waiter, timeout, |look| {
+            unsafe { slot.take(look) }.transpose()
+        })
     }
 }
 
