@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use loom::sync::{Condvar, Mutex};
 use terraphim_agent_messaging::{
-    AgentPid, Clock, DeliveryGuarantee, MessageSystem, ManualClock, RouterConfig, TimerDriver,
+    AgentPid, Clock, DeliveryGuarantee, ManualClock, MessageSystem, RouterConfig, TimerDriver,
 };
 
 use crate::{model, spawn};
