@@ -99,7 +99,11 @@ fn try_receive_keeps_priority_behind_a_returned_higher_send() {
     let (got, _) = within_watchdog("try_receive", move || {
         m.try_receive().map(|o| o.map(|m| n(&m)))
     });
-    assert_eq!(got.unwrap(), None, "a Normal must not overtake a returned High");
+    assert_eq!(
+        got.unwrap(),
+        None,
+        "a Normal must not overtake a returned High"
+    );
     stalled.finish();
     let order: Vec<u64> = (0..3)
         .map(|_| n(&mb.try_receive().unwrap().unwrap()))
@@ -121,7 +125,10 @@ fn receive_timeout_keeps_its_deadline_behind_a_stalled_send() {
         matches!(got, Err(MessagingError::MessageTimeout(_))),
         "{got:?}"
     );
-    assert!(took < timeout + SLICE, "receive_timeout(20 ms) took {took:?}");
+    assert!(
+        took < timeout + SLICE,
+        "receive_timeout(20 ms) took {took:?}"
+    );
     stalled.finish();
     assert_eq!(n(&mb.receive_timeout(timeout).unwrap()), 1);
 }
