@@ -44,6 +44,9 @@
 //!
 //! - A mailbox hands out `Critical` before `High` before `Normal` before `Low`, FIFO
 //!   within a priority from one sender.
+//! - No receive waits on a producer descheduled mid-send: `try_receive` returns within
+//!   microseconds, `receive_timeout` by its deadline, and a blocking or async receive
+//!   sleeps until that producer's write wakes it.
 //! - A bounded mailbox never holds more than `max_messages`.
 //! - Every message accepted is delivered, dead-lettered (see
 //!   [`MessageSystem::dead_letters`]) or still pending: nothing is dropped silently.

@@ -6,7 +6,7 @@
 //! # Ground rules
 //!
 //! - **Producers** claim a slot by advancing `tail.index` with a CAS, write the value,
-//!   then set the slot's `ready` flag with `Release`. The producer that claims the last
+//!   then set the slot's `ready` flag (a swap: see below). The producer that claims the last
 //!   slot of a block installs the next block *before* it writes its own value, so a
 //!   consumer that has read that value always finds `block.next` set.
 //! - A producer always loads `tail.block` *after* `tail.index`: a block is stored before
@@ -31,9 +31,14 @@
 //!   producer that installs it also publishes it in `head.block`; until then the consumer
 //!   sees the lane as busy if a position was already claimed, empty otherwise.
 //! - **Busy vs empty.** With no value ready at the head, `pop` reports `Empty` only if no
-//!   position past the head was claimed; otherwise `Busy`, and the receiver waits the few
-//!   instructions until it is written. So a send that returned is always visible to a
-//!   receiver that synchronises with it, even behind a slower concurrent send.
+//!   position past the head was claimed; otherwise `Writing` (only the head is claimed:
+//!   its send has not returned) or `Busy` (more is claimed behind it, or the first block
+//!   is not yet published). So a send that returned is never reported as absent; the
+//!   receiver decides how long to wait for the head (`shared`, `priority`).
+//! - **Waking a sleeping receiver.** A producer publishes with read-modify-writes only
+//!   (the claim CAS, the `ready` swap, the first block's swap into `head.block`), and the
+//!   receiver's last look before sleeping uses read-modify-writes on the same words
+//!   (`Look::BeforeSleep`): see the `wait` module for why no wake is lost.
 //!
 //! Indices count in steps of `1 << SHIFT`; the low bit is the close mark. Within a lap of
 //! `LAP` positions, offsets `0..BLOCK_CAP` are slots and offset `BLOCK_CAP` means "the
