@@ -147,15 +147,10 @@ impl WaitCell {
         // moving the state from exactly `WAITING`), and the Acquire above shows the
         // previous registrant's write.
         let old = self.waiter.with_mut(|p| unsafe { (*p).replace(waiter) });
-        let displaced = match old {
+        let displaced = old.filter(|old| {
             // SAFETY: as above; a shared look at the waiter just stored.
-            Some(old)
-                if prev == WAITING && !self.waiter.with(|p| unsafe { is_same(&*p, &old) }) =>
-            {
-                Some(old)
-            }
-            _ => None,
-        };
+            prev == WAITING && !self.waiter.with(|p| unsafe { is_same(&*p, old) })
+        });
         if let Err(actual) = self
             .state
             .compare_exchange(REGISTERING, WAITING, AcqRel, Acquire)

@@ -173,8 +173,8 @@ impl ReplyReceiver {
 
     fn wait(&mut self, timeout: Option<Duration>) -> Option<Result<Payload, ReplyError>> {
         let slot = &*self.slot;
-        // SAFETY: `&mut self` is held for the whole wait: no other take can run.
         block_until(&slot.waiter, timeout, |look| {
+            // SAFETY: `&mut self` is held for the whole wait: no other take can run.
             unsafe { slot.take(look) }.transpose()
         })
     }
