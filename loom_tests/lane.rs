@@ -28,7 +28,7 @@ fn drain(lane: &LaneModel<Item>, got: &mut Vec<(u8, u8)>) {
         // SAFETY: single consumer.
         match unsafe { lane.pop() } {
             Pop::Msg((sender, seq, _)) => got.push((sender, seq)),
-            Pop::Busy => panic!("Busy after every producer returned"),
+            Pop::Busy | Pop::Writing => panic!("Busy after every producer returned"),
             Pop::Empty | Pop::Closed => return,
         }
     }

@@ -15,9 +15,11 @@ mod dead_letter;
 mod delivery;
 mod lane;
 mod mailbox;
+mod receive;
 mod reply;
 mod signals;
 mod table;
+mod timer;
 
 use std::future::Future;
 use std::panic::Location;

@@ -44,6 +44,9 @@
 //!
 //! - A mailbox hands out `Critical` before `High` before `Normal` before `Low`, FIFO
 //!   within a priority from one sender.
+//! - No receive waits on a producer descheduled mid-send: `try_receive` returns within
+//!   microseconds, `receive_timeout` by its deadline, and a blocking or async receive
+//!   sleeps until that producer's write wakes it.
 //! - A bounded mailbox never holds more than `max_messages`.
 //! - Every message accepted is delivered, dead-lettered (see
 //!   [`MessageSystem::dead_letters`]) or still pending: nothing is dropped silently.
@@ -142,16 +145,77 @@ pub mod __private {
         system.mailboxes().table().set_next_generation(generation);
     }
 
+    /// A send stopped between claiming its position and writing its message, as a
+    /// producer descheduled mid-send leaves it: until [`StalledSend::finish`] (or the
+    /// drop) the receiver sees that lane as busy at the claimed position.
+    pub struct StalledSend<'a> {
+        half: Option<crate::mailbox::shared::HalfSent<'a>>,
+        message: Option<crate::AgentMessage>,
+    }
+
+    /// Claims a position for `message` at `priority` in `sender`'s mailbox without
+    /// writing it; hands the message back if the mailbox is full or closed.
+    pub fn stall_send(
+        sender: &crate::MailboxSender,
+        message: crate::AgentMessage,
+        priority: crate::MessagePriority,
+    ) -> Result<StalledSend<'_>, crate::AgentMessage> {
+        match sender.shared().half_send(priority) {
+            Some(half) => Ok(StalledSend {
+                half: Some(half),
+                message: Some(message),
+            }),
+            None => Err(message),
+        }
+    }
+
+    impl StalledSend<'_> {
+        /// Writes the message and wakes the receiver, as the send would have.
+        pub fn finish(mut self) {
+            self.finish_now();
+        }
+
+        fn finish_now(&mut self) {
+            if let (Some(half), Some(message)) = (self.half.take(), self.message.take()) {
+                half.finish(message);
+            }
+        }
+    }
+
+    impl Drop for StalledSend<'_> {
+        fn drop(&mut self) {
+            self.finish_now();
+        }
+    }
+
     /// What one pop attempt on a [`LaneModel`] found.
-    #[cfg(loom)]
     pub type Pop<T> = crate::mailbox::lane::Pop<T>;
 
     /// One lane on its own, for loom models that drive it below the mailbox (a consumer
     /// that takes one attempt at a time and never spins).
-    #[cfg(loom)]
+    ///
+    /// Like the lane, it is `Send` and `Sync` exactly when its values are `Send`: values
+    /// move from producers to the consumer, and none is shared. So a `Cell` may travel
+    /// through it:
+    ///
+    /// ```
+    /// fn send_sync<T: Send + Sync>() {}
+    /// send_sync::<terraphim_agent_messaging::__private::LaneModel<std::cell::Cell<u8>>>();
+    /// ```
+    ///
+    /// but an `Rc` may not (it would let two threads touch one count):
+    ///
+    /// ```compile_fail,E0277
+    /// fn send<T: Send>() {}
+    /// send::<terraphim_agent_messaging::__private::LaneModel<std::rc::Rc<u8>>>();
+    /// ```
+    ///
+    /// ```compile_fail,E0277
+    /// fn sync<T: Sync>() {}
+    /// sync::<terraphim_agent_messaging::__private::LaneModel<std::rc::Rc<u8>>>();
+    /// ```
     pub struct LaneModel<T>(crate::mailbox::lane::Lane<T>);
 
-    #[cfg(loom)]
     impl<T> LaneModel<T> {
         /// An empty lane.
         #[allow(clippy::new_without_default)]
@@ -172,7 +236,7 @@ pub mod __private {
         #[allow(unsafe_code)]
         pub unsafe fn pop(&self) -> Pop<T> {
             // SAFETY: forwarded to the caller.
-            unsafe { self.0.get().pop() }
+            unsafe { self.0.get().pop(crate::wait::Look::Plain) }
         }
 
         /// Closes the lane; `true` if this call closed it.

@@ -76,6 +76,38 @@ impl SpinWait {
     }
 }
 
+/// Waiting for a producer that is writing the slot the receiver needs (it has claimed
+/// it): spins a bounded few microseconds at most (1 + 2 + … + 64 CPU pauses, no yield,
+/// no clock read), after which the caller stops waiting and parks, or reports "nothing
+/// yet". Under loom it never spins: the caller goes straight to that fallback, which is
+/// the path worth checking.
+#[derive(Default)]
+pub(crate) struct BriefSpin {
+    #[cfg(not(loom))]
+    step: u32,
+}
+
+impl BriefSpin {
+    /// Spins once more; `false` once the budget is spent.
+    #[inline]
+    pub(crate) fn spin(&mut self) -> bool {
+        #[cfg(loom)]
+        return false;
+        #[cfg(not(loom))]
+        {
+            const STEPS: u32 = 7;
+            if self.step >= STEPS {
+                return false;
+            }
+            for _ in 0..1u32 << self.step {
+                std::hint::spin_loop();
+            }
+            self.step += 1;
+            true
+        }
+    }
+}
+
 /// Locks a mutex, ignoring poisoning: every critical section in this crate leaves its
 /// data consistent before anything that could panic, so a poisoned lock still holds
 /// valid data and one panicking agent must not take the whole system down with it.

@@ -761,6 +761,33 @@ fn receive_async_cancel_safe() {
     }
 }
 
+/// Issue 12, item 3: a task pending in `poll_receive` (which releases the claim when it
+/// returns) is not forgotten when a blocking receive on another handle registers in its
+/// place: it is woken, and its next poll sees the message or `ReceiverBusy`.
+#[test]
+fn poll_receive_is_woken_when_a_blocking_receiver_takes_its_place() {
+    let mb = mailbox();
+    let (flag, waker) = thread_waker();
+    let mut cx = Context::from_waker(&waker);
+    assert!(mb.poll_receive(&mut cx).is_pending());
+    // Another handle's receive waits (and times out) while the task is pending.
+    let other = mb.clone();
+    let timed_out = thread::spawn(move || other.receive_timeout(Duration::from_millis(20)));
+    assert!(matches!(
+        timed_out.join().unwrap(),
+        Err(MessagingError::MessageTimeout(_))
+    ));
+    mb.send(msg(0, Normal, 1)).unwrap();
+    assert!(
+        flag.woken.load(SeqCst),
+        "the pending task is woken (by the displacement or by the send)"
+    );
+    match mb.poll_receive(&mut cx) {
+        Poll::Ready(Ok(m)) => assert_eq!(tag(&m).2, 1),
+        other => panic!("expected the message, got {other:?}"),
+    }
+}
+
 // ===== one receiver at a time =====
 
 #[test]

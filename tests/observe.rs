@@ -98,9 +98,18 @@ mod events {
     /// Runs `f` under a subscriber that captures every event of this thread, at every
     /// level; returns what `f` returned and the crate's events.
     fn capture<R>(f: impl FnOnce() -> R) -> (R, Vec<Captured>) {
+        // One capture at a time, and every callsite's cached interest recomputed with
+        // this subscriber in place: a callsite first hit by a test running beside it
+        // with no subscriber may otherwise stay cached as uninteresting (tracing's
+        // scoped dispatchers share one interest cache).
+        static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let capture = Capture::default();
         let subscriber = Registry::default().with(capture.clone());
-        let out = tracing::subscriber::with_default(subscriber, f);
+        let out = tracing::subscriber::with_default(subscriber, || {
+            tracing::callsite::rebuild_interest_cache();
+            f()
+        });
         let events = capture.0.lock().unwrap().clone();
         let ours = events.into_iter().filter(|e| e.target.starts_with(CRATE));
         (out, ours.collect())

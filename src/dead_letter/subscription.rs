@@ -185,14 +185,14 @@ impl DeadLetterSubscription {
     /// Blocks until a letter arrives; `None` once the subscription has ended (the
     /// system shut down) and holds no more.
     pub fn recv(&mut self) -> Option<DeadLetter> {
-        block_until(&self.inbox.waiter, None, || self.poll_letter()).flatten()
+        block_until(&self.inbox.waiter, None, |_| self.poll_letter()).flatten()
     }
 
     /// Like [`recv`](Self::recv), but gives up after `timeout` (`None` then too; tell
     /// the two apart with [`is_closed`](Self::is_closed)). A zero timeout takes only what
     /// is ready; `Duration::MAX` waits forever.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Option<DeadLetter> {
-        block_until(&self.inbox.waiter, Some(timeout), || self.poll_letter()).flatten()
+        block_until(&self.inbox.waiter, Some(timeout), |_| self.poll_letter()).flatten()
     }
 
     /// Waits for a letter without blocking the thread, on any executor; `None` once the

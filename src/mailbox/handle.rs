@@ -13,7 +13,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterStats, DeadLetters};
 use crate::error::{MessagingError, MessagingResult, TrySendError};
 use crate::message::{AgentMessage, AgentPid, MessagePriority};
 use crate::sync::Arc;
-use crate::wait::{block_until, Waiter};
+use crate::wait::{block_until, Look, Waiter};
 
 /// An agent's mailbox: the receiving end (one receiver at a time) that can also send.
 ///
@@ -129,10 +129,12 @@ impl AgentMailbox {
     }
 
     /// Like [`receive`](Self::receive), but gives up with `MessageTimeout` after
-    /// `timeout`, counted from the end of the short spin-and-yield phase that comes
-    /// before parking (microseconds on an idle core). A zero timeout takes only what is
-    /// ready or arrives during that phase ([`try_receive`](Self::try_receive) does not
-    /// wait at all); `Duration::MAX` waits forever.
+    /// `timeout`, counted from the end of a short spin (a few microseconds, no yield)
+    /// that comes before the clock is read. It returns by the deadline, give or take one
+    /// wake-up the scheduler delays, also while a producer that claimed the next slot
+    /// is descheduled mid-send. A zero timeout takes only what is ready or arrives
+    /// during that spin ([`try_receive`](Self::try_receive) does not spin for arrivals);
+    /// `Duration::MAX` waits forever.
     #[inline]
     pub fn receive_timeout(&self, timeout: Duration) -> MessagingResult<AgentMessage> {
         self.receive_within(Some(timeout))
@@ -144,7 +146,7 @@ impl AgentMailbox {
     fn receive_within(&self, timeout: Option<Duration>) -> MessagingResult<AgentMessage> {
         let claim = self.shared.claim()?;
         self.shared.on_receive_call();
-        match self.shared.pop(&claim) {
+        match self.shared.pop(&claim, Look::Plain) {
             Some(result) => result,
             None => self.wait_for_message(&claim, timeout),
         }
@@ -156,7 +158,9 @@ impl AgentMailbox {
         claim: &Claim<'_>,
         timeout: Option<Duration>,
     ) -> MessagingResult<AgentMessage> {
-        let outcome = block_until(&self.shared.waiter, timeout, || self.shared.pop(claim));
+        let outcome = block_until(&self.shared.waiter, timeout, |look| {
+            self.shared.pop(claim, look)
+        });
         match outcome {
             Some(result) => result,
             None => Err(MessagingError::MessageTimeout(self.shared.pid.clone())),
@@ -181,7 +185,7 @@ impl AgentMailbox {
         }
         let claim = self.shared.claim()?;
         self.shared.on_receive_call();
-        let first = match self.shared.pop(&claim) {
+        let first = match self.shared.pop(&claim, Look::Plain) {
             Some(result) => result?,
             None => self.wait_for_message(&claim, None)?,
         };
@@ -194,7 +198,7 @@ impl AgentMailbox {
     fn take_ready(&self, claim: &Claim<'_>, buf: &mut Vec<AgentMessage>, limit: usize) -> usize {
         let mut taken = 0;
         while taken < limit {
-            match self.shared.pop(claim) {
+            match self.shared.pop(claim, Look::Plain) {
                 Some(Ok(message)) => {
                     buf.push(message);
                     taken += 1;
@@ -223,6 +227,7 @@ impl AgentMailbox {
         let mut first = ReceiveFuture {
             mailbox: self,
             claim: None,
+            registered: false,
         };
         std::future::poll_fn(|cx| {
             let message = match Pin::new(&mut first).poll_keeping_claim(cx) {
@@ -242,10 +247,16 @@ impl AgentMailbox {
 
     /// Takes a message if one is ready, without blocking. `Err(ChannelClosed)` once the
     /// mailbox is closed and drained.
+    ///
+    /// It returns within a few microseconds whatever producers do. `Ok(None)` means
+    /// nothing can be taken now: the mailbox is empty, or the next message in priority
+    /// order is claimed by a send still writing it (a producer descheduled mid-send).
+    /// In the second case a later message whose send has returned may wait behind it;
+    /// [`receive`](Self::receive) gets it as soon as that write lands.
     pub fn try_receive(&self) -> MessagingResult<Option<AgentMessage>> {
         let claim = self.shared.claim()?;
         self.shared.on_receive_call();
-        self.shared.pop(&claim).transpose()
+        self.shared.pop(&claim, Look::Plain).transpose()
     }
 
     /// A future that resolves to the next message, on any executor.
@@ -258,6 +269,7 @@ impl AgentMailbox {
         ReceiveFuture {
             mailbox: self,
             claim: None,
+            registered: false,
         }
     }
 
@@ -265,26 +277,51 @@ impl AgentMailbox {
     ///
     /// Each call claims the receiver for its duration only; prefer
     /// [`receive_async`](Self::receive_async), which holds the claim while it waits.
+    /// After `Pending`, the task is woken when a message arrives, or when another
+    /// receiver (a `receive` on another handle) takes its place: its next poll then
+    /// gets `ReceiverBusy` while that receiver holds the claim. Two tasks polling one
+    /// mailbox this way keep waking each other: use one receiver at a time.
     pub fn poll_receive(&self, cx: &mut Context<'_>) -> Poll<MessagingResult<AgentMessage>> {
         match self.shared.claim() {
-            Ok(claim) => self.poll_claimed(&claim, cx),
+            Ok(claim) => self.poll_claimed(&claim, cx, &mut false),
             Err(e) => Poll::Ready(Err(e)),
         }
     }
 
+    /// One poll under the claim: a message if one is ready; else registers `cx`'s
+    /// waker, looks once more, and is `Pending`. It never waits for a producer longer
+    /// than a few microseconds: one descheduled mid-send wakes the task when it writes.
+    ///
+    /// `registered`: whether the registered waker is this receiver's own (a
+    /// `ReceiveFuture` that registered in an earlier poll and still holds the claim);
+    /// kept up to date. A waker this registration displaces is then its own old one;
+    /// otherwise it is another receiver's, and is woken (`wait`, "Whose waiter").
     fn poll_claimed(
         &self,
         claim: &Claim<'_>,
         cx: &mut Context<'_>,
+        registered: &mut bool,
     ) -> Poll<MessagingResult<AgentMessage>> {
-        if let Some(r) = self.shared.pop(claim) {
+        let waiter = &self.shared.waiter;
+        if let Some(r) = self.shared.pop(claim, Look::Plain) {
+            if std::mem::take(registered) {
+                waiter.deregister();
+            }
             return Poll::Ready(r);
         }
-        self.shared
-            .waiter
-            .register(Waiter::Task(cx.waker().clone()));
-        match self.shared.pop(claim) {
-            Some(r) => Poll::Ready(r),
+        let displaced = waiter.register(Waiter::Task(cx.waker().clone()));
+        if let Some(displaced) = displaced {
+            if !*registered {
+                wake_displaced(displaced);
+            }
+        }
+        *registered = true;
+        match self.shared.pop(claim, Look::BeforeSleep) {
+            Some(r) => {
+                waiter.deregister();
+                *registered = false;
+                Poll::Ready(r)
+            }
             None => Poll::Pending,
         }
     }
@@ -384,6 +421,18 @@ impl fmt::Debug for AgentMailbox {
 pub struct ReceiveFuture<'a> {
     mailbox: &'a AgentMailbox,
     claim: Option<Claim<'a>>,
+    /// Whether its waker is registered in the wait cell (removed when it resolves or
+    /// is dropped, so that the cell never holds a waker nobody will poll for).
+    registered: bool,
+}
+
+impl Drop for ReceiveFuture<'_> {
+    fn drop(&mut self) {
+        // Still under the claim (the field drops after this): the registration is ours.
+        if self.registered {
+            self.mailbox.shared.waiter.deregister();
+        }
+    }
 }
 
 impl Future for ReceiveFuture<'_> {
@@ -416,7 +465,7 @@ impl<'a> ReceiveFuture<'a> {
             }
         }
         let claim = this.claim.as_ref().expect("claimed above");
-        this.mailbox.poll_claimed(claim, cx)
+        this.mailbox.poll_claimed(claim, cx, &mut this.registered)
     }
 }
 
@@ -538,6 +587,13 @@ impl fmt::Debug for MailboxSender {
             .field("agent_id", &self.shared.pid)
             .finish()
     }
+}
+
+/// Wakes a receiver whose registration another one displaced, so that it polls again
+/// and sees the message, or `ReceiverBusy` while the other holds the claim (issue 12,
+/// item 3: the displaced waker used to be dropped, and that task slept on).
+fn wake_displaced(displaced: Waiter) {
+    displaced.wake();
 }
 
 /// How often [`AgentMailbox::wait_for_shutdown`] looks again, at most.

@@ -6,7 +6,7 @@
 //! # Ground rules
 //!
 //! - **Producers** claim a slot by advancing `tail.index` with a CAS, write the value,
-//!   then set the slot's `ready` flag with `Release`. The producer that claims the last
+//!   then set the slot's `ready` flag (a swap: see below). The producer that claims the last
 //!   slot of a block installs the next block *before* it writes its own value, so a
 //!   consumer that has read that value always finds `block.next` set.
 //! - A producer always loads `tail.block` *after* `tail.index`: a block is stored before
@@ -31,22 +31,30 @@
 //!   producer that installs it also publishes it in `head.block`; until then the consumer
 //!   sees the lane as busy if a position was already claimed, empty otherwise.
 //! - **Busy vs empty.** With no value ready at the head, `pop` reports `Empty` only if no
-//!   position past the head was claimed; otherwise `Busy`, and the receiver waits the few
-//!   instructions until it is written. So a send that returned is always visible to a
-//!   receiver that synchronises with it, even behind a slower concurrent send.
+//!   position past the head was claimed; otherwise `Writing` (only the head is claimed:
+//!   its send has not returned) or `Busy` (more is claimed behind it, or the first block
+//!   is not yet published). So a send that returned is never reported as absent; the
+//!   receiver decides how long to wait for the head (`shared`, `priority`).
+//! - **Waking a sleeping receiver.** A producer publishes with read-modify-writes only
+//!   (the claim CAS, the `ready` swap, the first block's swap into `head.block`), and the
+//!   receiver's last look before sleeping uses read-modify-writes on the same words
+//!   (`Look::BeforeSleep`): see the `wait` module for why no wake is lost.
 //!
 //! Indices count in steps of `1 << SHIFT`; the low bit is the close mark. Within a lap of
 //! `LAP` positions, offsets `0..BLOCK_CAP` are slots and offset `BLOCK_CAP` means "the
 //! next block is being installed", during which producers wait.
 #![allow(unsafe_code)]
 
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::ptr;
 
 use crossbeam_utils::CachePadded;
 
 use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, SpinWait, UnsafeCell};
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+
+use crate::wait::Look;
 
 /// Positions per lap: `BLOCK_CAP` slots plus one "installing the next block" marker.
 /// Tiny under loom so that models cross block boundaries with a handful of messages.
@@ -149,13 +157,53 @@ pub enum Pop<T> {
     Msg(T),
     /// Nothing is queued: no producer has claimed a position past the head.
     Empty,
-    /// A producer has claimed the head position (or a later one) and is still writing
-    /// it, or is still publishing the lane's first block: the value will be ready within
-    /// a few instructions. Returning `Empty` here would hide a later message whose send
-    /// already returned (tokio #2020), and let a lower priority overtake it.
+    /// A producer has claimed the head position and is still writing it, and a later
+    /// position is claimed too (its send may have returned), or the lane's first block is
+    /// not yet published: the head will be ready within a few instructions, unless its
+    /// producer was descheduled. Returning `Empty` here would hide a later message whose
+    /// send already returned (tokio #2020), and let a lower priority overtake it.
     Busy,
+    /// A producer has claimed the head position and is still writing it, and nothing
+    /// past it is claimed: the lane's only message is one whose send has not returned.
+    /// A receive may order itself before that send, as before a send that has not
+    /// started, and look at lower priorities (see `priority`).
+    Writing,
     /// The lane is closed and every message in it has been taken.
     Closed,
+}
+
+/// A position claimed by [`LaneRef::claim`] and not yet written.
+///
+/// Until [`Reserved::write`] the receiver sees the lane as busy at this position (a
+/// producer descheduled mid-send). One that is dropped unwritten leaves the lane busy
+/// there for good, which is safe: the slot is never read ([`drop_queued`] skips it).
+#[must_use = "the receiver waits at an unwritten position until it is written"]
+pub(crate) struct Reserved<'a, T> {
+    /// The block of the claimed slot: live until the consumer has read that slot.
+    block: *mut Block<T>,
+    /// The slot's offset in `block`, below `BLOCK_CAP`.
+    offset: usize,
+    /// Messages pushed into the lane before this one.
+    pub(crate) before: usize,
+    _lane: PhantomData<&'a Tail<T>>,
+}
+
+impl<T> Reserved<'_, T> {
+    /// Writes `value` into the claimed slot and publishes it to the receiver.
+    #[inline]
+    pub(crate) fn write(self, value: T) {
+        // SAFETY: `block` is live and slot `offset` is ours alone: the claim CAS gave
+        // this reservation that position and no other, and the consumer frees a block
+        // only after reading every slot of it, which it cannot do before this write.
+        unsafe {
+            let slot = (*self.block).slots.get_unchecked(self.offset);
+            slot.value.with_mut(|p| p.write(MaybeUninit::new(value)));
+            // A read-modify-write, not a store: a receiver that sleeps on this slot
+            // looked at it with one after registering, and this must read from that
+            // look or be read by it (the `wait` module's protocol).
+            slot.ready.swap(true, AcqRel);
+        }
+    }
 }
 
 /// The producers' half of a lane.
@@ -193,6 +241,21 @@ impl<T> Clone for LaneRef<'_, T> {
 }
 
 impl<T> Copy for LaneRef<'_, T> {}
+
+// Without the four impls below the halves, made of atomics and raw pointers, would be
+// `Send` and `Sync` for every `T`, and a lane of `Rc`s could be shared (issue 12, item 5;
+// doc-tests on `__private::LaneModel`).
+//
+// SAFETY: a lane moves values of `T` from producers to the single consumer and never
+// shares one (no `&T` is handed out), so `T: Send` is what sending a half, or sharing
+// it between threads, needs.
+unsafe impl<T: Send> Send for Tail<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for Tail<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Send for Head<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for Head<T> {}
 
 /// A lane owning both halves, each on its own cache line.
 pub(crate) struct Lane<T> {
@@ -259,6 +322,21 @@ impl<'a, T> LaneRef<'a, T> {
     /// how many messages were pushed before this one.
     #[inline]
     pub(crate) fn push(&self, value: T) -> Result<usize, T> {
+        match self.claim() {
+            Some(reserved) => {
+                let before = reserved.before;
+                reserved.write(value);
+                Ok(before)
+            }
+            None => Err(value),
+        }
+    }
+
+    /// The first half of a push: claims the next position (installing blocks as needed),
+    /// or `None` if the lane is closed. The position stays unwritten, and the receiver
+    /// sees the lane as busy at it, until [`Reserved::write`].
+    #[inline]
+    pub(crate) fn claim(&self) -> Option<Reserved<'a, T>> {
         let mut tail = self.tail.index.load(Acquire);
         let mut block = self.tail.block.load(Acquire);
         // Allocated before claiming the last slot of a block so that other producers
@@ -275,7 +353,7 @@ impl<'a, T> LaneRef<'a, T> {
                 if let Some(unused) = next_block {
                     Block::park(&self.head.spare, unused);
                 }
-                return Err(value);
+                return None;
             }
             let offset = (tail >> SHIFT) % LAP;
 
@@ -301,8 +379,11 @@ impl<'a, T> LaneRef<'a, T> {
                 {
                     Ok(_) => {
                         // Publish it to the consumer; only this producer ever stores here
-                        // while `head_block` is null.
-                        self.head.block.store(new, Release);
+                        // while `head_block` is null. A swap, as the `ready` flag's (the
+                        // receiver may sleep on a lane whose first block is not yet here;
+                        // the wake comes from this producer's send).
+                        let _null = self.head.block.swap(new, AcqRel);
+                        debug_assert!(_null.is_null());
                         block = new;
                     }
                     Err(_) => {
@@ -344,18 +425,16 @@ impl<'a, T> LaneRef<'a, T> {
                         // before reading our slot, which we have not written yet.
                         unsafe { (*block).next.store(next, Release) };
                     }
-                    // SAFETY: as above, `block` is live and slot `offset` is ours alone:
-                    // the CAS gave this producer that position and no other.
-                    unsafe {
-                        let slot = (*block).slots.get_unchecked(offset);
-                        slot.value.with_mut(|p| p.write(MaybeUninit::new(value)));
-                        slot.ready.store(true, Release);
-                    }
                     if let Some(unused) = next_block {
                         // Another producer took the last slot after we readied a block.
                         Block::park(&self.head.spare, unused);
                     }
-                    return Ok(count(tail));
+                    return Some(Reserved {
+                        block,
+                        offset,
+                        before: count(tail),
+                        _lane: PhantomData,
+                    });
                 }
                 Err(current) => {
                     tail = current;
@@ -366,22 +445,24 @@ impl<'a, T> LaneRef<'a, T> {
         }
     }
 
-    /// Takes the next message.
+    /// Takes the next message. `look` is [`Look::BeforeSleep`] for the receiver's last
+    /// look before it sleeps: the words it reads are then read with read-modify-writes
+    /// (the `wait` module's protocol).
     ///
     /// # Safety
     ///
     /// Only one thread may call `pop` (or [`LaneRef::peek`]) at a time: the caller must hold
     /// the mailbox's receiver claim.
     #[inline]
-    pub(crate) unsafe fn pop(&self) -> Pop<T> {
+    pub(crate) unsafe fn pop(&self, look: Look) -> Pop<T> {
         let head = self.head.index.load(Relaxed);
-        let block = self.head.block.load(Acquire);
+        let block = self.head_block(look);
         if !block.is_null() {
             let offset = (head >> SHIFT) % LAP;
             // SAFETY: `block` is the consumer's current block, which only the consumer
             // frees; `offset < BLOCK_CAP` because the consumer steps over the marker.
             let slot = unsafe { (*block).slots.get_unchecked(offset) };
-            if slot.ready.load(Acquire) {
+            if is_ready(slot, look) {
                 // SAFETY: `ready` (Acquire) shows the producer's write; the value is read
                 // once, as the head then moves past it.
                 let value = slot.value.with(|p| unsafe { p.read().assume_init() });
@@ -394,7 +475,26 @@ impl<'a, T> LaneRef<'a, T> {
                 return Pop::Msg(value);
             }
         }
-        self.nothing_ready(head)
+        self.nothing_ready(head, !block.is_null(), look)
+    }
+
+    /// The consumer's block; null until the first producer publishes it.
+    #[inline]
+    fn head_block(&self, look: Look) -> *mut Block<T> {
+        let block = self.head.block.load(Acquire);
+        if block.is_null() && look == Look::BeforeSleep {
+            // Writes back null if still null, so that the installer's swap reads from it.
+            return match self.head.block.compare_exchange(
+                ptr::null_mut(),
+                ptr::null_mut(),
+                AcqRel,
+                Acquire,
+            ) {
+                Ok(null) => null,
+                Err(block) => block,
+            };
+        }
+        block
     }
 
     /// Moves the head past `block`, whose last slot the consumer has just read, and
@@ -420,15 +520,23 @@ impl<'a, T> LaneRef<'a, T> {
     }
 
     /// Nothing is ready at `head`: tells an empty lane from one whose head is claimed but
-    /// not yet written (or whose first block is not yet published), or a closed one.
+    /// not yet written (the only message, or with more behind it, or in a first block
+    /// not yet published), or a closed one.
     #[inline(never)]
-    fn nothing_ready(&self, head: usize) -> Pop<T> {
-        // SeqCst: this load pairs with the claim CAS (SeqCst) and the waiter's state
-        // accesses, so a receiver that registered and then finds nothing claimed here
-        // cannot miss a producer that then skips the wake (see `waiter`).
-        let tail = self.tail.index.load(SeqCst);
+    fn nothing_ready(&self, head: usize, has_block: bool, look: Look) -> Pop<T> {
+        let tail = match look {
+            Look::Plain => self.tail.index.load(Acquire),
+            // So that a claim this look misses sees the registration (`wait`).
+            Look::BeforeSleep => self.tail.index.fetch_add(0, AcqRel),
+        };
         if tail & !CLOSED != head {
-            Pop::Busy
+            // Positions are claimed in order from the head, so one claimed position is
+            // the head's, unwritten when we looked: its send had not returned.
+            if has_block && count(tail).saturating_sub(count(head)) == 1 {
+                Pop::Writing
+            } else {
+                Pop::Busy
+            }
         } else if tail & CLOSED == 0 {
             Pop::Empty
         } else {
@@ -441,14 +549,14 @@ impl<'a, T> LaneRef<'a, T> {
     /// # Safety
     ///
     /// As for [`LaneRef::pop`]: only the receiver-claim holder may call this.
-    pub(crate) unsafe fn peek(&self) -> bool {
-        let block = self.head.block.load(Acquire);
+    pub(crate) unsafe fn peek(&self, look: Look) -> bool {
+        let block = self.head_block(look);
         if block.is_null() {
             return false;
         }
         let offset = (self.head.index.load(Relaxed) >> SHIFT) % LAP;
         // SAFETY: as in `pop`: the consumer's block is live while we hold the claim.
-        unsafe { (*block).slots.get_unchecked(offset).ready.load(Acquire) }
+        is_ready(unsafe { (*block).slots.get_unchecked(offset) }, look)
     }
 
     /// Closes the lane. Returns `true` if this call closed it.
@@ -479,6 +587,15 @@ impl<'a, T> LaneRef<'a, T> {
     }
 }
 
+/// Whether `slot` is written, looked at as `look` says (see `LaneRef::pop`).
+#[inline]
+fn is_ready<T>(slot: &Slot<T>, look: Look) -> bool {
+    match look {
+        Look::Plain => slot.ready.load(Acquire),
+        Look::BeforeSleep => slot.ready.fetch_or(false, AcqRel),
+    }
+}
+
 /// Drops every message still queued in the lane made of `tail` and `head`, and frees
 /// its blocks.
 ///
@@ -494,11 +611,15 @@ pub(crate) unsafe fn drop_queued<T>(tail: &mut Tail<T>, head: &mut Head<T>) {
     while position != tail {
         let offset = (position >> SHIFT) % LAP;
         if offset < BLOCK_CAP {
-            // SAFETY: no producer or consumer is active (the contract), so every claimed
-            // position below `tail` was written, and `block` is its block.
+            // SAFETY: no producer or consumer is active (the contract), and `block` is the
+            // block of `position`. A claimed position was written iff its `ready` is set
+            // (a `Reserved` dropped unwritten leaves it clear), and only then is its value
+            // initialised.
             unsafe {
                 let slot = (*block).slots.get_unchecked(offset);
-                slot.value.with_mut(|p| (*p).assume_init_drop());
+                if slot.ready.load(Acquire) {
+                    slot.value.with_mut(|p| (*p).assume_init_drop());
+                }
             }
         } else {
             // SAFETY: all slots of `block` are done; `next` was set by the producer that
@@ -552,7 +673,7 @@ mod tests {
     fn drain(lane: &Lane<u64>) -> Vec<u64> {
         let mut out = Vec::new();
         // SAFETY: the test thread is the only consumer.
-        while let Pop::Msg(v) = unsafe { lane.get().pop() } {
+        while let Pop::Msg(v) = unsafe { lane.get().pop(Look::Plain) } {
             out.push(v);
         }
         out
@@ -580,7 +701,7 @@ mod tests {
             assert_eq!(lane.get().pushed(), n);
             assert_eq!(lane.get().len(), n, "len at {n}");
             // SAFETY: single consumer.
-            assert_eq!(unsafe { lane.get().peek() }, n > 0);
+            assert_eq!(unsafe { lane.get().peek(Look::Plain) }, n > 0);
         }
     }
 
@@ -593,8 +714,8 @@ mod tests {
         assert_eq!(lane.get().push(2), Err(2));
         // SAFETY: single consumer.
         unsafe {
-            assert!(matches!(lane.get().pop(), Pop::Msg(1)));
-            assert!(matches!(lane.get().pop(), Pop::Closed));
+            assert!(matches!(lane.get().pop(Look::Plain), Pop::Msg(1)));
+            assert!(matches!(lane.get().pop(Look::Plain), Pop::Closed));
         }
     }
 
@@ -607,7 +728,7 @@ mod tests {
                 lane.get().push(token.clone()).unwrap();
             }
             // SAFETY: single consumer.
-            unsafe { lane.get().pop() };
+            unsafe { lane.get().pop(Look::Plain) };
         }
         assert_eq!(std::sync::Arc::strong_count(&token), 1);
     }

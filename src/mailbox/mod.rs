@@ -6,11 +6,10 @@
 //!    queue code).
 //! 2. [`priority`](self::priority): four lanes, the drain order and the anti-starvation
 //!    budget.
-//! 3. [`waiter`](self::waiter): the receiver's wait cell (parked thread or task waker).
-//! 4. [`shared`](self::shared): capacity, the receiver claim, close and drain, stats.
-//! 5. [`handle`](self::handle): the public [`AgentMailbox`] and [`MailboxSender`].
-//! 6. [`handback`](self::handback): refused sends handed back to the delivery engine.
-//! 7. [`backpressure`](self::backpressure): senders waiting for room in a bounded
+//! 3. [`shared`](self::shared): capacity, the receiver claim, close and drain, stats.
+//! 4. [`handle`](self::handle): the public [`AgentMailbox`] and [`MailboxSender`].
+//! 5. [`handback`](self::handback): refused sends handed back to the delivery engine.
+//! 6. [`backpressure`](self::backpressure): senders waiting for room in a bounded
 //!    mailbox (`send_timeout`), woken in order.
 //!
 //! Mailboxes by pid ([`MailboxManager`](crate::MailboxManager)) live a layer up, over
@@ -23,7 +22,13 @@
 //!   passed over 64 times (see `priority`).
 //! - A bounded mailbox (`max_messages > 0`) never holds more than `max_messages`; a
 //!   refused message is handed back (`try_send`) or dead-lettered (`send`).
-//! - One receiver at a time; a second concurrent receive gets `ReceiverBusy`.
+//! - One receiver at a time; a second concurrent receive gets `ReceiverBusy`. A task
+//!   pending in `poll_receive` that another receiver takes the place of is woken.
+//! - No receive waits for a producer descheduled mid-send longer than a few
+//!   microseconds of spinning: `try_receive` then reports nothing for now (or takes a
+//!   lower priority, where the order allows: see `priority`), `receive_timeout` sleeps
+//!   until its deadline, a blocking or async receive sleeps until that producer's write
+//!   wakes it.
 //! - After `close`, the receiver drains what was queued, then gets `ChannelClosed`.
 
 pub(crate) mod backpressure;

@@ -6,9 +6,26 @@
 //!
 //! # Drain order
 //!
-//! Strict (`budget == 0`): the receiver always takes the head of the highest non-empty
-//! lane; a lane whose head is claimed but still being written counts as non-empty, and
-//! the receiver waits the few instructions for it rather than take a lower priority. With a starvation budget `b > 0`, a lane whose head has been passed over `b`
+//! Strict (`budget == 0`): the receiver takes the head of the highest lane holding a
+//! message whose send has returned. A message whose send has returned before a receive
+//! starts is therefore never overtaken by a lower priority in it; one sent while the
+//! receive scans the lanes may be (as in any multi-queue select).
+//!
+//! A lane whose head is claimed but still being written (its producer may have been
+//! descheduled mid-send) is looked at in two cases:
+//!
+//! - Nothing past the head is claimed (`Pop::Writing`): the lane's only message is that
+//!   one, and its send has not returned. The receive orders itself before that send,
+//!   just as before a send not yet started, and takes a lower lane's message if there is
+//!   one. Per-sender FIFO holds: FIFO is per lane, and that sender's earlier messages
+//!   in other lanes were sent before it.
+//! - More is claimed behind the head (`Pop::Busy`), or the lane's first block is not yet
+//!   published: a message behind may come from a send that has returned, so no lower
+//!   lane may go first. Within a lane the head is never skipped (FIFO), so the receiver
+//!   has nothing to take: `try_receive` reports nothing for now, a blocking or async
+//!   receive sleeps until the head's producer writes it and wakes it.
+//!
+//! With a starvation budget `b > 0`, a lane whose head has been passed over `b`
 //! times by higher priorities is served next (the highest such lane first), so every
 //! waiting message is reached after at most `b + 4` receives (`b` passes, then up to three
 //! other overdue lanes served first, highest first).
@@ -22,11 +39,12 @@
 #![allow(unsafe_code)]
 
 use std::ptr::{self, NonNull};
-use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Release, SeqCst};
 
-use super::lane::{drop_queued, Head, Lane, LaneRef, Pop, Tail};
+use super::lane::{drop_queued, Head, Lane, LaneRef, Pop, Reserved, Tail};
 use crate::message::MessagePriority;
 use crate::sync::{AtomicPtr, UnsafeCell};
+use crate::wait::Look;
 
 /// The lanes allocated on demand, and the receiver's starvation bookkeeping.
 struct Extra<T> {
@@ -85,6 +103,13 @@ impl<T> Copy for Lanes<'_, T> {}
 unsafe impl<T: Send> Send for Extra<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send> Sync for Extra<T> {}
+
+// SAFETY: the pointer leads to an `Extra<T>` that this owns (freed in `drop_lanes`),
+// which is `Send` and `Sync` exactly when `T: Send`; without these impls the pointer
+// alone would make this `Send` and `Sync` for every `T`.
+unsafe impl<T: Send> Send for ExtraLanes<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for ExtraLanes<T> {}
 
 /// Marks "closed before the extra lanes existed". Never dereferenced; no allocation
 /// can live at this address (it is in the first page).
@@ -149,8 +174,24 @@ impl<'a, T> Lanes<'a, T> {
 
     /// The allocated extra lanes, if any.
     fn extra(self) -> Option<&'a Extra<T>> {
-        // SeqCst: pairs with the install CAS, as the lanes' claim loads do (`waiter`).
-        let p = self.extra.ptr.load(SeqCst);
+        self.extra_looked(Look::Plain)
+    }
+
+    /// [`Lanes::extra`], for a receiver's look: before sleeping, a null pointer is
+    /// written back so that an install the look misses reads from it (`wait`).
+    fn extra_looked(self, look: Look) -> Option<&'a Extra<T>> {
+        let mut p = self.extra.ptr.load(Acquire);
+        if p.is_null() && look == Look::BeforeSleep {
+            p = match self.extra.ptr.compare_exchange(
+                ptr::null_mut(),
+                ptr::null_mut(),
+                AcqRel,
+                Acquire,
+            ) {
+                Ok(null) => null,
+                Err(installed) => installed,
+            };
+        }
         if p.is_null() || p == closed_sentinel() {
             None
         } else {
@@ -235,6 +276,12 @@ impl<'a, T> Lanes<'a, T> {
         }
     }
 
+    /// The first half of [`Lanes::push`]: claims a position in `priority`'s lane, or
+    /// `None` if closed (see `LaneRef::claim`).
+    pub(crate) fn claim(self, priority: MessagePriority) -> Option<Reserved<'a, T>> {
+        self.lane_for_push(priority)?.claim()
+    }
+
     /// Closes every lane. Returns `true` if this call closed the mailbox.
     pub(crate) fn close(self) -> bool {
         if self
@@ -257,23 +304,23 @@ impl<'a, T> Lanes<'a, T> {
         self.normal().is_closed()
     }
 
-    /// Takes the next message in drain order.
+    /// Takes the next message in drain order (`look`: see `LaneRef::pop`).
     ///
     /// # Safety
     ///
     /// Only the receiver-claim holder may call this.
     #[inline]
-    pub(crate) unsafe fn pop(self, budget: u32) -> Pop<T> {
-        match self.extra() {
+    pub(crate) unsafe fn pop(self, budget: u32, look: Look) -> Pop<T> {
+        match self.extra_looked(look) {
             // SAFETY: forwarded receiver-claim contract.
-            Some(extra) => unsafe { self.pop_all(extra, budget) },
+            Some(extra) => unsafe { self.pop_all(extra, budget, look) },
             None => {
                 // SAFETY: forwarded receiver-claim contract.
-                let popped = unsafe { self.normal().pop() };
+                let popped = unsafe { self.normal().pop(look) };
                 if let (Pop::Closed, Some(extra)) = (&popped, self.extra()) {
                     // The extra lanes appeared (and were closed) after our first look.
                     // SAFETY: forwarded receiver-claim contract.
-                    return unsafe { self.pop_all(extra, budget) };
+                    return unsafe { self.pop_all(extra, budget, look) };
                 }
                 popped
             }
@@ -283,7 +330,7 @@ impl<'a, T> Lanes<'a, T> {
     /// # Safety
     ///
     /// Only the receiver-claim holder may call this.
-    unsafe fn pop_all(self, extra: &Extra<T>, budget: u32) -> Pop<T> {
+    unsafe fn pop_all(self, extra: &Extra<T>, budget: u32, look: Look) -> Pop<T> {
         // By priority index: Low, Normal, High, Critical.
         let lanes = [
             extra.low.get(),
@@ -298,9 +345,9 @@ impl<'a, T> Lanes<'a, T> {
             // Serve an overdue lane first, the highest one if several are.
             for i in (0..3).rev() {
                 // SAFETY: forwarded receiver-claim contract.
-                if bypassed[i] >= budget && unsafe { lanes[i].peek() } {
+                if bypassed[i] >= budget && unsafe { lanes[i].peek(look) } {
                     // SAFETY: forwarded receiver-claim contract.
-                    if let Pop::Msg(m) = unsafe { lanes[i].pop() } {
+                    if let Pop::Msg(m) = unsafe { lanes[i].pop(Look::Plain) } {
                         bypassed[i] = 0;
                         return Pop::Msg(m);
                     }
@@ -309,15 +356,16 @@ impl<'a, T> Lanes<'a, T> {
         }
 
         let mut all_closed = true;
+        let mut writing = false;
         for i in (0..4).rev() {
             // SAFETY: forwarded receiver-claim contract.
-            match unsafe { lanes[i].pop() } {
+            match unsafe { lanes[i].pop(look) } {
                 Pop::Msg(m) => {
                     if budget > 0 {
                         bypassed[i] = 0;
                         for (j, lane) in lanes.iter().enumerate().take(i) {
                             // SAFETY: forwarded receiver-claim contract.
-                            if unsafe { lane.peek() } {
+                            if unsafe { lane.peek(Look::Plain) } {
                                 bypassed[j] = bypassed[j].saturating_add(1);
                             }
                         }
@@ -325,13 +373,22 @@ impl<'a, T> Lanes<'a, T> {
                     return Pop::Msg(m);
                 }
                 Pop::Empty => all_closed = false,
-                // A higher lane's head is being written: wait for it rather than hand
-                // out a lower priority ahead of it.
+                // The lane's only message is still being written: its send has not
+                // returned, so this receive orders itself before that send, as before
+                // one not yet started, and looks lower (module docs).
+                Pop::Writing => {
+                    all_closed = false;
+                    writing = true;
+                }
+                // A higher lane's head is being written with more queued behind it
+                // (whose sends may have returned): no lower priority may go first.
                 Pop::Busy => return Pop::Busy,
                 Pop::Closed => {}
             }
         }
-        if all_closed {
+        if writing {
+            Pop::Writing
+        } else if all_closed {
             Pop::Closed
         } else {
             Pop::Empty

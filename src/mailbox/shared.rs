@@ -15,7 +15,7 @@
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use std::time::{Duration, Instant};
 
-use super::lane::Pop;
+use super::lane::{Pop, Reserved};
 use super::priority::{drop_lanes, ExtraLanes, Lanes, LanesRx, LanesTx};
 use super::MailboxConfig;
 use crate::breaker::Breaker;
@@ -23,8 +23,8 @@ use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
 use crate::error::{MessagingError, TrySendError};
 use crate::message::{AgentMessage, AgentPid, MessagePriority};
 use crate::stats::record_max;
-use crate::sync::{fence, Arc, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, SpinWait};
-use crate::wait::WaitCell;
+use crate::sync::{fence, Arc, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, BriefSpin, SpinWait};
+use crate::wait::{Look, WaitCell};
 
 /// Timestamps and processing times are sampled once per this many messages, so the
 /// send and receive paths read no clock for the other 63. The same samples time a
@@ -206,6 +206,25 @@ const _: () = {
     assert!(offset_of!(Shared, settings) > offset_of!(Shared, rx));
 };
 
+/// A send between its claim and its write (see [`Shared::half_send`]).
+pub(crate) struct HalfSent<'a> {
+    shared: &'a Shared,
+    reserved: Reserved<'a, AgentMessage>,
+    priority: MessagePriority,
+}
+
+impl HalfSent<'_> {
+    /// Writes `message` and wakes the receiver: the rest of `try_send`.
+    pub(crate) fn finish(self, message: AgentMessage) {
+        let before = self.reserved.before;
+        self.reserved.write(message);
+        self.shared.waiter.wake();
+        if before % SAMPLE_EVERY == 0 {
+            self.shared.sample_received(before, self.priority);
+        }
+    }
+}
+
 /// The receiver claim; released on drop.
 pub(crate) struct Claim<'a>(&'a Shared);
 
@@ -310,7 +329,32 @@ impl Shared {
                 if self.capacity > 0 {
                     self.reserved.fetch_sub(1, AcqRel);
                 }
+                // This push may have published the lane's first block before finding the
+                // lane closed, and a receiver may sleep on that block (`lane`).
+                self.waiter.wake();
                 Err(TrySendError::Closed(message))
+            }
+        }
+    }
+
+    /// `try_send` stopped after its claim: the position is taken (and capacity
+    /// reserved), the message not yet written. `None` if full or closed. For white-box
+    /// tests of a producer descheduled mid-send (`__private::StalledSend`).
+    pub(crate) fn half_send(&self, priority: MessagePriority) -> Option<HalfSent<'_>> {
+        if self.capacity > 0 && !self.reserve() {
+            return None;
+        }
+        match self.lanes().claim(priority) {
+            Some(reserved) => Some(HalfSent {
+                shared: self,
+                reserved,
+                priority,
+            }),
+            None => {
+                if self.capacity > 0 {
+                    self.reserved.fetch_sub(1, AcqRel);
+                }
+                None
             }
         }
     }
@@ -413,20 +457,26 @@ impl Shared {
     }
 
     /// One attempt to take a message: `Some(Ok)`, `Some(Err(closed))`, or `None` if
-    /// nothing is queued. Waits through `Busy` (a producer has claimed the head but is
-    /// still writing it: a few instructions, unless it was descheduled mid-send).
+    /// there is nothing to take now. A head claimed but still being written (`Busy`,
+    /// `Writing`) is waited for a bounded few microseconds (a producer mid-send), never
+    /// longer: a producer descheduled mid-send makes this `None`, and a receiver that
+    /// sleeps then is woken by that producer's write. `look`: see `LaneRef::pop`.
     ///
     /// Inline, with everything but "a message was ready" out of line, so that a
     /// receive moves the message from its slot to the caller without intermediate copies.
     #[inline]
-    pub(crate) fn pop(&self, claim: &Claim<'_>) -> Option<Result<AgentMessage, MessagingError>> {
+    pub(crate) fn pop(
+        &self,
+        claim: &Claim<'_>,
+        look: Look,
+    ) -> Option<Result<AgentMessage, MessagingError>> {
         // SAFETY: `claim` proves we are the only receiver.
-        match unsafe { self.lanes().pop(self.settings.budget) } {
+        match unsafe { self.lanes().pop(self.settings.budget, look) } {
             Pop::Msg(message) => {
                 self.count_pop();
                 Some(Ok(message))
             }
-            other => self.pop_slow(claim, other),
+            other => self.pop_slow(claim, other, look),
         }
     }
 
@@ -436,8 +486,9 @@ impl Shared {
         &self,
         _claim: &Claim<'_>,
         mut popped: Pop<AgentMessage>,
+        look: Look,
     ) -> Option<Result<AgentMessage, MessagingError>> {
-        let busy = SpinWait::default();
+        let mut spin = BriefSpin::default();
         loop {
             match popped {
                 Pop::Msg(message) => {
@@ -445,15 +496,37 @@ impl Shared {
                     return Some(Ok(message));
                 }
                 Pop::Empty => return None,
-                Pop::Busy => busy.wait(),
-                Pop::Closed => {
-                    return Some(Err(self
-                        .config_error()
-                        .unwrap_or_else(|| MessagingError::ChannelClosed(self.pid.clone()))))
-                }
+                // The last look before sleeping does not spin: sleeping is its answer.
+                Pop::Busy | Pop::Writing if look == Look::Plain && spin.spin() => {}
+                Pop::Busy | Pop::Writing => return None,
+                Pop::Closed => return Some(Err(self.closed_error())),
             }
             // SAFETY: `_claim` proves we are the only receiver.
-            popped = unsafe { self.lanes().pop(self.settings.budget) };
+            popped = unsafe { self.lanes().pop(self.settings.budget, Look::Plain) };
+        }
+    }
+
+    /// What a receive returns once the mailbox is closed and drained.
+    fn closed_error(&self) -> MessagingError {
+        self.config_error()
+            .unwrap_or_else(|| MessagingError::ChannelClosed(self.pid.clone()))
+    }
+
+    /// Takes the next message for the close-time drain, waiting through a head that is
+    /// still being written (a send whose claim came before the close mark) however long
+    /// it takes: that message must reach the dead letters too. `None` once drained.
+    fn pop_for_drain(&self, _claim: &Claim<'_>) -> Option<AgentMessage> {
+        let busy = SpinWait::default();
+        loop {
+            // SAFETY: `_claim` proves we are the only receiver.
+            match unsafe { self.lanes().pop(self.settings.budget, Look::Plain) } {
+                Pop::Msg(message) => {
+                    self.count_pop();
+                    return Some(message);
+                }
+                Pop::Busy | Pop::Writing => busy.wait(),
+                Pop::Empty | Pop::Closed => return None,
+            }
         }
     }
 
@@ -593,7 +666,7 @@ impl Shared {
         let Ok(claim) = self.claim() else {
             return taken;
         };
-        while let Some(Ok(message)) = self.pop(&claim) {
+        while let Some(Ok(message)) = self.pop(&claim, Look::Plain) {
             taken.push(message);
         }
         taken
@@ -603,7 +676,7 @@ impl Shared {
     fn drain_to_dead_letters(&self, reason: DeadLetterReason) {
         // If someone holds the claim, that receiver drains instead.
         let Ok(claim) = self.claim() else { return };
-        while let Some(Ok(message)) = self.pop(&claim) {
+        while let Some(message) = self.pop_for_drain(&claim) {
             self.sampled().dead_lettered.fetch_add(1, Relaxed);
             self.settings.dead_letters.push(DeadLetter::message(
                 self.pid.clone(),

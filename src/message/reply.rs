@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::sync::{Arc, AtomicUsize, UnsafeCell};
-use crate::wait::{block_until, WaitCell, Waiter};
+use crate::wait::{block_until, Look, WaitCell, Waiter};
 
 /// A reply payload, as the seed's `reply_to.send(Box::new(response))` writes it.
 pub type Payload = Box<dyn Any + Send>;
@@ -156,7 +156,7 @@ impl ReplyReceiver {
     /// The reply if it has arrived; `Ok(None)` if it may still come.
     pub fn try_recv(&mut self) -> Result<Option<Payload>, ReplyError> {
         // SAFETY: `&mut self`: this receiver is the slot's only reader, and it is busy here.
-        unsafe { self.slot.take() }
+        unsafe { self.slot.take(Look::Plain) }
     }
 
     /// Blocks until the reply arrives.
@@ -165,30 +165,41 @@ impl ReplyReceiver {
     }
 
     /// Blocks until the reply arrives or `timeout` passes. The timeout counts from the
-    /// end of the spin-and-yield phase before parking, so a reply that comes quickly
-    /// costs no clock read; the wait can overrun by that phase (microseconds on an idle
-    /// core, up to a scheduler time slice per yield on a busy one).
+    /// end of a short spin (microseconds, no yield), so a reply that comes quickly costs
+    /// no clock read; past the deadline it returns after at most one delayed wake-up.
     pub fn recv_timeout(mut self, timeout: Duration) -> Result<Payload, ReplyError> {
         self.wait(Some(timeout)).unwrap_or(Err(ReplyError::Timeout))
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> Option<Result<Payload, ReplyError>> {
         let slot = &*self.slot;
-        // SAFETY: `&mut self` is held for the whole wait: no other take can run.
-        block_until(&slot.waiter, timeout, || unsafe { slot.take() }.transpose())
+        block_until(&slot.waiter, timeout, |look| {
+            // SAFETY: `&mut self` is held for the whole wait: no other take can run.
+            unsafe { slot.take(look) }.transpose()
+        })
     }
 }
 
 impl Slot {
     /// The reply if it has arrived; `Ok(None)` if it may still come.
     ///
+    /// `look`: [`Look::BeforeSleep`] after registering (see `wait`).
+    ///
     /// # Safety
     ///
     /// Only the slot's receiver calls this, and never twice at the same time.
-    unsafe fn take(&self) -> Result<Option<Payload>, ReplyError> {
-        // SeqCst: the receiver's re-check after registering (see `waiter`).
-        match self.state.load(SeqCst) {
-            // SAFETY: `SENT` (SeqCst, so Acquire) shows the sender's write, and the sender
+    unsafe fn take(&self, look: Look) -> Result<Option<Payload>, ReplyError> {
+        let state = match look {
+            Look::Plain => self.state.load(Acquire),
+            // Writes `EMPTY` back if still empty, so that the outcome's CAS reads from
+            // it and its wake sees the registration.
+            Look::BeforeSleep => self
+                .state
+                .compare_exchange(EMPTY, EMPTY, AcqRel, Acquire)
+                .unwrap_or_else(|s| s),
+        };
+        match state {
+            // SAFETY: `SENT` (Acquire) shows the sender's write, and the sender
             // no longer touches `value`; the caller is the only reader. A second take
             // finds `None`: the reply was already received.
             SENT => match self.value.with_mut(|p| unsafe { (*p).take() }) {
@@ -248,8 +259,10 @@ impl Future for ReplyReceiver {
         if let Some(r) = this.try_recv().transpose() {
             return Poll::Ready(r);
         }
-        this.slot.waiter.register(Waiter::Task(cx.waker().clone()));
-        match this.try_recv().transpose() {
+        // A displaced waker can only be this receiver's own from an earlier poll.
+        drop(this.slot.waiter.register(Waiter::Task(cx.waker().clone())));
+        // SAFETY: `&mut self`: this receiver is the slot's only reader.
+        match unsafe { this.slot.take(Look::BeforeSleep) }.transpose() {
             Some(r) => Poll::Ready(r),
             None => Poll::Pending,
         }
