@@ -34,6 +34,10 @@ pub enum DeadLetterReason {
     Overloaded(String),
     /// The system shut down while the message waited for a retry or an ack.
     Shutdown,
+    /// The cluster transport gave up on it (cargo feature `nats`): a frame that did not
+    /// decode or carried another wire version (on the receiving node), or a publish the
+    /// server never acknowledged (on the sending node); why.
+    Transport(String),
 }
 
 impl fmt::Display for DeadLetterReason {
@@ -48,6 +52,7 @@ impl fmt::Display for DeadLetterReason {
             DeadLetterReason::CircuitOpen => f.write_str("circuit open"),
             DeadLetterReason::Overloaded(why) => write!(f, "overloaded: {why}"),
             DeadLetterReason::Shutdown => f.write_str("system shut down"),
+            DeadLetterReason::Transport(why) => write!(f, "transport: {why}"),
         }
     }
 }
