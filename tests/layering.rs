@@ -21,6 +21,7 @@ const LAYERS: &[&str] = &[
     "table",
     "router",
     "delivery",
+    "cluster",
     "system",
     "tokio",
 ];

@@ -1,0 +1,178 @@
+//! Receiving from other nodes: what arrives on this node's subjects is pushed into its
+//! own table, exactly as a local send's first attempt would be.
+//!
+//! | the local push answered | at most once (core subject) | at least once (stream) |
+//! |---|---|---|
+//! | accepted | done | acked to JetStream |
+//! | full, breaker open, empty group | dead letter (`MailboxFull`, `CircuitOpen`, ...) | NAK with the message's back-off delay; JetStream redelivers; after `max_retries` redeliveries: dead letter (`RetriesExhausted`) and `Term` |
+//! | closed | dead letter `MailboxClosed` | same, and `Term` |
+//! | unknown pid | dead letter `AgentNotFound` | same, and `Term` |
+//! | garbage, another wire version | dead letter `Transport`, with the reason and the raw bytes | same, and `Term` |
+//!
+//! Dead letters land in this (the receiving) node's `dead_letters()`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{consumer, AckKind};
+use futures_util::StreamExt;
+
+use super::{wire, Shared};
+use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadMessage};
+use crate::message::{AgentMessage, AgentPid, DeliveryOptions, MessageId, Outgoing};
+use crate::router::{Destination, Push, Refusal};
+
+/// What to do with a frame after the local push.
+enum Verdict {
+    Delivered,
+    /// Refused for now: redeliver after this delay.
+    Later(Duration),
+    /// Given up on (dead-lettered here).
+    GaveUp,
+}
+
+/// The at-most-once subscription of this node.
+pub(crate) async fn direct(shared: Arc<Shared>, mut subscriber: async_nats::Subscriber) {
+    while let Some(message) = subscriber.next().await {
+        // Every delivery is the first and the last.
+        let _ = deliver(&shared, &message.subject, &message.payload, 1, false);
+    }
+}
+
+/// This node's durable consumer (re-reading it after an error).
+pub(crate) async fn stream(
+    shared: Arc<Shared>,
+    mut messages: consumer::pull::Stream,
+    consumer: consumer::PullConsumer,
+) {
+    loop {
+        while let Some(next) = messages.next().await {
+            let Ok(message) = next else {
+                // Heartbeats missed or the connection cycled: read again.
+                break;
+            };
+            let delivered = message
+                .info()
+                .map(|info| u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX))
+                .unwrap_or(1);
+            let verdict = deliver(&shared, &message.subject, &message.payload, delivered, true);
+            let ack = match verdict {
+                Verdict::Delivered => AckKind::Ack,
+                Verdict::Later(delay) => AckKind::Nak(Some(delay)),
+                Verdict::GaveUp => AckKind::Term,
+            };
+            // A lost ack means a redelivery: at least once allows the copy.
+            let _ = message.ack_with(ack).await;
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if let Ok(again) = consumer.messages().await {
+                messages = again;
+                break;
+            }
+        }
+    }
+}
+
+/// Decodes a frame and pushes it into the local routes; `delivered` is how many times
+/// it has arrived (1 on the first), `redeliver` whether a refusal may wait for another.
+fn deliver(
+    shared: &Shared,
+    subject: &str,
+    payload: &[u8],
+    delivered: u32,
+    redeliver: bool,
+) -> Verdict {
+    let counters = &shared.counters;
+    counters.received.incr();
+    let frame = match wire::decode(payload) {
+        Ok(frame) => frame,
+        Err(why) => {
+            counters.undecodable.incr();
+            let raw = AgentMessage::Cast {
+                id: MessageId::new(),
+                from: AgentPid::nil(),
+                payload: Box::new(payload.to_vec()),
+                message_type: Some("cluster.undecodable".into()),
+            };
+            bury(
+                shared,
+                AgentPid::nil(),
+                Outgoing::Message(raw),
+                delivered,
+                DeadLetterReason::Transport(format!("{why}, on subject {subject}")),
+            );
+            return Verdict::GaveUp;
+        }
+    };
+    let (to, priority) = (frame.to.clone(), frame.priority);
+    let out = frame.into_outgoing();
+    let policy = match &out {
+        Outgoing::Envelope(e) => shared.policy.for_message(&e.delivery_options),
+        Outgoing::Message(_) => shared.policy.for_message(&DeliveryOptions {
+            priority,
+            ..DeliveryOptions::default()
+        }),
+    };
+    match shared.local.push(&to, out, priority) {
+        Push::Done => {
+            counters.delivered.incr();
+            Verdict::Delivered
+        }
+        Push::Refused(out, refusal, _) => {
+            if redeliver && delivered <= policy.max_retries() {
+                counters.redelivery_requests.incr();
+                return Verdict::Later(policy.delay(delivered - 1));
+            }
+            bury(
+                shared,
+                to,
+                out,
+                delivered,
+                refusal_reason(refusal, redeliver),
+            );
+            Verdict::GaveUp
+        }
+        Push::Closed(out) => {
+            bury(shared, to, out, delivered, DeadLetterReason::MailboxClosed);
+            Verdict::GaveUp
+        }
+        Push::NotFound(out) => {
+            bury(shared, to, out, delivered, DeadLetterReason::AgentNotFound);
+            Verdict::GaveUp
+        }
+        Push::Failed(out, e) => {
+            let reason = DeadLetterReason::RetriesExhausted(e.to_string());
+            match out {
+                Some(out) => bury(shared, to, out, delivered, reason),
+                None => counters.dead_lettered.incr(),
+            }
+            Verdict::GaveUp
+        }
+    }
+}
+
+fn bury(shared: &Shared, to: AgentPid, out: Outgoing, attempts: u32, reason: DeadLetterReason) {
+    shared.counters.dead_lettered.incr();
+    let message = DeadMessage::from(out);
+    shared.dead_letters.push(DeadLetter {
+        id: message.id().clone(),
+        to,
+        reason,
+        attempts,
+        message,
+    });
+}
+
+/// The dead-letter reason of a refusal, named as the engine names it for a local
+/// message (at most once: at once; at least once: out of retries).
+fn refusal_reason(refusal: Refusal, retried: bool) -> DeadLetterReason {
+    match refusal {
+        Refusal::MailboxFull if retried => {
+            DeadLetterReason::RetriesExhausted("mailbox full".into())
+        }
+        Refusal::MailboxFull => DeadLetterReason::MailboxFull,
+        Refusal::CircuitOpen => DeadLetterReason::CircuitOpen,
+        Refusal::EmptyGroup => DeadLetterReason::RetriesExhausted("group has no members".into()),
+    }
+}
