@@ -86,3 +86,5 @@ pub use crate::{
     RouterStats, SupervisorId, SystemClock, SystemInfo, TickSource, TimerDriver, TimerKey,
     TimerWheel, TrySendError, TypedMessage, TICK,
 };
+#[cfg(feature = "nats")]
+pub use crate::{ClusterConfig, ClusterStats};
