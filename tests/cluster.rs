@@ -231,6 +231,89 @@ fn two_nodes_exchange_at_most_once() {
 }
 
 #[test]
+fn two_nodes_exchange_exactly_once() {
+    exchange(DeliveryGuarantee::ExactlyOnce, 500);
+}
+
+/// A frame as another node writes it (wire version 1).
+fn frame(to: &AgentPid, id: &MessageId, exactly_once: bool) -> String {
+    json!({
+        "v": 1, "to": to, "priority": "Normal", "from_node": "elsewhere",
+        "exactly_once": exactly_once,
+        "body": {"kind": "cast", "id": id, "from": null, "message_type": "dup", "payload": {"n": 1}},
+    })
+    .to_string()
+}
+
+#[test]
+fn an_exactly_once_copy_that_arrives_again_is_not_delivered_again() {
+    within(30, || {
+        let server = NatsServer::start();
+        let b = node(&server, "dup", "b", DeliveryGuarantee::AtLeastOnce);
+        let (pb, mb) = registered(&b);
+        let (once, twice, republished) = (MessageId::new(), MessageId::new(), MessageId::new());
+        // The same frame three times, as JetStream redelivers one whose ack was lost
+        // (no Nats-Msg-Id, so the stream keeps every copy).
+        let frames = [
+            frame(&pb, &once, true),
+            frame(&pb, &once, true),
+            frame(&pb, &once, true),
+            frame(&pb, &twice, false),
+            frame(&pb, &twice, false),
+        ];
+        let url = server.url();
+        let (pb2, republished2) = (pb.clone(), republished.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+            for frame in frames {
+                js.publish("dup.node.b", frame.into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+            // A publish retried after its ack was lost: the same Nats-Msg-Id (what the
+            // publisher sets, = the message id) is stored once by the stream.
+            for _ in 0..2 {
+                let publish = async_nats::jetstream::message::PublishMessage::build()
+                    .payload(frame(&pb2, &republished2, false).into())
+                    .message_id(republished2.to_string());
+                js.send_publish("dup.node.b", publish)
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        });
+        wait_until("six frames handled", || {
+            let stats = b.cluster_stats().unwrap();
+            stats.delivered + stats.duplicates == 6
+        });
+        let mut ids = Vec::new();
+        while let Some(message) = mb.try_receive().unwrap() {
+            assert_eq!(message.message_type(), Some("dup"));
+            ids.push(message.id().clone());
+        }
+        assert_eq!(
+            ids,
+            [
+                once.clone(),
+                twice.clone(),
+                twice.clone(),
+                republished.clone()
+            ],
+            "exactly once: one copy; at least once: both; republished: stored once"
+        );
+        assert_eq!(b.cluster_stats().unwrap().duplicates, 2);
+        b.shutdown().unwrap();
+    });
+}
+
+#[test]
 fn refused_remotely_is_redelivered_with_backoff_then_dead_lettered_there() {
     within(60, || {
         let server = NatsServer::start();
@@ -594,16 +677,7 @@ fn what_cannot_cross_or_is_not_built_yet_is_refused_and_dead_lettered() {
         assert_eq!(a.dead_letters().len(), 3);
         assert!(mb.receive_timeout(Duration::from_millis(300)).is_err());
 
-        // Exactly once across nodes is not built yet; local pids still work.
-        let e = node(&server, "refuse2", "e", DeliveryGuarantee::ExactlyOnce);
-        sees(&e, &pb, "b");
-        let err = e.send_message(job(&pb, &pa, 1)).unwrap_err();
-        assert_eq!(err.category(), ErrorCategory::Configuration, "{err}");
-        assert!(err.to_string().contains("exactly-once"), "{err}");
-        let (pe, me) = registered(&e);
-        e.send_message(job(&pe, &pa, 2)).unwrap();
-        assert!(me.try_receive().unwrap().is_some());
-        for system in [a, b, e] {
+        for system in [a, b] {
             system.shutdown().unwrap();
         }
     });

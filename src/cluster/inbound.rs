@@ -9,7 +9,9 @@
 //! | unknown pid | dead letter `AgentNotFound` | same, and `Term` |
 //! | garbage, another wire version | dead letter `Transport`, with the reason and the raw bytes | same, and `Term` |
 //!
-//! Dead letters land in this (the receiving) node's `dead_letters()`.
+//! Dead letters land in this (the receiving) node's `dead_letters()`. A frame sent
+//! exactly once is first reserved in the node's exactly-once window (the engine's):
+//! a copy already delivered within the window is acked and counted, not delivered.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +21,7 @@ use futures_util::StreamExt;
 
 use super::{wire, Shared};
 use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadMessage};
+use crate::delivery::dedup::Reservation;
 use crate::message::{AgentMessage, AgentPid, DeliveryOptions, MessageId, Outgoing};
 use crate::router::{Destination, Push, Refusal};
 
@@ -106,7 +109,40 @@ fn deliver(
         }
     };
     let (to, priority) = (frame.to.clone(), frame.priority);
+    // Exactly once: reserve the id in the engine's window before the push, commit it
+    // once a mailbox took it (never before: NATS #6415), roll it back otherwise.
+    let engine = match frame.exactly_once {
+        true => shared.engine.get().and_then(std::sync::Weak::upgrade),
+        false => None,
+    };
     let out = frame.into_outgoing();
+    let id = out.id().clone();
+    if let Some(engine) = &engine {
+        if engine.tracker.reserve(&id) == Reservation::Duplicate {
+            counters.duplicates.incr();
+            return Verdict::Delivered;
+        }
+    }
+    let verdict = push(shared, to, out, priority, delivered, redeliver);
+    if let Some(engine) = &engine {
+        match verdict {
+            Verdict::Delivered => engine.tracker.commit(&id),
+            _ => engine.tracker.rollback(&id),
+        }
+    }
+    verdict
+}
+
+/// Pushes an arrived message into the local routes and settles what they answered.
+fn push(
+    shared: &Shared,
+    to: AgentPid,
+    out: Outgoing,
+    priority: crate::message::MessagePriority,
+    delivered: u32,
+    redeliver: bool,
+) -> Verdict {
+    let counters = &shared.counters;
     let policy = match &out {
         Outgoing::Envelope(e) => shared.policy.for_message(&e.delivery_options),
         Outgoing::Message(_) => shared.policy.for_message(&DeliveryOptions {

@@ -18,7 +18,7 @@
 //! |---|---|---|
 //! | `AtMostOnce` | core NATS on `{prefix}.direct.{node}`; `Ok` once queued for the socket, nothing more learnt | pushes into the mailbox; full, closed or unknown: dead letter there |
 //! | `AtLeastOnce` | JetStream stream `{prefix}_msgs` on `{prefix}.node.{node}`, `Nats-Msg-Id` = the message id; acks awaited pipelined; a publish not acknowledged is retried with the message's back-off, then dead-lettered on the sender | a durable pull consumer per node; acked once the mailbox accepted it; refused: NAK with the back-off delay, and after `max_retries` redeliveries a dead letter there |
-//! | `ExactlyOnce` | refused (`Configuration`): not built yet | — |
+//! | `ExactlyOnce` | as `AtLeastOnce`: the stream drops a republished id within its duplicate window (2 min) | as `AtLeastOnce`, and the id is reserved in the node's own exactly-once window (the engine's) before the push and committed once a mailbox took it: a redelivered copy (its ack lost) is acked and counted, not delivered again |
 //!
 //! # Invariants
 //!
@@ -37,7 +37,7 @@ mod runtime;
 mod wire;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, stream};
@@ -49,6 +49,7 @@ use self::outbound::Outbox;
 use self::registry::{lease_key, pid_key, Registry};
 pub(crate) use self::runtime::ClientRuntime;
 use crate::dead_letter::DeadLetters;
+use crate::delivery::engine::Engine;
 use crate::delivery::{DeliveryGuarantee, RetryPolicy};
 use crate::error::{MessagingError, MessagingResult};
 use crate::message::AgentPid;
@@ -86,6 +87,9 @@ pub struct ClusterStats {
     pub dead_lettered: u64,
     /// Of those, frames that did not decode or carried another wire version.
     pub undecodable: u64,
+    /// Exactly-once copies that arrived again within the dedupe window (acked to
+    /// JetStream, not delivered again).
+    pub duplicates: u64,
 }
 
 /// The node's counters.
@@ -100,6 +104,7 @@ pub(crate) struct Counters {
     pub(crate) redelivery_requests: Counter,
     pub(crate) dead_lettered: Counter,
     pub(crate) undecodable: Counter,
+    pub(crate) duplicates: Counter,
 }
 
 /// What the node's tasks share.
@@ -111,6 +116,9 @@ pub(crate) struct Shared {
     /// The system's retry schedule (each message's options override it).
     pub(crate) policy: RetryPolicy,
     pub(crate) counters: Counters,
+    /// The system's engine, for its exactly-once window (set once it is built; weak,
+    /// since the engine reaches this node through its routes).
+    pub(crate) engine: OnceLock<std::sync::Weak<Engine>>,
 }
 
 /// A connection made and set up, not yet running (see [`connect`]).
@@ -338,6 +346,7 @@ impl Node {
             dead_letters,
             policy,
             counters: Counters::default(),
+            engine: OnceLock::new(),
         });
         let handle = runtime.handle().clone();
         let (outbox, inbox) = Outbox::new();
@@ -370,6 +379,11 @@ impl Node {
         }
     }
 
+    /// Gives the node its system's engine (for the exactly-once window).
+    pub(crate) fn attach(&self, engine: &std::sync::Arc<Engine>) {
+        let _ = self.shared.engine.set(std::sync::Arc::downgrade(engine));
+    }
+
     /// This node's name.
     pub(crate) fn name(&self) -> &str {
         &self.shared.config.node
@@ -396,6 +410,7 @@ impl Node {
             redelivery_requests: c.redelivery_requests.get(),
             dead_lettered: c.dead_lettered.get(),
             undecodable: c.undecodable.get(),
+            duplicates: c.duplicates.get(),
         }
     }
 

@@ -7,7 +7,7 @@
 //! | the push met | outcome |
 //! |---|---|
 //! | pid unknown to the registry, or its node's lease lapsed | `NotFound` (`AgentNotFound`, dead letter) |
-//! | a call, `require_ack`, or `ExactlyOnce` | `Failed`, `Configuration` error: not built yet |
+//! | a call, or `require_ack` | `Failed`, `Configuration` error: not built yet |
 //! | a cast whose payload is not a `serde_json::Value`, a reply, an ack | `Failed`, `InvalidMessage`: cannot cross a process |
 //! | a frame over the server's `max_payload` | `Failed`, `InvalidMessage` naming both sizes |
 //! | the publisher's queue full | `Refused` (as a full mailbox: retried, or `Err` at most once) |
@@ -124,21 +124,17 @@ impl Outbox {
 impl Node {
     /// Refuses what is not built yet across nodes (`Configuration`, naming it).
     fn not_built(&self, out: &Outgoing, to: &AgentPid, node: &str) -> Option<MessagingError> {
-        let missing = if self.guarantee == DeliveryGuarantee::ExactlyOnce {
-            "exactly-once delivery to a remote pid (use AtLeastOnce or AtMostOnce on cluster nodes)"
-        } else {
-            match out {
-                Outgoing::Envelope(e)
-                    if e.delivery_options.require_ack
-                        && self.guarantee != DeliveryGuarantee::AtMostOnce =>
-                {
-                    "require_ack on a message to a remote pid (its acknowledgement would have to cross back)"
-                }
-                Outgoing::Message(AgentMessage::Call { .. }) => {
-                    "calls to a remote pid (request/reply across nodes)"
-                }
-                _ => return None,
+        let missing = match out {
+            Outgoing::Envelope(e)
+                if e.delivery_options.require_ack
+                    && self.guarantee != DeliveryGuarantee::AtMostOnce =>
+            {
+                "require_ack on a message to a remote pid (its acknowledgement would have to cross back)"
             }
+            Outgoing::Message(AgentMessage::Call { .. }) => {
+                "calls to a remote pid (request/reply across nodes)"
+            }
+            _ => return None,
         };
         Some(MessagingError::Configuration(format!(
             "cluster: {missing} is not built yet; agent {to} lives on node {node:?}"
@@ -159,7 +155,8 @@ impl Destination for Node {
         if let Some(e) = self.not_built(&out, to, &node) {
             return Push::Failed(Some(out), e);
         }
-        let (frame, out) = wire::encode(to, out, priority, self.name(), &node);
+        let exactly_once = self.guarantee == DeliveryGuarantee::ExactlyOnce;
+        let (frame, out) = wire::encode(to, out, priority, self.name(), &node, exactly_once);
         let bytes = match frame {
             Ok(bytes) => bytes,
             Err(e) => return Push::Failed(Some(out), e),

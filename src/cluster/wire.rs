@@ -1,7 +1,7 @@
 //! The wire format between nodes: one JSON frame per message, versioned.
 //!
 //! ```text
-//! {"v":1,"to":"<pid>","priority":"Normal","from_node":"node-a",
+//! {"v":1,"to":"<pid>","priority":"Normal","from_node":"node-a","exactly_once":false,
 //!  "body":{"kind":"envelope","envelope":{ ...MessageEnvelope... }}}
 //! {"v":1, ..., "body":{"kind":"cast","id":"<id>","from":"<pid>"|null,"message_type":null,"payload":<json>}}
 //! {"v":1, ..., "body":{"kind":"info","id":"<id>","info":{ ...SystemInfo... }}}
@@ -37,6 +37,9 @@ pub(crate) struct Frame {
     pub(crate) priority: MessagePriority,
     /// The node that sent it (for dead letters and debugging).
     pub(crate) from_node: String,
+    /// Sent exactly once: the receiving node keeps the id in its dedupe window.
+    #[serde(default)]
+    pub(crate) exactly_once: bool,
     pub(crate) body: Body,
 }
 
@@ -73,6 +76,7 @@ pub(crate) fn encode(
     priority: MessagePriority,
     from_node: &str,
     to_node: &str,
+    exactly_once: bool,
 ) -> (Result<Vec<u8>, MessagingError>, Outgoing) {
     let refuse = |what: &str| {
         MessagingError::InvalidMessage(format!(
@@ -112,6 +116,7 @@ pub(crate) fn encode(
         to,
         priority,
         from_node,
+        exactly_once,
         body,
     };
     let bytes = serde_json::to_vec(&frame).map_err(MessagingError::Serialization);
@@ -125,6 +130,7 @@ struct FrameRef<'a> {
     to: &'a AgentPid,
     priority: MessagePriority,
     from_node: &'a str,
+    exactly_once: bool,
     body: BodyRef<'a>,
 }
 
@@ -208,6 +214,7 @@ mod tests {
             MessagePriority::High,
             "a",
             "b",
+            false,
         );
         let frame = decode(&bytes.unwrap()).unwrap();
         assert_eq!(frame.priority, MessagePriority::High);
@@ -231,6 +238,7 @@ mod tests {
             MessagePriority::Normal,
             "a",
             "b",
+            false,
         );
         let back = decode(&bytes.unwrap()).unwrap().into_outgoing();
         let Outgoing::Message(back) = back else {
@@ -245,6 +253,7 @@ mod tests {
             MessagePriority::Normal,
             "a",
             "b",
+            false,
         );
         let err = refused.unwrap_err();
         assert!(err.to_string().contains("serde_json::Value"), "{err}");

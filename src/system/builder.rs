@@ -257,6 +257,10 @@ impl MessageSystemBuilder {
         let engine = Engine::new(engine_config, routes, timers.clone(), dead_letters.clone())
             .expect("the retry policy was checked above");
         let engine = std::sync::Arc::new(engine);
+        #[cfg(feature = "nats")]
+        if let Some(node) = &cluster {
+            node.attach(&engine);
+        }
         let fire: std::sync::Arc<dyn Fire> = engine.clone();
         timers.attach(std::sync::Arc::downgrade(&fire));
         MessageSystem {
