@@ -180,6 +180,12 @@ impl ClusterConfig {
         format!("{}.direct.{node}", self.prefix)
     }
 
+    /// The subject a node answers remote calls on (core request/reply):
+    /// `{prefix}.call.{node}`.
+    pub fn call_subject(&self, node: &str) -> String {
+        format!("{}.call.{node}", self.prefix)
+    }
+
     /// Checks the names and durations (see the module doc).
     pub(crate) fn validate(&self) -> Result<(), String> {
         check_token("node name", &self.node, 64)?;

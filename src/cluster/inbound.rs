@@ -9,6 +9,10 @@
 //! | unknown pid | dead letter `AgentNotFound` | same, and `Term` |
 //! | garbage, another wire version | dead letter `Transport`, with the reason and the raw bytes | same, and `Term` |
 //!
+//! A call (core request) is pushed as at most once: accepted, its reply is awaited (up
+//! to the call's timeout) and sent back if it is a `serde_json::Value`; refused,
+//! unknown or closed, it is dead-lettered here and answered with the error at once.
+//!
 //! Dead letters land in this (the receiving) node's `dead_letters()`. A frame sent
 //! exactly once is first reserved in the node's exactly-once window (the engine's):
 //! a copy already delivered within the window is acked and counted, not delivered.
@@ -39,6 +43,103 @@ pub(crate) async fn direct(shared: Arc<Shared>, mut subscriber: async_nats::Subs
     while let Some(message) = subscriber.next().await {
         // Every delivery is the first and the last.
         let _ = deliver(&shared, &message.subject, &message.payload, 1, false);
+    }
+}
+
+/// Calls from other nodes (core request/reply): each is pushed into the callee's
+/// mailbox as a call whose reply is awaited here and sent back.
+pub(crate) async fn calls(
+    shared: Arc<Shared>,
+    mut subscriber: async_nats::Subscriber,
+    client: async_nats::Client,
+) {
+    while let Some(message) = subscriber.next().await {
+        shared.counters.received.incr();
+        let answer = serve(&shared, &message.subject, &message.payload);
+        let Some(reply) = message.reply else {
+            continue; // Nobody to answer (not a request): dead-lettered above if bad.
+        };
+        match answer {
+            Ok(waiting) => {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    if let Some(frame) = waiting.await {
+                        answer_with(&client, reply, frame).await;
+                    }
+                });
+            }
+            Err(frame) => answer_with(&client, reply, frame).await,
+        }
+    }
+}
+
+async fn answer_with(
+    client: &async_nats::Client,
+    reply: async_nats::Subject,
+    frame: wire::ReplyFrame,
+) {
+    if let Ok(bytes) = serde_json::to_vec(&frame) {
+        let _ = client.publish(reply, bytes.into()).await;
+    }
+}
+
+/// Pushes one call into its mailbox: a future of its answer (`None`: no reply within
+/// the call's timeout, so no answer: the caller has timed out), or the error answer at
+/// once (the call dead-lettered here).
+fn serve(
+    shared: &Shared,
+    subject: &str,
+    payload: &[u8],
+) -> Result<
+    impl std::future::Future<Output = Option<wire::ReplyFrame>> + Send + 'static,
+    wire::ReplyFrame,
+> {
+    let call = match wire::decode_call(payload) {
+        Ok(call) => call,
+        Err(why) => {
+            undecodable(shared, subject, payload, 1, &why);
+            return Err(wire::ReplyFrame::error(why));
+        }
+    };
+    let timeout = Duration::from_millis(call.timeout_ms);
+    let (reply_to, reply) = crate::message::reply_channel();
+    let message = AgentMessage::Call {
+        id: call.id,
+        from: call.from,
+        payload: Box::new(call.payload),
+        reply_to,
+        timeout,
+    };
+    let to = call.to;
+    let priority = crate::message::MessagePriority::Normal;
+    match push(
+        shared,
+        to.clone(),
+        Outgoing::Message(message),
+        priority,
+        1,
+        false,
+    ) {
+        Verdict::Delivered => {
+            shared.counters.calls_served.incr();
+            Ok(async move {
+                match tokio::time::timeout(timeout, reply).await {
+                    Ok(Ok(payload)) => Some(match payload.downcast::<serde_json::Value>() {
+                        Ok(value) => wire::ReplyFrame::reply(*value),
+                        Err(_) => wire::ReplyFrame::error(
+                            "the reply is not a serde_json::Value and cannot cross a process",
+                        ),
+                    }),
+                    Ok(Err(_)) => Some(wire::ReplyFrame::error(
+                        "the callee dropped the call without a reply",
+                    )),
+                    Err(_) => None,
+                }
+            })
+        }
+        _ => Err(wire::ReplyFrame::error(format!(
+            "the call to agent {to} was not delivered on this node (see its dead letters)"
+        ))),
     }
 }
 
@@ -91,20 +192,7 @@ fn deliver(
     let frame = match wire::decode(payload) {
         Ok(frame) => frame,
         Err(why) => {
-            counters.undecodable.incr();
-            let raw = AgentMessage::Cast {
-                id: MessageId::new(),
-                from: AgentPid::nil(),
-                payload: Box::new(payload.to_vec()),
-                message_type: Some("cluster.undecodable".into()),
-            };
-            bury(
-                shared,
-                AgentPid::nil(),
-                Outgoing::Message(raw),
-                delivered,
-                DeadLetterReason::Transport(format!("{why}, on subject {subject}")),
-            );
+            undecodable(shared, subject, payload, delivered, &why);
             return Verdict::GaveUp;
         }
     };
@@ -186,6 +274,24 @@ fn push(
             Verdict::GaveUp
         }
     }
+}
+
+/// Dead-letters a frame that did not decode, keeping its bytes.
+fn undecodable(shared: &Shared, subject: &str, payload: &[u8], attempts: u32, why: &str) {
+    shared.counters.undecodable.incr();
+    let raw = AgentMessage::Cast {
+        id: MessageId::new(),
+        from: AgentPid::nil(),
+        payload: Box::new(payload.to_vec()),
+        message_type: Some("cluster.undecodable".into()),
+    };
+    bury(
+        shared,
+        AgentPid::nil(),
+        Outgoing::Message(raw),
+        attempts,
+        DeadLetterReason::Transport(format!("{why}, on subject {subject}")),
+    );
 }
 
 fn bury(shared: &Shared, to: AgentPid, out: Outgoing, attempts: u32, reason: DeadLetterReason) {

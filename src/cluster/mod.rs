@@ -18,6 +18,7 @@
 //! |---|---|---|
 //! | `AtMostOnce` | core NATS on `{prefix}.direct.{node}`; `Ok` once queued for the socket, nothing more learnt | pushes into the mailbox; full, closed or unknown: dead letter there |
 //! | `AtLeastOnce` | JetStream stream `{prefix}_msgs` on `{prefix}.node.{node}`, `Nats-Msg-Id` = the message id; acks awaited pipelined; a publish not acknowledged is retried with the message's back-off, then dead-lettered on the sender | a durable pull consumer per node; acked once the mailbox accepted it; refused: NAK with the back-off delay, and after `max_retries` redeliveries a dead letter there |
+//! | a call (any guarantee) | a core request to `{prefix}.call.{node}` with the call's timeout; the JSON reply comes back to the caller | pushes the call into the mailbox and answers with the callee's reply (a `serde_json::Value`); refused, unknown, or a reply that cannot cross: an error answer, a dead letter there, and the caller fails at once (`DeliveryFailed`) |
 //! | `ExactlyOnce` | as `AtLeastOnce`: the stream drops a republished id within its duplicate window (2 min) | as `AtLeastOnce`, and the id is reserved in the node's own exactly-once window (the engine's) before the push and committed once a mailbox took it: a redelivered copy (its ack lost) is acked and counted, not delivered again |
 //!
 //! # Invariants
@@ -90,6 +91,14 @@ pub struct ClusterStats {
     /// Exactly-once copies that arrived again within the dedupe window (acked to
     /// JetStream, not delivered again).
     pub duplicates: u64,
+    /// Calls this node sent to other nodes.
+    pub calls_sent: u64,
+    /// Of those, calls that got no reply (an error answer, no responder, garbage);
+    /// their callers failed with `DeliveryFailed`. A call that simply timed out is
+    /// not counted here.
+    pub calls_failed: u64,
+    /// Calls from other nodes pushed into a mailbox here.
+    pub calls_served: u64,
 }
 
 /// The node's counters.
@@ -105,6 +114,9 @@ pub(crate) struct Counters {
     pub(crate) dead_lettered: Counter,
     pub(crate) undecodable: Counter,
     pub(crate) duplicates: Counter,
+    pub(crate) calls_sent: Counter,
+    pub(crate) calls_failed: Counter,
+    pub(crate) calls_served: Counter,
 }
 
 /// What the node's tasks share.
@@ -130,6 +142,7 @@ pub(crate) struct Link {
     registry: Registry,
     watch: kv::Watch,
     direct: async_nats::Subscriber,
+    calls: async_nats::Subscriber,
     consumer: consumer::PullConsumer,
     messages: consumer::pull::Stream,
     max_payload: usize,
@@ -245,6 +258,10 @@ async fn set_up(config: ClusterConfig, step: Step) -> MessagingResult<Link> {
         .subscribe(config.direct_subject(&config.node))
         .await
         .map_err(|e| failed("cannot subscribe", &e))?;
+    let calls = client
+        .subscribe(config.call_subject(&config.node))
+        .await
+        .map_err(|e| failed("cannot subscribe", &e))?;
 
     step.set("setting up the registry bucket");
     let bucket = config.bucket_name();
@@ -287,6 +304,7 @@ async fn set_up(config: ClusterConfig, step: Step) -> MessagingResult<Link> {
         registry,
         watch,
         direct,
+        calls,
         consumer,
         messages,
         max_payload,
@@ -334,6 +352,7 @@ impl Node {
             registry,
             watch,
             direct,
+            calls,
             consumer,
             messages,
             max_payload,
@@ -360,6 +379,9 @@ impl Node {
                 .abort_handle(),
             handle
                 .spawn(inbound::direct(shared.clone(), direct))
+                .abort_handle(),
+            handle
+                .spawn(inbound::calls(shared.clone(), calls, client.clone()))
                 .abort_handle(),
             handle
                 .spawn(inbound::stream(shared.clone(), messages, consumer))
@@ -411,6 +433,9 @@ impl Node {
             dead_lettered: c.dead_lettered.get(),
             undecodable: c.undecodable.get(),
             duplicates: c.duplicates.get(),
+            calls_sent: c.calls_sent.get(),
+            calls_failed: c.calls_failed.get(),
+            calls_served: c.calls_served.get(),
         }
     }
 

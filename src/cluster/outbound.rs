@@ -7,7 +7,8 @@
 //! | the push met | outcome |
 //! |---|---|
 //! | pid unknown to the registry, or its node's lease lapsed | `NotFound` (`AgentNotFound`, dead letter) |
-//! | a call, or `require_ack` | `Failed`, `Configuration` error: not built yet |
+//! | `require_ack` | `Failed`, `Configuration` error: not built yet |
+//! | a call with a `serde_json::Value` payload | `Done`: a request is on its way (see below) |
 //! | a cast whose payload is not a `serde_json::Value`, a reply, an ack | `Failed`, `InvalidMessage`: cannot cross a process |
 //! | a frame over the server's `max_payload` | `Failed`, `InvalidMessage` naming both sizes |
 //! | the publisher's queue full | `Refused` (as a full mailbox: retried, or `Err` at most once) |
@@ -21,6 +22,13 @@
 //! publish: up to [`MAX_IN_FLIGHT`] acks are awaited together. A publish that is not
 //! acknowledged is retried after the message's back-off, up to its `max_retries`, then
 //! dead-lettered on this node (`Transport`).
+//!
+//! A call is a core NATS request to `{prefix}.call.{node}`, made on the client runtime
+//! with the call's timeout (plus a little, so that the caller's own timeout decides):
+//! the callee's JSON reply goes to the caller's reply slot; an error answer (the
+//! callee's mailbox refused it, it is gone, its reply cannot cross) or no responder
+//! drops the slot, so the caller fails at once with `DeliveryFailed` (the callee's
+//! node keeps a dead letter saying why). A call is not retried.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -131,9 +139,6 @@ impl Node {
             {
                 "require_ack on a message to a remote pid (its acknowledgement would have to cross back)"
             }
-            Outgoing::Message(AgentMessage::Call { .. }) => {
-                "calls to a remote pid (request/reply across nodes)"
-            }
             _ => return None,
         };
         Some(MessagingError::Configuration(format!(
@@ -154,6 +159,9 @@ impl Destination for Node {
         }
         if let Some(e) = self.not_built(&out, to, &node) {
             return Push::Failed(Some(out), e);
+        }
+        if let Outgoing::Message(AgentMessage::Call { .. }) = &out {
+            return self.call(to, &node, out);
         }
         let exactly_once = self.guarantee == DeliveryGuarantee::ExactlyOnce;
         let (frame, out) = wire::encode(to, out, priority, self.name(), &node, exactly_once);
@@ -206,6 +214,88 @@ impl Destination for Node {
                 )),
             ),
         }
+    }
+}
+
+// ===== calls =====
+
+impl Node {
+    /// Sends a call as a request (see the module doc).
+    fn call(&self, to: &AgentPid, node: &str, out: Outgoing) -> Push {
+        let Outgoing::Message(AgentMessage::Call {
+            id,
+            from,
+            payload,
+            reply_to,
+            timeout,
+        }) = out
+        else {
+            unreachable!("only calls come here")
+        };
+        let rebuild = |payload, reply_to| {
+            Outgoing::Message(AgentMessage::Call {
+                id: id.clone(),
+                from: from.clone(),
+                payload,
+                reply_to,
+                timeout,
+            })
+        };
+        let Some(value) = payload.downcast_ref::<serde_json::Value>() else {
+            let e = MessagingError::InvalidMessage(format!(
+                "a call whose payload is not a serde_json::Value cannot cross to agent {to} on \
+                 node {node:?}"
+            ));
+            return Push::Failed(Some(rebuild(payload, reply_to)), e);
+        };
+        let frame = wire::CallFrame {
+            v: wire::WIRE_VERSION,
+            to: to.clone(),
+            from_node: self.name().to_string(),
+            id: id.clone(),
+            from: from.clone(),
+            payload: value.clone(),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        let bytes = match serde_json::to_vec(&frame) {
+            Ok(bytes) => bytes,
+            Err(e) => return Push::Failed(Some(rebuild(payload, reply_to)), e.into()),
+        };
+        if bytes.len() + HEADER_ROOM > self.max_payload {
+            let e = MessagingError::InvalidMessage(format!(
+                "call {id} to agent {to} on node {node:?} is {} bytes on the wire, over the \
+                 server's max_payload of {} bytes",
+                bytes.len(),
+                self.max_payload
+            ));
+            return Push::Failed(Some(rebuild(payload, reply_to)), e);
+        }
+        let counters = self.shared.clone();
+        let client = self.client.clone();
+        let subject = self.shared.config.call_subject(node);
+        // The caller's own timeout decides; the request outlives it a little.
+        let wait = timeout.saturating_add(Duration::from_millis(250));
+        counters.counters.calls_sent.incr();
+        self.runtime.handle().spawn(async move {
+            let request = async_nats::Request::new()
+                .payload(Bytes::from(bytes))
+                .timeout(Some(wait));
+            let answer = match client.send_request(subject, request).await {
+                Ok(reply) => wire::ReplyFrame::decode(&reply.payload),
+                Err(e) => Err(e.to_string()),
+            };
+            match answer {
+                Ok(value) => {
+                    let _ = reply_to.send(Box::new(value));
+                }
+                // Dropping the slot fails the caller at once (`DeliveryFailed`).
+                Err(_) => {
+                    counters.counters.calls_failed.incr();
+                    drop(reply_to);
+                }
+            }
+        });
+        Push::Done
     }
 }
 

@@ -15,6 +15,11 @@
 //!
 //! A frame that does not decode, or carries another `v`, is reported by [`decode`]
 //! with the reason; the receiving node dead-letters it.
+//!
+//! A remote call travels as a request (core NATS request/reply) with its own frame,
+//! [`CallFrame`] (the call's id, caller, JSON payload and timeout), and is answered
+//! with a [`ReplyFrame`]: the callee's reply if it is a `serde_json::Value`, or why
+//! there is none.
 
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +65,71 @@ pub(crate) enum Body {
         id: MessageId,
         info: SystemInfo,
     },
+}
+
+/// A call on the wire (subject `{prefix}.call.{node}`, core request/reply).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct CallFrame {
+    pub(crate) v: u32,
+    pub(crate) to: AgentPid,
+    pub(crate) from_node: String,
+    pub(crate) id: MessageId,
+    pub(crate) from: AgentPid,
+    pub(crate) payload: serde_json::Value,
+    /// The caller's timeout, in milliseconds.
+    pub(crate) timeout_ms: u64,
+}
+
+/// The answer to a [`CallFrame`]: a reply, or why there is none.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ReplyFrame {
+    pub(crate) v: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) reply: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<String>,
+}
+
+impl ReplyFrame {
+    pub(crate) fn reply(value: serde_json::Value) -> Self {
+        ReplyFrame {
+            v: WIRE_VERSION,
+            reply: Some(value),
+            error: None,
+        }
+    }
+
+    pub(crate) fn error(why: impl Into<String>) -> Self {
+        ReplyFrame {
+            v: WIRE_VERSION,
+            reply: None,
+            error: Some(why.into()),
+        }
+    }
+
+    /// The reply, or why there is none (an error frame, garbage, a foreign version).
+    pub(crate) fn decode(bytes: &[u8]) -> Result<serde_json::Value, String> {
+        match serde_json::from_slice::<ReplyFrame>(bytes) {
+            Ok(frame) if frame.v != WIRE_VERSION => Err(foreign(frame.v)),
+            Ok(ReplyFrame {
+                reply: Some(value), ..
+            }) => Ok(value),
+            Ok(ReplyFrame { error, .. }) => Err(error.unwrap_or_else(|| "an empty reply".into())),
+            Err(e) => Err(format!("undecodable reply ({} bytes): {e}", bytes.len())),
+        }
+    }
+}
+
+/// Decodes a call, or says why not.
+pub(crate) fn decode_call(bytes: &[u8]) -> Result<CallFrame, String> {
+    match serde_json::from_slice::<CallFrame>(bytes) {
+        Ok(frame) if frame.v == WIRE_VERSION => Ok(frame),
+        Ok(frame) => Err(foreign(frame.v)),
+        Err(e) => match serde_json::from_slice::<VersionOnly>(bytes) {
+            Ok(VersionOnly { v }) if v != WIRE_VERSION => Err(foreign(v)),
+            _ => Err(format!("undecodable call ({} bytes): {e}", bytes.len())),
+        },
+    }
 }
 
 /// Only the version, to name a foreign frame's version when the whole does not decode.
