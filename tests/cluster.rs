@@ -532,6 +532,31 @@ fn shutdown_withdraws_every_pid_at_once() {
 }
 
 #[test]
+fn a_node_name_is_refused_while_a_live_node_holds_it() {
+    within(30, || {
+        let server = NatsServer::start();
+        let lease = Duration::from_millis(900);
+        let build = || {
+            MessageSystem::builder(RouterConfig::default())
+                .cluster(config(&server, "names", "b").lease(lease))
+                .build()
+        };
+        let b = build().unwrap();
+        let err = build().unwrap_err();
+        assert_eq!(err.category(), ErrorCategory::Configuration, "{err}");
+        assert!(err.to_string().contains("\"b\" is in use"), "{err}");
+        // A clean shutdown frees the name at once...
+        b.shutdown().unwrap();
+        let b = build().unwrap();
+        // ...a crash frees it once its lease lapses.
+        drop(b);
+        assert!(build().is_err(), "still within the lease");
+        thread::sleep(lease);
+        build().unwrap().shutdown().unwrap();
+    });
+}
+
+#[test]
 fn a_node_dropped_without_unregistering_stops_resolving_after_its_lease() {
     within(30, || {
         let server = NatsServer::start();

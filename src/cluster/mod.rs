@@ -236,6 +236,38 @@ async fn set_up(config: ClusterConfig, step: Step) -> MessagingResult<Link> {
                 &e,
             )
         })?;
+    step.set("setting up the registry bucket");
+    let bucket = config.bucket_name();
+    let kv = match js.get_key_value(bucket.clone()).await {
+        Ok(kv) => kv,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: bucket.clone(),
+                history: 1,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| failed("cannot set up the registry bucket", &e))?,
+    };
+    // A live node with the same name would share this node's consumer and lease.
+    step.set("checking that this node's name is free");
+    if let Ok(Some(entry)) = kv.entry(lease_key(&config.node)).await {
+        if let Some(age) = live_lease_age(&entry) {
+            return Err(MessagingError::Configuration(format!(
+                "cluster: node name {:?} is in use by a live node (its lease was renewed \
+                 {age:?} ago); choose another name, or wait until that node's lease lapses",
+                config.node
+            )));
+        }
+    }
+    // Our own lease first: the bucket is not empty, so the watch below has a current
+    // entry to announce that it has caught up.
+    step.set("writing this node's lease");
+    put_lease(&kv, &config)
+        .await
+        .map_err(|e| failed("cannot write this node's lease", &e))?;
+    // Only now, with the name ours: the consumer and the subscriptions.
     step.set("setting up this node's consumer");
     let consumer: consumer::PullConsumer = stream
         .get_or_create_consumer(
@@ -263,26 +295,6 @@ async fn set_up(config: ClusterConfig, step: Step) -> MessagingResult<Link> {
         .await
         .map_err(|e| failed("cannot subscribe", &e))?;
 
-    step.set("setting up the registry bucket");
-    let bucket = config.bucket_name();
-    let kv = match js.get_key_value(bucket.clone()).await {
-        Ok(kv) => kv,
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: bucket.clone(),
-                history: 1,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| failed("cannot set up the registry bucket", &e))?,
-    };
-    // Our own lease first: the bucket is not empty, so the watch below has a current
-    // entry to announce that it has caught up.
-    step.set("writing this node's lease");
-    put_lease(&kv, &config)
-        .await
-        .map_err(|e| failed("cannot write this node's lease", &e))?;
     step.set("reading the registry");
     let registry = Registry::new(&config.node);
     let mut watch = kv
@@ -309,6 +321,23 @@ async fn set_up(config: ClusterConfig, step: Step) -> MessagingResult<Link> {
         messages,
         max_payload,
     })
+}
+
+/// How long ago a lease entry was renewed, if its lease has not lapsed yet: the
+/// server's timestamp against this machine's wall clock (the one place clocks meet;
+/// a skew shifts the answer by the skew).
+fn live_lease_age(entry: &kv::Entry) -> Option<Duration> {
+    if entry.operation != kv::Operation::Put {
+        return None;
+    }
+    let lease_ms: u64 = std::str::from_utf8(&entry.value).ok()?.parse().ok()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    let renewed = u128::try_from(entry.created.unix_timestamp_nanos()).ok()?;
+    let age = Duration::from_nanos(u64::try_from(now.saturating_sub(renewed)).ok()?);
+    (age < Duration::from_millis(lease_ms)).then_some(age)
 }
 
 async fn put_lease(kv: &kv::Store, config: &ClusterConfig) -> Result<u64, kv::PutError> {
