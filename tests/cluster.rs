@@ -81,13 +81,24 @@ struct Seen {
     ids: Vec<MessageId>,
 }
 
-/// Receives on its own thread until `n` messages arrived or nothing came for 3 s,
+/// Receives on its own thread until `n` distinct messages arrived or nothing came for `quiet`,
 /// checking that each arrives as the envelope or cast it was sent as.
 fn receive(mailbox: AgentMailbox, from: AgentPid, n: usize) -> thread::JoinHandle<Seen> {
+    receive_until_quiet(mailbox, from, n, Duration::from_secs(3))
+}
+
+fn receive_until_quiet(
+    mailbox: AgentMailbox,
+    from: AgentPid,
+    n: usize,
+    quiet: Duration,
+) -> thread::JoinHandle<Seen> {
     thread::spawn(move || {
         let mut ids = Vec::new();
-        while ids.len() < n {
-            let Ok(message) = mailbox.receive_timeout(Duration::from_secs(3)) else {
+        // Distinct ids: at least once may deliver a copy, which must not end the count.
+        let mut distinct = HashSet::new();
+        while distinct.len() < n {
+            let Ok(message) = mailbox.receive_timeout(quiet) else {
                 break;
             };
             match &message {
@@ -106,6 +117,7 @@ fn receive(mailbox: AgentMailbox, from: AgentPid, n: usize) -> thread::JoinHandl
                 }
                 other => panic!("unexpected {other:?}"),
             }
+            distinct.insert(message.id().clone());
             ids.push(message.id().clone());
         }
         Seen { ids }
@@ -311,6 +323,87 @@ fn an_exactly_once_copy_that_arrives_again_is_not_delivered_again() {
         assert_eq!(b.cluster_stats().unwrap().duplicates, 2);
         b.shutdown().unwrap();
     });
+}
+
+/// The server is SIGKILLed mid-stream and restarted on the same port and store: every
+/// message accepted before, during and after is delivered or dead-lettered with its
+/// reason; none is lost; under exactly-once none is delivered twice.
+fn server_restart(guarantee: DeliveryGuarantee) {
+    within(90, move || {
+        let mut server = NatsServer::start();
+        let a = node(&server, "crash", "a", guarantee);
+        let b = node(&server, "crash", "b", guarantee);
+        let pa = AgentPid::new();
+        let (pb, mb) = registered(&b);
+        sees(&a, &pb, "b");
+        let n = 300;
+        // The client reconnects with a back-off (up to 4 s between tries) and the
+        // consumer resumes after it: a long quiet period is no loss.
+        let seen = receive_until_quiet(mb, pa.clone(), n, Duration::from_secs(20));
+        // Generous retries: the restart must fit in them.
+        let options = DeliveryOptions {
+            max_retries: 8,
+            retry_delay: Duration::from_millis(200),
+            ..DeliveryOptions::default()
+        };
+        let mut accepted = HashSet::new();
+        for i in 0..n {
+            if i == n / 3 {
+                server.kill();
+            }
+            if i == 2 * n / 3 {
+                server.restart();
+            }
+            let envelope =
+                MessageEnvelope::new(pb.clone(), "job".into(), json!({ "n": i }), options.clone())
+                    .with_from(pa.clone());
+            let id = envelope.id.clone();
+            match a.send_message(envelope) {
+                Ok(()) => {
+                    accepted.insert(id);
+                }
+                Err(e) => panic!("send {i}: {e}"),
+            }
+            // About a second and a half without a server.
+            let down = (n / 3..2 * n / 3).contains(&i);
+            thread::sleep(Duration::from_millis(if down { 15 } else { 2 }));
+        }
+        // Quiesce: everything published or given up on by the sender.
+        wait_until("a's publisher settling", || {
+            a.cluster_stats().unwrap().queued == 0
+        });
+        let seen = seen.join().unwrap();
+        let dead: HashSet<MessageId> = a
+            .dead_letters()
+            .into_iter()
+            .chain(b.dead_letters())
+            .map(|letter| letter.id)
+            .collect();
+        let t = tally(&accepted, &seen.ids, &dead);
+        println!(
+            "server restart, {guarantee:?}: {t:?} {:?} {:?}",
+            a.cluster_stats(),
+            b.cluster_stats()
+        );
+        assert_eq!(t.accepted, n);
+        assert_eq!(t.lost, 0, "{t:?}");
+        assert_eq!(t.unexpected, 0, "{t:?}");
+        if guarantee == DeliveryGuarantee::ExactlyOnce {
+            assert_eq!(t.duplicated, 0, "{t:?}");
+        }
+        a.shutdown().unwrap();
+        b.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn a_server_killed_and_restarted_mid_stream_loses_nothing_at_least_once() {
+    server_restart(DeliveryGuarantee::AtLeastOnce);
+}
+
+#[test]
+fn a_server_killed_and_restarted_mid_stream_delivers_each_id_once_exactly_once() {
+    server_restart(DeliveryGuarantee::ExactlyOnce);
 }
 
 #[test]
