@@ -813,6 +813,51 @@ fn an_unreachable_server_is_a_clear_error_within_the_connect_timeout() {
 }
 
 #[test]
+fn a_node_authenticates_with_a_password_or_a_token_and_bad_credentials_are_clear() {
+    within(30, || {
+        let build = |config: ClusterConfig| {
+            MessageSystem::builder(RouterConfig::default())
+                .cluster(config.connect_timeout(Duration::from_secs(3)))
+                .build()
+        };
+        let server = NatsServer::start_with_config(
+            "authorization { user: \"agent\", password: \"s3cret\" }\n",
+        );
+        let ok = build(config(&server, "auth", "a").user_and_password("agent", "s3cret")).unwrap();
+        ok.shutdown().unwrap();
+        let started = Instant::now();
+        let err =
+            build(config(&server, "auth", "b").user_and_password("agent", "wrong")).unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(err.to_string().contains(&server.url()), "{err}");
+        assert!(
+            !err.to_string().contains("wrong"),
+            "no secret in the error: {err}"
+        );
+        let err = build(config(&server, "auth", "c")).unwrap_err();
+        assert!(err.to_string().contains(&server.url()), "{err}");
+
+        let server = NatsServer::start_with_config("authorization { token: \"t0k3n\" }\n");
+        let ok = build(config(&server, "auth", "a").token("t0k3n")).unwrap();
+        ok.shutdown().unwrap();
+        assert!(build(config(&server, "auth", "b").token("nope")).is_err());
+
+        // A credentials file that cannot be read: Configuration, naming the file.
+        let err = build(config(&server, "auth", "d").credentials_file("/nonexistent/agent.creds"))
+            .unwrap_err();
+        assert_eq!(err.category(), ErrorCategory::Configuration, "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/agent.creds"),
+            "{err}"
+        );
+    });
+}
+
+#[test]
 fn a_bad_cluster_configuration_is_refused_before_connecting() {
     let build = |config: ClusterConfig| {
         MessageSystem::builder(RouterConfig::default())
