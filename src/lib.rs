@@ -85,6 +85,7 @@
 //! | `table` | the slab of destinations by pid, and `MailboxManager` over it |
 //! | `router` | where one attempt goes: the table, or a custom router |
 //! | `delivery` | the delivery engine: guarantees, retries, acks, the ledger |
+//! | `cluster` | cargo feature `nats`: nodes on NATS JetStream, a second kind of destination behind the engine |
 //! | `system` | `MessageSystem`: everything wired together |
 //! | `tokio` | the async twins |
 //!
@@ -109,6 +110,8 @@ mod sync;
 struct ReadmeDoctests;
 
 mod breaker;
+#[cfg(feature = "nats")]
+mod cluster;
 mod dead_letter;
 mod delivery;
 mod error;
@@ -253,6 +256,8 @@ pub mod __private {
 }
 
 pub use crate::breaker::{BreakerState, CircuitBreakerConfig};
+#[cfg(feature = "nats")]
+pub use crate::cluster::{ClusterConfig, ClusterStats};
 pub use crate::dead_letter::{
     DeadLetter, DeadLetterKind, DeadLetterReason, DeadLetterStats, DeadLetterSubscription,
     DeadMessage, DEFAULT_DEAD_LETTER_CAPACITY,

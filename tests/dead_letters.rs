@@ -220,6 +220,10 @@ fn reason_kinds() {
             DeadLetterReason::AgentStopped("panicked: boom".into()),
             DeadLetterKind::AgentStopped,
         ),
+        (
+            DeadLetterReason::Transport("bad frame".into()),
+            DeadLetterKind::Transport,
+        ),
     ];
     for (reason, kind) in &cases {
         assert_eq!(reason.kind(), *kind, "{reason}");

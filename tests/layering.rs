@@ -22,6 +22,7 @@ const LAYERS: &[&str] = &[
     "table",
     "router",
     "delivery",
+    "cluster",
     "system",
     "tokio",
 ];

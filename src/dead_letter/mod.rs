@@ -94,6 +94,10 @@ pub enum DeadLetterReason {
     /// The agent stopped with this exit reason (`exit`, a crash: `panicked: …`, or a
     /// link) while the message was queued and no receiver was left to drain it.
     AgentStopped(String),
+    /// The cluster transport gave up on it (cargo feature `nats`): a frame that did not
+    /// decode or carried another wire version (on the receiving node), or a publish the
+    /// server never acknowledged (on the sending node); why.
+    Transport(String),
 }
 
 impl fmt::Display for DeadLetterReason {
@@ -109,6 +113,7 @@ impl fmt::Display for DeadLetterReason {
             DeadLetterReason::Overloaded(why) => write!(f, "overloaded: {why}"),
             DeadLetterReason::Shutdown => f.write_str("system shut down"),
             DeadLetterReason::AgentStopped(reason) => write!(f, "agent stopped: {reason}"),
+            DeadLetterReason::Transport(why) => write!(f, "transport: {why}"),
         }
     }
 }
@@ -186,7 +191,7 @@ impl DeadLetter {
 
 impl DeadLetterReason {
     /// Every [`label`](Self::label), in declaration order.
-    pub const LABELS: [&'static str; 10] = [
+    pub const LABELS: [&'static str; 11] = [
         "mailbox_full",
         "mailbox_closed",
         "agent_not_found",
@@ -197,6 +202,7 @@ impl DeadLetterReason {
         "overloaded",
         "shutdown",
         "agent_stopped",
+        "transport",
     ];
 
     /// The reason's kind without its details, in snake case: a metric label
@@ -229,6 +235,7 @@ impl DeadLetterReason {
             DeadLetterReason::Overloaded(_) => DeadLetterKind::Overloaded,
             DeadLetterReason::Shutdown => DeadLetterKind::Shutdown,
             DeadLetterReason::AgentStopped(_) => DeadLetterKind::AgentStopped,
+            DeadLetterReason::Transport(_) => DeadLetterKind::Transport,
         }
     }
 }
@@ -258,6 +265,8 @@ pub enum DeadLetterKind {
     Shutdown,
     /// [`DeadLetterReason::AgentStopped`], whatever the exit reason.
     AgentStopped,
+    /// [`DeadLetterReason::Transport`], whatever the cause.
+    Transport,
 }
 
 impl DeadLetterKind {
@@ -273,6 +282,7 @@ impl DeadLetterKind {
         DeadLetterKind::Overloaded,
         DeadLetterKind::Shutdown,
         DeadLetterKind::AgentStopped,
+        DeadLetterKind::Transport,
     ];
 
     /// The kind's position in [`ALL`](Self::ALL).
@@ -295,6 +305,7 @@ impl fmt::Display for DeadLetterKind {
             DeadLetterKind::Overloaded => "overloaded",
             DeadLetterKind::Shutdown => "system shut down",
             DeadLetterKind::AgentStopped => "agent stopped",
+            DeadLetterKind::Transport => "transport",
         })
     }
 }

@@ -81,6 +81,8 @@ impl Engine {
         snapshot.open_breakers = match &self.routes {
             Routes::Local(_) => open,
             Routes::Custom(custom) => custom.open_breakers(),
+            #[cfg(feature = "nats")]
+            Routes::Cluster(_) => open,
         };
         snapshot.depths = watched
             .iter()

@@ -10,6 +10,8 @@
 //!    → breaker admission → push.
 //! 2. `custom`: `CustomRoutes`, a user's [`MessageRouter`] behind the same
 //!    interface, with the same breakers.
+//! 3. `cluster` (cargo feature `nats`): `ClusterRoutes`, the local table first, then a
+//!    remote destination (the NATS transport) for pids that live on other nodes.
 //!
 //! Here: the [`MessageRouter`] trait (the seam for custom routing), the interface,
 //! and the router counters.
@@ -20,6 +22,8 @@
 //!   `Closed`, `NotFound`; `Failed` when a custom router gave it back), so the engine
 //!   can retry or dead-letter it.
 
+#[cfg(feature = "nats")]
+pub(crate) mod cluster;
 pub(crate) mod custom;
 pub(crate) mod default;
 
@@ -181,10 +185,13 @@ pub(crate) trait Destination: Send + Sync {
     fn push(&self, to: &AgentPid, out: Outgoing, priority: MessagePriority) -> Push;
 }
 
-/// The destinations of one system: its own table, or a custom router.
+/// The destinations of one system: its own table, or a custom router (or, on a
+/// cluster node, its own table and then the other nodes).
 pub(crate) enum Routes {
     Local(default::LocalRoutes),
     Custom(custom::CustomRoutes),
+    #[cfg(feature = "nats")]
+    Cluster(cluster::ClusterRoutes),
 }
 
 impl Destination for Routes {
@@ -193,6 +200,8 @@ impl Destination for Routes {
         match self {
             Routes::Local(local) => local.push(to, out, priority),
             Routes::Custom(custom) => custom.push(to, out, priority),
+            #[cfg(feature = "nats")]
+            Routes::Cluster(cluster) => cluster.push(to, out, priority),
         }
     }
 }
@@ -206,11 +215,13 @@ impl Routes {
     }
 
     /// Whether `pid` is a destination now: `None` when a custom router routes (it
-    /// alone knows).
+    /// alone knows) or when it may live on another node of a cluster.
     pub(crate) fn knows(&self, pid: &AgentPid) -> Option<bool> {
         match self {
             Routes::Local(local) => Some(local.knows(pid)),
             Routes::Custom(_) => None,
+            #[cfg(feature = "nats")]
+            Routes::Cluster(cluster) => cluster.local.knows(pid).then_some(true),
         }
     }
 
@@ -219,6 +230,8 @@ impl Routes {
         match self {
             Routes::Local(local) => local.breaker_trips.get(),
             Routes::Custom(custom) => custom.breaker_trips.get(),
+            #[cfg(feature = "nats")]
+            Routes::Cluster(cluster) => cluster.local.breaker_trips.get(),
         }
     }
 }

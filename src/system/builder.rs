@@ -32,6 +32,8 @@ pub struct MessageSystemBuilder {
     pub(super) clock: Option<std::sync::Arc<dyn Clock>>,
     pub(super) timer_driver: TimerDriver,
     pub(super) dead_letter_capacity: usize,
+    #[cfg(feature = "nats")]
+    pub(super) cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl MessageSystemBuilder {
@@ -45,6 +47,8 @@ impl MessageSystemBuilder {
             clock: None,
             timer_driver: TimerDriver::Thread,
             dead_letter_capacity: DEFAULT_DEAD_LETTER_CAPACITY,
+            #[cfg(feature = "nats")]
+            cluster: None,
         }
     }
 
@@ -105,8 +109,27 @@ impl MessageSystemBuilder {
         self
     }
 
-    /// Builds the system, refusing a bad configuration.
+    /// Makes the system a node of a cluster on NATS JetStream (cargo feature `nats`):
+    /// pids registered here become reachable from every node of the cluster, and
+    /// pids registered on other nodes from here, with the same calls (see the README's
+    /// "Cluster" section for what crosses and what each guarantee means across nodes).
+    ///
+    /// `build()` then connects, on a client runtime thread of the system's own, and
+    /// fails with a clear error if the server does not answer within
+    /// [`ClusterConfig::connect_timeout`](crate::ClusterConfig::connect_timeout).
+    #[cfg(feature = "nats")]
+    pub fn cluster(mut self, config: crate::cluster::ClusterConfig) -> Self {
+        self.cluster = Some(config);
+        self
+    }
+
+    /// Builds the system, refusing a bad configuration (and, with
+    /// [`cluster`](Self::cluster), an unreachable server).
     pub fn build(self) -> MessagingResult<MessageSystem> {
+        #[cfg(feature = "nats")]
+        if self.cluster.is_some() {
+            return self.build_node(None);
+        }
         let system = self.build_unchecked();
         match &system.inner.config_error {
             Some(e) => Err(MessagingError::Configuration(e.clone())),
@@ -114,9 +137,78 @@ impl MessageSystemBuilder {
         }
     }
 
+    /// Builds a cluster node: checks what can be checked without the server, connects
+    /// (on `runtime`, or a client runtime thread of its own), then assembles the system
+    /// around the node.
+    #[cfg(feature = "nats")]
+    pub(crate) fn build_node(
+        mut self,
+        link: Option<(crate::cluster::Link, crate::cluster::ClientRuntime)>,
+    ) -> MessagingResult<MessageSystem> {
+        use crate::cluster::{connect, ClientRuntime};
+        let config = self.cluster.take().ok_or_else(|| {
+            MessagingError::Configuration("no cluster configuration was given".into())
+        })?;
+        self.precheck()?;
+        if self.router.is_some() {
+            return Err(MessagingError::Configuration(
+                "a cluster node routes through its own table: cluster(..) with a custom \
+                 router(..) is not built yet"
+                    .into(),
+            ));
+        }
+        config.validate().map_err(MessagingError::Configuration)?;
+        let (link, runtime) = match link {
+            Some(link) => link,
+            None => {
+                let runtime = ClientRuntime::owned(config.node_name())?;
+                // `connect` keeps to the connect timeout itself; the margin only guards
+                // against a runtime that never runs it.
+                let bound = config.connect_timeout + std::time::Duration::from_secs(1);
+                let url = config.url().to_string();
+                let link =
+                    runtime.block_on(&format!("connecting to {url}"), bound, connect(config))?;
+                (link, runtime)
+            }
+        };
+        let system = self.assemble(Some((link, runtime)));
+        match &system.inner.config_error {
+            Some(e) => Err(MessagingError::Configuration(e.clone())),
+            None => Ok(system),
+        }
+    }
+
+    /// The checks `build_unchecked` makes, up front (a cluster node checks before it
+    /// connects).
+    #[cfg(feature = "nats")]
+    pub(crate) fn precheck(&self) -> MessagingResult<()> {
+        validate_router_config(&self.config)
+            .and_then(|()| self.mailbox_config.validate())
+            .and_then(|()| RetryPolicy::from_config(&self.config.delivery_config).map(|_| ()))
+            .and_then(|()| match &self.breaker {
+                Some(b) => BreakerSettings::new(b).map(|_| ()),
+                None => Ok(()),
+            })
+            .map_err(MessagingError::Configuration)
+    }
+
     /// Builds the system; a refused configuration is kept and reported by every
     /// operation.
     pub(super) fn build_unchecked(self) -> MessageSystem {
+        self.assemble(
+            #[cfg(feature = "nats")]
+            None,
+        )
+    }
+
+    /// Puts the parts together (on a cluster node, around `node`).
+    fn assemble(
+        self,
+        #[cfg(feature = "nats")] node: Option<(
+            crate::cluster::Link,
+            crate::cluster::ClientRuntime,
+        )>,
+    ) -> MessageSystem {
         let mut config_error = validate_router_config(&self.config)
             .and_then(|()| self.mailbox_config.validate())
             .err();
@@ -141,10 +233,6 @@ impl MessageSystemBuilder {
                 .map_err(|e| config_error.get_or_insert(e))
                 .ok()
         });
-        let routes = match self.router {
-            Some(router) => Routes::Custom(CustomRoutes::new(router, breaker, timers.clone())),
-            None => Routes::Local(LocalRoutes::new(table.clone(), breaker, timers.clone())),
-        };
         // A refused retry policy is reported by every operation; the engine runs on the
         // defaults meanwhile (keeping the guarantee).
         let mut engine_config = self.config.clone();
@@ -155,6 +243,33 @@ impl MessageSystemBuilder {
                 ..Default::default()
             };
         }
+        #[cfg(feature = "nats")]
+        let (routes, cluster) = match node {
+            // A cluster node: its own table first, then the other nodes.
+            Some((link, runtime)) => {
+                let local =
+                    std::sync::Arc::new(LocalRoutes::new(table.clone(), breaker, timers.clone()));
+                let policy = RetryPolicy::from_config(&engine_config.delivery_config)
+                    .expect("the retry policy was checked above");
+                let node = std::sync::Arc::new(crate::cluster::Node::launch(
+                    link,
+                    runtime,
+                    local.clone(),
+                    dead_letters.clone(),
+                    policy,
+                    engine_config.delivery_config.guarantee,
+                ));
+                let remote: std::sync::Arc<dyn crate::router::Destination> = node.clone();
+                let routes = crate::router::cluster::ClusterRoutes::new(local, remote);
+                (Routes::Cluster(routes), Some(node))
+            }
+            None => (
+                routes_of(self.router, table.clone(), breaker, &timers),
+                None,
+            ),
+        };
+        #[cfg(not(feature = "nats"))]
+        let routes = routes_of(self.router, table.clone(), breaker, &timers);
         let engine = Engine::new(
             engine_config,
             routes,
@@ -164,6 +279,10 @@ impl MessageSystemBuilder {
         )
         .expect("the retry policy was checked above");
         let engine = std::sync::Arc::new(engine);
+        #[cfg(feature = "nats")]
+        if let Some(node) = &cluster {
+            node.attach(&engine);
+        }
         let fire: std::sync::Arc<dyn Fire> = engine.clone();
         timers.attach(std::sync::Arc::downgrade(&fire));
         engine.start_metering();
@@ -177,6 +296,8 @@ impl MessageSystemBuilder {
                 dead_letters,
                 signals: super::signals::Signals::new(),
                 shut_down: AtomicBool::new(false),
+                #[cfg(feature = "nats")]
+                cluster,
             }),
         };
         // A crashed receiver stops its agent; the hooks hold the system weakly (the
@@ -193,6 +314,19 @@ impl MessageSystemBuilder {
             }
         })));
         system
+    }
+}
+
+/// The table, or a custom router.
+fn routes_of(
+    router: Option<std::sync::Arc<dyn MessageRouter>>,
+    table: Arc<AgentTable>,
+    breaker: Option<BreakerSettings>,
+    timers: &std::sync::Arc<TimerService>,
+) -> Routes {
+    match router {
+        Some(router) => Routes::Custom(CustomRoutes::new(router, breaker, timers.clone())),
+        None => Routes::Local(LocalRoutes::new(table, breaker, timers.clone())),
     }
 }
 

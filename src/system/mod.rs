@@ -94,6 +94,9 @@ struct Inner {
     /// Monitors, links, trapped exits and names (see `signals`).
     signals: signals::Signals,
     shut_down: AtomicBool,
+    /// This system's cluster node, if it is one (cargo feature `nats`).
+    #[cfg(feature = "nats")]
+    cluster: Option<std::sync::Arc<crate::cluster::Node>>,
 }
 
 impl MessageSystem {
@@ -127,7 +130,24 @@ impl MessageSystem {
     }
 
     /// Registers `agent_id` and creates its mailbox.
+    ///
+    /// On a cluster node it also makes `agent_id` reachable from every node: this
+    /// waits for the cluster's registry to take it (bounded by the connect timeout) and
+    /// fails, registering nothing, if it does not.
     pub fn register_agent(&self, agent_id: AgentPid) -> MessagingResult<()> {
+        self.register_local(agent_id.clone())?;
+        #[cfg(feature = "nats")]
+        if let Some(node) = &self.inner.cluster {
+            if let Err(e) = node.announce_blocking(&agent_id) {
+                let _ = self.unregister_local(&agent_id);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`register_agent`](Self::register_agent) in this process only.
+    pub(crate) fn register_local(&self, agent_id: AgentPid) -> MessagingResult<()> {
         self.check()?;
         if agent_id.is_nil() {
             return Err(MessagingError::InvalidMessage(
@@ -150,7 +170,22 @@ impl MessageSystem {
     /// queued messages go to the dead letters. The agent stops with reason
     /// `"normal"`: its monitors fire, its names are released, its links are removed
     /// (a linked agent that traps exits is told; others are not stopped).
+    ///
+    /// On a cluster node it also removes `agent_id` from the cluster's registry; if the
+    /// registry cannot be told, the agent is unregistered here all the same and the
+    /// error says so.
     pub fn unregister_agent(&self, agent_id: &AgentPid) -> MessagingResult<()> {
+        self.unregister_local(agent_id)?;
+        #[cfg(feature = "nats")]
+        if let Some(node) = &self.inner.cluster {
+            node.withdraw_blocking(agent_id)?;
+        }
+        Ok(())
+    }
+
+    /// [`unregister_agent`](Self::unregister_agent) in this process only: the agent
+    /// stops with reason `"normal"`.
+    pub(crate) fn unregister_local(&self, agent_id: &AgentPid) -> MessagingResult<()> {
         self.stop(agent_id, signals::NORMAL)?;
         events::unregistered(agent_id);
         Ok(())
@@ -563,6 +598,12 @@ impl MessageSystem {
         if self.inner.shut_down.swap(true, AcqRel) {
             return Ok(());
         }
+        // A cluster node leaves first: other nodes stop resolving its pids, and what it
+        // was publishing is published (or dead-lettered, with the reason).
+        #[cfg(feature = "nats")]
+        if let Some(node) = &self.inner.cluster {
+            node.leave_blocking();
+        }
         let result = match self.custom_router() {
             Some(router) => router.shutdown(),
             None => Ok(()),
@@ -622,8 +663,37 @@ impl MessageSystem {
     fn custom_router(&self) -> Option<&std::sync::Arc<dyn MessageRouter>> {
         match self.inner.engine.routes() {
             Routes::Custom(custom) => Some(custom.router()),
-            Routes::Local(_) => None,
+            _ => None,
         }
+    }
+
+    // ===== cluster (cargo feature `nats`) =====
+
+    /// The node `agent_id` lives on, as this node sees it: this node's name for an
+    /// agent registered here, another node's for one registered there (while that
+    /// node's lease is fresh), `None` if no live node has it. `None` on a system that
+    /// is not a cluster node.
+    #[cfg(feature = "nats")]
+    pub fn cluster_node_of(&self, agent_id: &AgentPid) -> Option<String> {
+        let node = self.inner.cluster.as_ref()?;
+        if self.inner.mailboxes.table().lookup(agent_id).is_some() {
+            return Some(node.name().to_string());
+        }
+        node.node_of(agent_id)
+    }
+
+    /// What this cluster node has published, received, delivered and given up on;
+    /// `None` on a system that is not a cluster node.
+    #[cfg(feature = "nats")]
+    pub fn cluster_stats(&self) -> Option<crate::cluster::ClusterStats> {
+        self.inner.cluster.as_ref().map(|node| node.stats())
+    }
+
+    /// The cluster node, if this system is one (the tokio flavour awaits it).
+    #[cfg(feature = "nats")]
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn cluster(&self) -> Option<&std::sync::Arc<crate::cluster::Node>> {
+        self.inner.cluster.as_ref()
     }
 
     /// The delivery engine (the tokio flavour drives its timers).

@@ -87,3 +87,5 @@ pub use crate::{
     SupervisorId, SystemClock, SystemInfo, TickSource, TimerDriver, TimerKey, TimerRef, TimerWheel,
     TrySendError, TypedMessage, DEFAULT_DEAD_LETTER_CAPACITY, MAX_NAME_LEN, TICK,
 };
+#[cfg(feature = "nats")]
+pub use crate::{ClusterConfig, ClusterStats};

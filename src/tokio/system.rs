@@ -86,6 +86,8 @@ pub struct MessageSystemBuilder {
     core: crate::MessageSystemBuilder,
     driver: Option<TimerDriver>,
     router: Option<Arc<dyn MessageRouter>>,
+    #[cfg(feature = "nats")]
+    cluster: Option<crate::ClusterConfig>,
 }
 
 impl MessageSystemBuilder {
@@ -136,9 +138,75 @@ impl MessageSystemBuilder {
         self
     }
 
+    /// Makes the system a node of a cluster on NATS JetStream (cargo feature `nats`;
+    /// see [`crate::MessageSystemBuilder::cluster`]). The node's client runs on the
+    /// current runtime, so the system is built with [`connect`](Self::connect)`.await`,
+    /// not `build()`.
+    #[cfg(feature = "nats")]
+    pub fn cluster(mut self, config: crate::ClusterConfig) -> Self {
+        self.cluster = Some(config);
+        self
+    }
+
+    /// Builds the system and, with [`cluster`](Self::cluster), connects it to the
+    /// cluster on the current runtime: a clear error if the server does not answer
+    /// within the connect timeout. Without `cluster` it is [`build`](Self::build).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it completes builds nothing (a connection being
+    /// made is closed).
+    #[cfg(feature = "nats")]
+    pub async fn connect(mut self) -> MessagingResult<MessageSystem> {
+        let Some(config) = self.cluster.take() else {
+            return self.build();
+        };
+        let runtime = Handle::try_current().map_err(|_| {
+            MessagingError::Configuration(
+                "a tokio cluster node connects on the current tokio runtime: call connect() \
+                 inside one (or use the root flavour, which runs its own)"
+                    .into(),
+            )
+        })?;
+        if self.router.is_some() {
+            return Err(MessagingError::Configuration(
+                "a cluster node routes through its own table: cluster(..) with a custom \
+                 router(..) is not built yet"
+                    .into(),
+            ));
+        }
+        self.core.precheck()?;
+        let link = crate::cluster::connect(config.clone()).await?;
+        let node = Some((
+            link,
+            crate::cluster::ClientRuntime::Borrowed(runtime.clone()),
+        ));
+        let core = self.core.cluster(config);
+        if let Some(driver) = self.driver {
+            let core = core.timer_driver(driver).build_node(node)?;
+            return Ok(MessageSystem::from_parts(core, None, None));
+        }
+        let (task, wake) = TimerTask::new();
+        let core = core
+            .timer_driver(TimerDriver::External(wake))
+            .build_node(node)?;
+        let engine: Arc<dyn Fire> = core.engine().clone();
+        task.start(&runtime, Arc::downgrade(&engine));
+        Ok(MessageSystem::from_parts(core, None, Some(task)))
+    }
+
     /// Builds the system, refusing a bad configuration. Inside a tokio runtime it
-    /// spawns the timer task there.
+    /// spawns the timer task there. A cluster node is built with
+    /// [`connect`](Self::connect)`.await` instead (this refuses it).
     pub fn build(self) -> MessagingResult<MessageSystem> {
+        #[cfg(feature = "nats")]
+        if self.cluster.is_some() {
+            return Err(MessagingError::Configuration(
+                "a tokio cluster node connects asynchronously: build it with \
+                 `.connect().await` instead of `.build()`"
+                    .into(),
+            ));
+        }
         let mut core = self.core;
         if let Some(router) = &self.router {
             core = core.router(Arc::new(PolledRouter::new(router.clone())));
@@ -183,6 +251,8 @@ impl MessageSystem {
             core: crate::MessageSystem::builder(config),
             driver: None,
             router: None,
+            #[cfg(feature = "nats")]
+            cluster: None,
         }
     }
 
@@ -249,7 +319,15 @@ impl MessageSystem {
     /// registered in the system but perhaps not in the router.
     pub async fn register_agent(&self, agent_id: AgentPid) -> MessagingResult<()> {
         let core = &self.shared.core;
-        core.register_agent(agent_id.clone())?;
+        core.register_local(agent_id.clone())?;
+        // A cluster node waits for the registry (bounded by the client's timeouts).
+        #[cfg(feature = "nats")]
+        if let Some(node) = core.cluster() {
+            if let Err(e) = node.announce(&agent_id).await {
+                let _ = core.unregister_local(&agent_id);
+                return Err(e);
+            }
+        }
         if let Some(router) = &self.shared.router {
             let sender = core
                 .sender(&agent_id)
@@ -274,7 +352,12 @@ impl MessageSystem {
         if let Some(router) = &self.shared.router {
             router.unregister_agent(agent_id).await?;
         }
-        self.shared.core.unregister_agent(agent_id)
+        self.shared.core.unregister_local(agent_id)?;
+        #[cfg(feature = "nats")]
+        if let Some(node) = self.shared.core.cluster() {
+            node.withdraw(agent_id).await?;
+        }
+        Ok(())
     }
 
     /// A pre-resolved sender to `agent_id`: no lookup per send.
@@ -706,6 +789,11 @@ impl MessageSystem {
     pub async fn shutdown(&self) -> MessagingResult<()> {
         let mut result = Ok(());
         if !self.shared.core.is_shut_down() {
+            // A cluster node leaves first (the core's shutdown then finds it left).
+            #[cfg(feature = "nats")]
+            if let Some(node) = self.shared.core.cluster() {
+                node.leave().await;
+            }
             if let Some(router) = &self.shared.router {
                 result = router.shutdown().await;
             }
@@ -721,6 +809,19 @@ impl MessageSystem {
     /// Whether `shutdown` has run.
     pub fn is_shut_down(&self) -> bool {
         self.shared.core.is_shut_down()
+    }
+
+    /// The node `agent_id` lives on, as this node sees it (see
+    /// [`crate::MessageSystem::cluster_node_of`]).
+    #[cfg(feature = "nats")]
+    pub fn cluster_node_of(&self, agent_id: &AgentPid) -> Option<String> {
+        self.shared.core.cluster_node_of(agent_id)
+    }
+
+    /// This cluster node's counters (see [`crate::MessageSystem::cluster_stats`]).
+    #[cfg(feature = "nats")]
+    pub fn cluster_stats(&self) -> Option<crate::ClusterStats> {
+        self.shared.core.cluster_stats()
     }
 }
 

@@ -1,0 +1,332 @@
+//! [`Node`]: a running cluster node: its loops, registration, counters, leaving.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use futures_util::StreamExt;
+
+use super::connect::{put_lease, Link};
+use super::outbound::{self, Outbox};
+use super::registry::{lease_key, pid_key};
+use super::runtime::ClientRuntime;
+use super::{inbound, ClusterStats, Counters, Shared};
+use crate::dead_letter::DeadLetters;
+use crate::delivery::engine::Engine;
+use crate::delivery::{DeliveryGuarantee, RetryPolicy};
+use crate::error::{MessagingError, MessagingResult};
+use crate::message::AgentPid;
+use crate::router::default::LocalRoutes;
+
+/// A running cluster node: the system's route to other nodes, and what it registers.
+pub(crate) struct Node {
+    pub(super) shared: Arc<Shared>,
+    pub(super) client: async_nats::Client,
+    kv: kv::Store,
+    pub(super) guarantee: DeliveryGuarantee,
+    pub(super) max_payload: usize,
+    pub(super) outbox: Outbox,
+    /// The publisher task, awaited when the node leaves.
+    publisher: Mutex<Option<::tokio::task::JoinHandle<()>>>,
+    /// The other loops (registry watch, heartbeat, inbound), aborted when it leaves.
+    tasks: Mutex<Vec<::tokio::task::AbortHandle>>,
+    left: AtomicBool,
+    /// Last: dropping an owned runtime joins its thread.
+    pub(super) runtime: ClientRuntime,
+}
+
+impl Node {
+    /// Starts the node's loops on `runtime` (nothing here waits).
+    pub(crate) fn launch(
+        link: Link,
+        runtime: ClientRuntime,
+        local: std::sync::Arc<LocalRoutes>,
+        dead_letters: crate::sync::Arc<DeadLetters>,
+        policy: RetryPolicy,
+        guarantee: DeliveryGuarantee,
+    ) -> Node {
+        let Link {
+            config,
+            client,
+            js,
+            kv,
+            registry,
+            watch,
+            direct,
+            calls,
+            consumer,
+            messages,
+            max_payload,
+        } = link;
+        let lease = config.lease;
+        let shared = Arc::new(Shared {
+            config,
+            registry,
+            local,
+            dead_letters,
+            policy,
+            counters: Counters::default(),
+            engine: OnceLock::new(),
+        });
+        let handle = runtime.handle().clone();
+        let (outbox, inbox) = Outbox::new();
+        let publisher = handle.spawn(outbound::publish(shared.clone(), client.clone(), js, inbox));
+        let tasks = vec![
+            handle
+                .spawn(watch_registry(shared.clone(), kv.clone(), watch))
+                .abort_handle(),
+            handle
+                .spawn(heartbeat(shared.clone(), kv.clone(), lease))
+                .abort_handle(),
+            handle
+                .spawn(inbound::direct(shared.clone(), direct))
+                .abort_handle(),
+            handle
+                .spawn(inbound::calls(shared.clone(), calls, client.clone()))
+                .abort_handle(),
+            handle
+                .spawn(inbound::stream(shared.clone(), messages, consumer))
+                .abort_handle(),
+        ];
+        Node {
+            shared,
+            client,
+            kv,
+            guarantee,
+            max_payload,
+            outbox,
+            publisher: Mutex::new(Some(publisher)),
+            tasks: Mutex::new(tasks),
+            left: AtomicBool::new(false),
+            runtime,
+        }
+    }
+
+    /// Gives the node its system's engine (for the exactly-once window).
+    pub(crate) fn attach(&self, engine: &std::sync::Arc<Engine>) {
+        let _ = self.shared.engine.set(std::sync::Arc::downgrade(engine));
+    }
+
+    /// This node's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.shared.config.node
+    }
+
+    /// The live node `pid` is registered on, as this node's mirror sees it.
+    pub(crate) fn node_of(&self, pid: &AgentPid) -> Option<String> {
+        self.shared.registry.resolve(pid).map(|n| n.to_string())
+    }
+
+    /// The counters.
+    pub(crate) fn stats(&self) -> ClusterStats {
+        let c = &self.shared.counters;
+        let handed = c.handed.get();
+        let settled = c.published.get() + c.publish_failed.get();
+        ClusterStats {
+            node: self.name().to_string(),
+            published: c.published.get(),
+            publish_retries: c.publish_retries.get(),
+            publish_failed: c.publish_failed.get(),
+            queued: handed.saturating_sub(settled),
+            received: c.received.get(),
+            delivered: c.delivered.get(),
+            redelivery_requests: c.redelivery_requests.get(),
+            dead_lettered: c.dead_lettered.get(),
+            undecodable: c.undecodable.get(),
+            duplicates: c.duplicates.get(),
+            calls_sent: c.calls_sent.get(),
+            calls_failed: c.calls_failed.get(),
+            calls_served: c.calls_served.get(),
+        }
+    }
+
+    // ===== registration =====
+
+    /// Makes `pid` resolve to this node on every node (a put in the registry).
+    pub(crate) fn announce(
+        &self,
+        pid: &AgentPid,
+    ) -> impl std::future::Future<Output = MessagingResult<()>> + Send + 'static {
+        self.shared.registry.insert_own(pid);
+        let (kv, key, node) = (self.kv.clone(), pid_key(pid), self.name().to_string());
+        let url = self.shared.config.url.clone();
+        async move {
+            kv.put(key, node.into_bytes().into())
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    MessagingError::System(format!(
+                        "cluster: cannot register the pid in the registry at {url}: {e}"
+                    ))
+                })
+        }
+    }
+
+    /// Makes `pid` stop resolving (a delete in the registry).
+    pub(crate) fn withdraw(
+        &self,
+        pid: &AgentPid,
+    ) -> impl std::future::Future<Output = MessagingResult<()>> + Send + 'static {
+        self.shared.registry.remove(pid);
+        let (kv, key) = (self.kv.clone(), pid_key(pid));
+        let url = self.shared.config.url.clone();
+        async move {
+            kv.delete(key).await.map_err(|e| {
+                MessagingError::System(format!(
+                    "cluster: the agent is unregistered here, but the registry at {url} \
+                     could not be told (other nodes stop resolving it after this node's \
+                     lease if it leaves): {e}"
+                ))
+            })
+        }
+    }
+
+    /// [`announce`](Self::announce) from a thread: waits for the registry on an owned
+    /// runtime; on a borrowed one (the tokio flavour's `as_sync()`), starts the write
+    /// and returns (blocking a runtime thread could wait on itself).
+    pub(crate) fn announce_blocking(&self, pid: &AgentPid) -> MessagingResult<()> {
+        let write = self.announce(pid);
+        self.wait_or_spawn("registering an agent", write)
+    }
+
+    /// [`withdraw`](Self::withdraw) from a thread (as [`announce_blocking`](Self::announce_blocking)).
+    pub(crate) fn withdraw_blocking(&self, pid: &AgentPid) -> MessagingResult<()> {
+        let write = self.withdraw(pid);
+        self.wait_or_spawn("unregistering an agent", write)
+    }
+
+    fn wait_or_spawn<F>(&self, what: &str, future: F) -> MessagingResult<()>
+    where
+        F: std::future::Future<Output = MessagingResult<()>> + Send + 'static,
+    {
+        if self.runtime.is_owned() {
+            self.runtime
+                .block_on(what, self.shared.config.connect_timeout, future)
+        } else {
+            self.runtime.handle().spawn(future);
+            Ok(())
+        }
+    }
+
+    // ===== leaving =====
+
+    /// Leaves the cluster cleanly: this node's pids and lease are deleted (other nodes
+    /// stop resolving them at once), the publisher drains what is queued (bounded by
+    /// the connect timeout; the rest is dead-lettered `Shutdown`), then every loop
+    /// stops. Idempotent.
+    pub(crate) fn leave(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let first = !self.left.swap(true, Ordering::AcqRel);
+        let shared = self.shared.clone();
+        let (kv, client) = (self.kv.clone(), self.client.clone());
+        let publisher = first.then(|| lock(&self.publisher).take()).flatten();
+        let tasks: Vec<_> = if first {
+            std::mem::take(&mut *lock(&self.tasks))
+        } else {
+            Vec::new()
+        };
+        let drain = self.outbox.drain_signal();
+        async move {
+            if !first {
+                return;
+            }
+            let bound = shared.config.connect_timeout;
+            // The heartbeat stops first, so the lease is not written back.
+            for task in &tasks {
+                task.abort();
+            }
+            let _ = ::tokio::time::timeout(bound, async {
+                for pid in shared.registry.own_pids() {
+                    let _ = kv.delete(pid_key(&pid)).await;
+                }
+                let _ = kv.delete(lease_key(&shared.config.node)).await;
+            })
+            .await;
+            drain.drain(bound);
+            if let Some(publisher) = publisher {
+                let _ = publisher.await;
+            }
+            let _ = ::tokio::time::timeout(bound, client.flush()).await;
+        }
+    }
+
+    /// [`leave`](Self::leave) from a thread (waits on an owned runtime, bounded).
+    pub(crate) fn leave_blocking(&self) {
+        let leave = self.leave();
+        let bound = self.shared.config.connect_timeout * 3;
+        let _ = self.wait_or_spawn_unit(bound, leave);
+    }
+
+    fn wait_or_spawn_unit<F>(&self, bound: Duration, future: F) -> MessagingResult<()>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let future = async move {
+            future.await;
+            Ok(())
+        };
+        if self.runtime.is_owned() {
+            self.runtime.block_on("leaving the cluster", bound, future)
+        } else {
+            self.runtime.handle().spawn(future);
+            Ok(())
+        }
+    }
+}
+
+impl Drop for Node {
+    /// Dropped without `shutdown` (or killed): every loop stops where it is, nothing is
+    /// deleted from the registry, and the other nodes stop resolving this node's pids
+    /// one lease after its last heartbeat.
+    fn drop(&mut self) {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+        if let Some(publisher) = lock(&self.publisher).take() {
+            publisher.abort();
+        }
+    }
+}
+
+/// Keeps the registry mirror up to date (re-watching after an error).
+async fn watch_registry(shared: Arc<Shared>, kv: kv::Store, mut watch: kv::Watch) {
+    loop {
+        while let Some(entry) = watch.next().await {
+            match entry {
+                Ok(entry) => shared.registry.apply(&entry),
+                Err(_) => break,
+            }
+        }
+        loop {
+            ::tokio::time::sleep(Duration::from_millis(250)).await;
+            if let Ok(again) = kv.watch_with_history(">").await {
+                watch = again;
+                break;
+            }
+        }
+    }
+}
+
+/// Renews this node's lease every third of it.
+async fn heartbeat(shared: Arc<Shared>, kv: kv::Store, lease: Duration) {
+    let mut every = ::tokio::time::interval(lease / 3);
+    every.set_missed_tick_behavior(::tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let _ = put_lease(&kv, &shared.config).await;
+    }
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Node {
+    /// The parcel for a message going to `node`, with its subject per the guarantee.
+    pub(crate) fn parcel_subject(&self, node: &str) -> (String, bool) {
+        match self.guarantee {
+            DeliveryGuarantee::AtMostOnce => (self.shared.config.direct_subject(node), false),
+            _ => (self.shared.config.node_subject(node), true),
+        }
+    }
+}

@@ -1,0 +1,1042 @@
+//! Cluster nodes on a real NATS server (cargo feature `nats`): two nodes in one test
+//! process, each a `MessageSystem` with its own node name, on one `nats-server` started
+//! by the test (`tests/cluster_support`). Every test is bounded in time (`within`), and
+//! every exchange is tallied end to end, jepsen-style: each message accepted by
+//! `send_message`/`send` is delivered to the remote mailbox, dead-lettered (on either
+//! node, with its reason) or still pending; lost = 0.
+#![cfg(feature = "nats")]
+
+mod cluster_support;
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use terraphim_agent_messaging::{
+    AgentMailbox, AgentMessage, AgentPid, ClusterConfig, DeadLetterReason, DeliveryConfig,
+    DeliveryGuarantee, DeliveryOptions, ErrorCategory, MailboxConfig, MessageEnvelope, MessageId,
+    MessageSystem, MessagingError, RouterConfig, SystemInfo,
+};
+
+use cluster_support::{free_port, NatsServer};
+use common::sync::within;
+use common::wait_until;
+
+fn router_config(guarantee: DeliveryGuarantee) -> RouterConfig {
+    RouterConfig {
+        delivery_config: DeliveryConfig {
+            guarantee,
+            ..DeliveryConfig::default()
+        },
+        ..RouterConfig::default()
+    }
+}
+
+fn config(server: &NatsServer, prefix: &str, name: &str) -> ClusterConfig {
+    ClusterConfig::new(server.url(), name)
+        .prefix(prefix)
+        .connect_timeout(Duration::from_secs(5))
+}
+
+fn node(
+    server: &NatsServer,
+    prefix: &str,
+    name: &str,
+    guarantee: DeliveryGuarantee,
+) -> MessageSystem {
+    MessageSystem::builder(router_config(guarantee))
+        .cluster(config(server, prefix, name))
+        .build()
+        .unwrap_or_else(|e| panic!("node {name}: {e}\nserver log:\n{}", server.log()))
+}
+
+fn registered(system: &MessageSystem) -> (AgentPid, AgentMailbox) {
+    let pid = AgentPid::new();
+    system.register_agent(pid.clone()).unwrap();
+    let mailbox = system.get_mailbox(&pid).unwrap();
+    (pid, mailbox)
+}
+
+/// Waits until `system` resolves `pid` to `node`.
+fn sees(system: &MessageSystem, pid: &AgentPid, node: &str) {
+    wait_until(&format!("node {node} owning {pid}"), || {
+        system.cluster_node_of(pid).as_deref() == Some(node)
+    });
+}
+
+fn job(to: &AgentPid, from: &AgentPid, n: usize) -> MessageEnvelope {
+    MessageEnvelope::new(
+        to.clone(),
+        "job".into(),
+        json!({ "n": n }),
+        DeliveryOptions::default(),
+    )
+    .with_from(from.clone())
+}
+
+/// What one receiver saw.
+struct Seen {
+    ids: Vec<MessageId>,
+}
+
+/// Receives on its own thread until `n` distinct messages arrived or nothing came for `quiet`,
+/// checking that each arrives as the envelope or cast it was sent as.
+fn receive(mailbox: AgentMailbox, from: AgentPid, n: usize) -> thread::JoinHandle<Seen> {
+    receive_until_quiet(mailbox, from, n, Duration::from_secs(3))
+}
+
+fn receive_until_quiet(
+    mailbox: AgentMailbox,
+    from: AgentPid,
+    n: usize,
+    quiet: Duration,
+) -> thread::JoinHandle<Seen> {
+    thread::spawn(move || {
+        let mut ids = Vec::new();
+        // Distinct ids: at least once may deliver a copy, which must not end the count.
+        let mut distinct = HashSet::new();
+        while distinct.len() < n {
+            let Ok(message) = mailbox.receive_timeout(quiet) else {
+                break;
+            };
+            match &message {
+                AgentMessage::Cast { .. } => {
+                    let payload = message
+                        .payload::<serde_json::Value>()
+                        .expect("a JSON payload");
+                    assert!(payload["n"].is_u64(), "{payload}");
+                    if message.message_type().is_some() {
+                        assert_eq!(message.message_type(), Some("job"));
+                    }
+                    assert_eq!(message.from(), Some(&from));
+                }
+                AgentMessage::Info { info, .. } => {
+                    assert!(matches!(info, SystemInfo::Custom { .. }), "{info:?}");
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            distinct.insert(message.id().clone());
+            ids.push(message.id().clone());
+        }
+        Seen { ids }
+    })
+}
+
+/// The jepsen-style tally of one direction.
+#[derive(Debug)]
+struct Tally {
+    accepted: usize,
+    delivered: usize,
+    dead_lettered: usize,
+    lost: usize,
+    duplicated: usize,
+    unexpected: usize,
+}
+
+fn tally(
+    accepted: &HashSet<MessageId>,
+    delivered: &[MessageId],
+    dead: &HashSet<MessageId>,
+) -> Tally {
+    let mut copies: HashMap<&MessageId, usize> = HashMap::new();
+    for id in delivered {
+        *copies.entry(id).or_default() += 1;
+    }
+    Tally {
+        accepted: accepted.len(),
+        delivered: copies.len(),
+        dead_lettered: dead.len(),
+        lost: accepted
+            .iter()
+            .filter(|id| !copies.contains_key(id) && !dead.contains(id))
+            .count(),
+        duplicated: copies.values().map(|n| n - 1).sum(),
+        unexpected: copies.keys().filter(|id| !accepted.contains(id)).count(),
+    }
+}
+
+/// Two nodes send `n` envelopes, `n / 10` JSON casts and one info each way under
+/// `guarantee`; the tally of each direction loses nothing.
+fn exchange(guarantee: DeliveryGuarantee, n: usize) {
+    within(60, move || {
+        let server = NatsServer::start();
+        let a = node(&server, "xchg", "a", guarantee);
+        let b = node(&server, "xchg", "b", guarantee);
+        let (pa, ma) = registered(&a);
+        let (pb, mb) = registered(&b);
+        sees(&a, &pb, "b");
+        sees(&b, &pa, "a");
+        assert_eq!(a.cluster_node_of(&pa).as_deref(), Some("a"));
+
+        let casts = n / 10;
+        let total = n + casts + 1;
+        let to_b = receive(mb, pa.clone(), total);
+        let to_a = receive(ma, pb.clone(), total);
+        let started = Instant::now();
+        let send_all = |from_sys: &MessageSystem, from: &AgentPid, to: &AgentPid| {
+            let mut accepted = HashSet::new();
+            for i in 0..n {
+                let envelope = job(to, from, i);
+                let id = envelope.id.clone();
+                if from_sys.send_message(envelope).is_ok() {
+                    accepted.insert(id);
+                }
+                if i % 10 == 0 && i / 10 < casts {
+                    let cast = AgentMessage::cast(from.clone(), json!({ "n": i }));
+                    let id = cast.id().clone();
+                    if from_sys.send(to, cast).is_ok() {
+                        accepted.insert(id);
+                    }
+                }
+            }
+            let info = AgentMessage::info(SystemInfo::Custom {
+                message_type: "hello".into(),
+                data: json!({}),
+                timestamp: chrono::Utc::now(),
+            });
+            let id = info.id().clone();
+            if from_sys.send(to, info).is_ok() {
+                accepted.insert(id);
+            }
+            accepted
+        };
+        let accepted_ab = send_all(&a, &pa, &pb);
+        let accepted_ba = send_all(&b, &pb, &pa);
+        let seen_b = to_b.join().unwrap();
+        let seen_a = to_a.join().unwrap();
+        let took = started.elapsed();
+
+        let dead: HashSet<MessageId> = a
+            .dead_letters()
+            .into_iter()
+            .chain(b.dead_letters())
+            .map(|letter| letter.id)
+            .collect();
+        let ab = tally(&accepted_ab, &seen_b.ids, &dead);
+        let ba = tally(&accepted_ba, &seen_a.ids, &dead);
+        println!("{guarantee:?}: a->b {ab:?}; b->a {ba:?}; {took:?}");
+        for (t, stats) in [(&ab, a.cluster_stats()), (&ba, b.cluster_stats())] {
+            let stats = stats.unwrap();
+            assert_eq!(t.accepted, total, "every send accepted on loopback: {t:?}");
+            assert_eq!(t.lost, 0, "{t:?} {stats:?}");
+            assert_eq!(t.unexpected, 0, "{t:?}");
+            assert_eq!(t.duplicated, 0, "no fault, no copy: {t:?}");
+            assert_eq!(t.delivered + t.dead_lettered, t.accepted, "{t:?}");
+            assert_eq!(stats.queued, 0, "{stats:?}");
+            assert_eq!(stats.publish_failed, 0, "{stats:?}");
+        }
+        a.shutdown().unwrap();
+        b.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn two_nodes_exchange_at_least_once() {
+    exchange(DeliveryGuarantee::AtLeastOnce, 500);
+}
+
+#[test]
+fn two_nodes_exchange_at_most_once() {
+    exchange(DeliveryGuarantee::AtMostOnce, 500);
+}
+
+#[test]
+fn two_nodes_exchange_exactly_once() {
+    exchange(DeliveryGuarantee::ExactlyOnce, 500);
+}
+
+/// A frame as another node writes it (wire version 1).
+fn frame(to: &AgentPid, id: &MessageId, exactly_once: bool) -> String {
+    json!({
+        "v": 1, "to": to, "priority": "Normal", "from_node": "elsewhere",
+        "exactly_once": exactly_once,
+        "body": {"kind": "cast", "id": id, "from": null, "message_type": "dup", "payload": {"n": 1}},
+    })
+    .to_string()
+}
+
+#[test]
+fn an_exactly_once_copy_that_arrives_again_is_not_delivered_again() {
+    within(30, || {
+        let server = NatsServer::start();
+        let b = node(&server, "dup", "b", DeliveryGuarantee::AtLeastOnce);
+        let (pb, mb) = registered(&b);
+        let (once, twice, republished) = (MessageId::new(), MessageId::new(), MessageId::new());
+        // The same frame three times, as JetStream redelivers one whose ack was lost
+        // (no Nats-Msg-Id, so the stream keeps every copy).
+        let frames = [
+            frame(&pb, &once, true),
+            frame(&pb, &once, true),
+            frame(&pb, &once, true),
+            frame(&pb, &twice, false),
+            frame(&pb, &twice, false),
+        ];
+        let url = server.url();
+        let (pb2, republished2) = (pb.clone(), republished.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+            for frame in frames {
+                js.publish("dup.node.b", frame.into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+            // A publish retried after its ack was lost: the same Nats-Msg-Id (what the
+            // publisher sets, = the message id) is stored once by the stream.
+            for _ in 0..2 {
+                let publish = async_nats::jetstream::message::PublishMessage::build()
+                    .payload(frame(&pb2, &republished2, false).into())
+                    .message_id(republished2.to_string());
+                js.send_publish("dup.node.b", publish)
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        });
+        wait_until("six frames handled", || {
+            let stats = b.cluster_stats().unwrap();
+            stats.delivered + stats.duplicates == 6
+        });
+        let mut ids = Vec::new();
+        while let Some(message) = mb.try_receive().unwrap() {
+            assert_eq!(message.message_type(), Some("dup"));
+            ids.push(message.id().clone());
+        }
+        assert_eq!(
+            ids,
+            [
+                once.clone(),
+                twice.clone(),
+                twice.clone(),
+                republished.clone()
+            ],
+            "exactly once: one copy; at least once: both; republished: stored once"
+        );
+        assert_eq!(b.cluster_stats().unwrap().duplicates, 2);
+        b.shutdown().unwrap();
+    });
+}
+
+/// The server is SIGKILLed mid-stream and restarted on the same port and store: every
+/// message accepted before, during and after is delivered or dead-lettered with its
+/// reason; none is lost; under exactly-once none is delivered twice.
+fn server_restart(guarantee: DeliveryGuarantee) {
+    within(90, move || {
+        let mut server = NatsServer::start();
+        let a = node(&server, "crash", "a", guarantee);
+        let b = node(&server, "crash", "b", guarantee);
+        let pa = AgentPid::new();
+        let (pb, mb) = registered(&b);
+        sees(&a, &pb, "b");
+        let n = 300;
+        // The client reconnects with a back-off (up to 4 s between tries) and the
+        // consumer resumes after it: a long quiet period is no loss.
+        let seen = receive_until_quiet(mb, pa.clone(), n, Duration::from_secs(20));
+        // Generous retries: the restart must fit in them.
+        let options = DeliveryOptions {
+            max_retries: 8,
+            retry_delay: Duration::from_millis(200),
+            ..DeliveryOptions::default()
+        };
+        let mut accepted = HashSet::new();
+        for i in 0..n {
+            if i == n / 3 {
+                server.kill();
+            }
+            if i == 2 * n / 3 {
+                server.restart();
+            }
+            let envelope =
+                MessageEnvelope::new(pb.clone(), "job".into(), json!({ "n": i }), options.clone())
+                    .with_from(pa.clone());
+            let id = envelope.id.clone();
+            match a.send_message(envelope) {
+                Ok(()) => {
+                    accepted.insert(id);
+                }
+                Err(e) => panic!("send {i}: {e}"),
+            }
+            // About a second and a half without a server.
+            let down = (n / 3..2 * n / 3).contains(&i);
+            thread::sleep(Duration::from_millis(if down { 15 } else { 2 }));
+        }
+        // Quiesce: everything published or given up on by the sender.
+        wait_until("a's publisher settling", || {
+            a.cluster_stats().unwrap().queued == 0
+        });
+        let seen = seen.join().unwrap();
+        let dead: HashSet<MessageId> = a
+            .dead_letters()
+            .into_iter()
+            .chain(b.dead_letters())
+            .map(|letter| letter.id)
+            .collect();
+        let t = tally(&accepted, &seen.ids, &dead);
+        println!(
+            "server restart, {guarantee:?}: {t:?} {:?} {:?}",
+            a.cluster_stats(),
+            b.cluster_stats()
+        );
+        assert_eq!(t.accepted, n);
+        assert_eq!(t.lost, 0, "{t:?}");
+        assert_eq!(t.unexpected, 0, "{t:?}");
+        if guarantee == DeliveryGuarantee::ExactlyOnce {
+            assert_eq!(t.duplicated, 0, "{t:?}");
+        }
+        a.shutdown().unwrap();
+        b.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn a_server_killed_and_restarted_mid_stream_loses_nothing_at_least_once() {
+    server_restart(DeliveryGuarantee::AtLeastOnce);
+}
+
+#[test]
+fn a_server_killed_and_restarted_mid_stream_delivers_each_id_once_exactly_once() {
+    server_restart(DeliveryGuarantee::ExactlyOnce);
+}
+
+#[test]
+fn refused_remotely_is_redelivered_with_backoff_then_dead_lettered_there() {
+    within(60, || {
+        let server = NatsServer::start();
+        let a = node(&server, "refuse", "a", DeliveryGuarantee::AtLeastOnce);
+        // B's mailboxes hold one message, and nobody receives.
+        let b = MessageSystem::builder(router_config(DeliveryGuarantee::AtLeastOnce))
+            .mailbox_config(MailboxConfig {
+                max_messages: 1,
+                ..MailboxConfig::default()
+            })
+            .cluster(config(&server, "refuse", "b"))
+            .build()
+            .unwrap();
+        let pa = AgentPid::new();
+        let (pb, mb) = registered(&b);
+        sees(&a, &pb, "b");
+
+        let options = DeliveryOptions {
+            max_retries: 2,
+            retry_delay: Duration::from_millis(50),
+            ..DeliveryOptions::default()
+        };
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            let envelope =
+                MessageEnvelope::new(pb.clone(), "job".into(), json!({ "n": n }), options.clone())
+                    .with_from(pa.clone());
+            ids.push(envelope.id.clone());
+            a.send_message(envelope).unwrap();
+        }
+        // The first fills the mailbox; the other two are redelivered twice (50 ms, then
+        // 100 ms later) and given up on by B.
+        wait_until("two dead letters on b", || {
+            b.cluster_stats().unwrap().dead_lettered == 2
+        });
+        let letters = b.dead_letters();
+        assert_eq!(letters.len(), 2);
+        for letter in &letters {
+            assert_eq!(
+                letter.reason,
+                DeadLetterReason::RetriesExhausted("mailbox full".into())
+            );
+            assert_eq!(
+                letter.attempts, 3,
+                "first delivery + max_retries redeliveries"
+            );
+            assert_eq!(letter.to, pb);
+            assert!(ids.contains(&letter.id));
+        }
+        let stats = b.cluster_stats().unwrap();
+        assert_eq!(stats.delivered, 1, "{stats:?}");
+        assert_eq!(stats.redelivery_requests, 4, "{stats:?}");
+        assert_eq!(stats.received, 1 + 2 * 3, "{stats:?}");
+        let first = mb.try_receive().unwrap().expect("the first one");
+        assert!(ids.contains(first.id()));
+        assert!(a.dead_letters().is_empty());
+        a.shutdown().unwrap();
+        b.shutdown().unwrap();
+    });
+}
+
+/// Serves calls on `mailbox` until it closes: `{"double": n}` is answered with
+/// `2n`, `{"opaque": true}` with a `u64` (which cannot cross), `{"slow": ms}` after
+/// sleeping, anything else is dropped without a reply.
+fn serve(mailbox: AgentMailbox) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        while let Ok(message) = mailbox.receive() {
+            let AgentMessage::Call {
+                payload, reply_to, ..
+            } = message
+            else {
+                continue;
+            };
+            let request = *payload.downcast::<serde_json::Value>().unwrap();
+            if let Some(n) = request["double"].as_u64() {
+                reply_to.send(Box::new(json!(n * 2))).ok();
+            } else if request["opaque"].is_boolean() {
+                reply_to.send(Box::new(42u64)).ok();
+            } else if let Some(ms) = request["slow"].as_u64() {
+                thread::sleep(Duration::from_millis(ms));
+                reply_to.send(Box::new(json!("late"))).ok();
+            }
+        }
+    })
+}
+
+#[test]
+fn a_remote_call_is_answered_with_the_callees_json_reply() {
+    within(30, || {
+        let server = NatsServer::start();
+        let a = node(&server, "call", "a", DeliveryGuarantee::AtLeastOnce);
+        let b = node(&server, "call", "b", DeliveryGuarantee::AtLeastOnce);
+        let pa = AgentPid::new();
+        let (pb, mb) = registered(&b);
+        let server_thread = serve(mb);
+        sees(&a, &pb, "b");
+
+        let second = Duration::from_secs(2);
+        for n in 0..20u64 {
+            let answer: serde_json::Value = a
+                .call_typed(pa.clone(), &pb, json!({ "double": n }), second)
+                .unwrap();
+            assert_eq!(answer, json!(n * 2));
+        }
+        let reply = a
+            .call(pa.clone(), &pb, json!({ "double": 21 }), second)
+            .unwrap();
+        assert_eq!(reply.downcast_ref::<serde_json::Value>(), Some(&json!(42)));
+
+        // A reply that cannot cross, and a callee that drops the call: the caller
+        // fails at once, not after its timeout.
+        let long = Duration::from_secs(10);
+        for request in [json!({ "opaque": true }), json!({ "nothing": 0 })] {
+            let started = Instant::now();
+            let err = a.call(pa.clone(), &pb, request, long).unwrap_err();
+            assert!(matches!(err, MessagingError::DeliveryFailed(..)), "{err}");
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        // No reply within the call's timeout: MessageTimeout, as for a local call.
+        let err = a
+            .call(
+                pa.clone(),
+                &pb,
+                json!({ "slow": 600 }),
+                Duration::from_millis(200),
+            )
+            .unwrap_err();
+        assert!(matches!(err, MessagingError::MessageTimeout(_)), "{err}");
+
+        let stats = a.cluster_stats().unwrap();
+        assert_eq!((stats.calls_sent, stats.calls_failed), (24, 2), "{stats:?}");
+        assert_eq!(b.cluster_stats().unwrap().calls_served, 24);
+        a.shutdown().unwrap();
+        b.shutdown().unwrap();
+        server_thread.join().unwrap();
+    });
+}
+
+#[test]
+fn a_remote_call_the_callee_cannot_take_fails_at_once_and_is_dead_lettered_there() {
+    within(30, || {
+        let server = NatsServer::start();
+        let a = node(&server, "call2", "a", DeliveryGuarantee::AtLeastOnce);
+        let b = MessageSystem::builder(router_config(DeliveryGuarantee::AtLeastOnce))
+            .mailbox_config(MailboxConfig {
+                max_messages: 1,
+                ..MailboxConfig::default()
+            })
+            .cluster(config(&server, "call2", "b"))
+            .build()
+            .unwrap();
+        let pa = AgentPid::new();
+        let (pb, _mb) = registered(&b);
+        sees(&a, &pb, "b");
+        b.send_message(job(&pb, &pa, 0)).unwrap(); // fills the mailbox
+        let started = Instant::now();
+        let err = a
+            .call(
+                pa.clone(),
+                &pb,
+                json!({ "double": 1 }),
+                Duration::from_secs(10),
+            )
+            .unwrap_err();
+        assert!(matches!(err, MessagingError::DeliveryFailed(..)), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let letters = b.dead_letters();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].reason, DeadLetterReason::MailboxFull);
+        assert_eq!(letters[0].to, pb);
+        a.shutdown().unwrap();
+        b.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn unregister_removes_the_pid_from_the_other_nodes_view() {
+    within(30, || {
+        let server = NatsServer::start();
+        let a = node(&server, "unreg", "a", DeliveryGuarantee::AtLeastOnce);
+        let b = node(&server, "unreg", "b", DeliveryGuarantee::AtLeastOnce);
+        let (pb, _mb) = registered(&b);
+        sees(&a, &pb, "b");
+        b.unregister_agent(&pb).unwrap();
+        wait_until("a forgetting the pid", || a.cluster_node_of(&pb).is_none());
+        let err = a.send_message(job(&pb, &AgentPid::new(), 0)).unwrap_err();
+        assert!(
+            matches!(err, MessagingError::AgentNotFound(ref p) if *p == pb),
+            "{err}"
+        );
+        a.shutdown().unwrap();
+        b.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn shutdown_withdraws_every_pid_at_once() {
+    within(30, || {
+        let server = NatsServer::start();
+        let a = node(&server, "leave", "a", DeliveryGuarantee::AtLeastOnce);
+        let b = node(&server, "leave", "b", DeliveryGuarantee::AtLeastOnce);
+        let pids: Vec<AgentPid> = (0..5).map(|_| registered(&b).0).collect();
+        for pid in &pids {
+            sees(&a, pid, "b");
+        }
+        b.shutdown().unwrap();
+        wait_until("a forgetting b's pids", || {
+            pids.iter().all(|p| a.cluster_node_of(p).is_none())
+        });
+        a.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn a_node_name_is_refused_while_a_live_node_holds_it() {
+    within(30, || {
+        let server = NatsServer::start();
+        let lease = Duration::from_millis(900);
+        let build = || {
+            MessageSystem::builder(RouterConfig::default())
+                .cluster(config(&server, "names", "b").lease(lease))
+                .build()
+        };
+        let b = build().unwrap();
+        let err = build().unwrap_err();
+        assert_eq!(err.category(), ErrorCategory::Configuration, "{err}");
+        assert!(err.to_string().contains("\"b\" is in use"), "{err}");
+        // A clean shutdown frees the name at once...
+        b.shutdown().unwrap();
+        let b = build().unwrap();
+        // ...a crash frees it once its lease lapses.
+        drop(b);
+        assert!(build().is_err(), "still within the lease");
+        thread::sleep(lease);
+        build().unwrap().shutdown().unwrap();
+    });
+}
+
+#[test]
+fn a_node_dropped_without_unregistering_stops_resolving_after_its_lease() {
+    within(30, || {
+        let server = NatsServer::start();
+        let lease = Duration::from_millis(800);
+        let a = node(&server, "lease", "a", DeliveryGuarantee::AtLeastOnce);
+        let b = MessageSystem::builder(router_config(DeliveryGuarantee::AtLeastOnce))
+            .cluster(config(&server, "lease", "b").lease(lease))
+            .build()
+            .unwrap();
+        let (pb, _mb) = registered(&b);
+        sees(&a, &pb, "b");
+        // Heartbeats keep it resolving past one lease.
+        thread::sleep(lease + lease / 2);
+        assert_eq!(a.cluster_node_of(&pb).as_deref(), Some("b"));
+
+        drop(_mb);
+        drop(b); // no unregister, no shutdown: as if the process died
+        let dropped = Instant::now();
+        wait_until("b's lease lapsing on a", || {
+            a.cluster_node_of(&pb).is_none()
+        });
+        let after = dropped.elapsed();
+        assert!(after <= lease + Duration::from_secs(2), "{after:?}");
+        let err = a.send_message(job(&pb, &AgentPid::new(), 0)).unwrap_err();
+        assert!(matches!(err, MessagingError::AgentNotFound(_)), "{err}");
+        a.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn clusters_with_different_prefixes_do_not_see_each_other() {
+    within(30, || {
+        let server = NatsServer::start();
+        // Same node names, other prefixes: separate streams, buckets and subjects.
+        let red = node(&server, "red", "a", DeliveryGuarantee::AtLeastOnce);
+        let blue = node(&server, "blue", "a", DeliveryGuarantee::AtLeastOnce);
+        let blue_b = node(&server, "blue", "b", DeliveryGuarantee::AtLeastOnce);
+        let (pb, mb) = registered(&blue_b);
+        sees(&blue, &pb, "b");
+        assert_eq!(red.cluster_node_of(&pb), None);
+        let err = red.send_message(job(&pb, &AgentPid::new(), 1)).unwrap_err();
+        assert!(matches!(err, MessagingError::AgentNotFound(_)), "{err}");
+        blue.send_message(job(&pb, &AgentPid::new(), 2)).unwrap();
+        let got = mb.receive_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(got.payload::<serde_json::Value>(), Some(&json!({ "n": 2 })));
+        assert!(
+            mb.receive_timeout(Duration::from_millis(200)).is_err(),
+            "nothing from red"
+        );
+        for system in [red, blue, blue_b] {
+            system.shutdown().unwrap();
+        }
+    });
+}
+
+#[test]
+fn garbage_on_our_subjects_is_dead_lettered_with_a_reason() {
+    within(30, || {
+        let server = NatsServer::start();
+        let b = node(&server, "junk", "b", DeliveryGuarantee::AtLeastOnce);
+        let url = server.url();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let client = async_nats::connect(url).await.unwrap();
+            client
+                .publish("junk.direct.b", "\u{0}garbage".into())
+                .await
+                .unwrap();
+            client
+                .publish("junk.direct.b", r#"{"v":2,"to":"x","body":{}}"#.into())
+                .await
+                .unwrap();
+            client.flush().await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            js.publish("junk.node.b", "{not json".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            js.publish("junk.node.b", r#"{"v":99}"#.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        });
+        wait_until("four undecodable frames", || {
+            b.cluster_stats().unwrap().undecodable == 4
+        });
+        let letters = b.dead_letters();
+        assert_eq!(letters.len(), 4);
+        let reasons: Vec<String> = letters.iter().map(|l| l.reason.to_string()).collect();
+        assert_eq!(
+            reasons
+                .iter()
+                .filter(|r| r.contains("undecodable frame"))
+                .count(),
+            2,
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.iter().any(|r| r.contains("wire version 2")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.iter().any(|r| r.contains("wire version 99")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.iter().all(|r| r.contains("on subject junk.")),
+            "{reasons:?}"
+        );
+
+        // The node still works.
+        let a = node(&server, "junk", "a", DeliveryGuarantee::AtLeastOnce);
+        let (pb, mb) = registered(&b);
+        sees(&a, &pb, "b");
+        a.send_message(job(&pb, &AgentPid::new(), 7)).unwrap();
+        assert!(mb.receive_timeout(Duration::from_secs(5)).is_ok());
+        a.shutdown().unwrap();
+        b.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn an_unreachable_server_is_a_clear_error_within_the_connect_timeout() {
+    within(30, || {
+        let timeout = Duration::from_millis(1500);
+        // Nothing listens: refused at once.
+        let url = format!("nats://127.0.0.1:{}", free_port());
+        let started = Instant::now();
+        let err = MessageSystem::builder(RouterConfig::default())
+            .cluster(ClusterConfig::new(url.clone(), "a").connect_timeout(timeout))
+            .build()
+            .unwrap_err();
+        assert!(
+            started.elapsed() < timeout + Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(err.to_string().contains(&url), "{err}");
+
+        // A listener that accepts but never speaks: the connect timeout ends it.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("nats://{}", silent.local_addr().unwrap());
+        let started = Instant::now();
+        let err = MessageSystem::builder(RouterConfig::default())
+            .cluster(ClusterConfig::new(url.clone(), "a").connect_timeout(timeout))
+            .build()
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            took >= timeout / 2 && took < timeout + Duration::from_secs(1),
+            "{took:?}"
+        );
+        assert!(err.to_string().contains(&url), "{err}");
+        assert_eq!(err.category(), ErrorCategory::System);
+    });
+}
+
+#[test]
+fn a_node_authenticates_with_a_password_or_a_token_and_bad_credentials_are_clear() {
+    within(30, || {
+        let build = |config: ClusterConfig| {
+            MessageSystem::builder(RouterConfig::default())
+                .cluster(config.connect_timeout(Duration::from_secs(3)))
+                .build()
+        };
+        let server = NatsServer::start_with_config(
+            "authorization { user: \"agent\", password: \"s3cret\" }\n",
+        );
+        let ok = build(config(&server, "auth", "a").user_and_password("agent", "s3cret")).unwrap();
+        ok.shutdown().unwrap();
+        let started = Instant::now();
+        let err =
+            build(config(&server, "auth", "b").user_and_password("agent", "wrong")).unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(err.to_string().contains(&server.url()), "{err}");
+        assert!(
+            !err.to_string().contains("wrong"),
+            "no secret in the error: {err}"
+        );
+        let err = build(config(&server, "auth", "c")).unwrap_err();
+        assert!(err.to_string().contains(&server.url()), "{err}");
+
+        let server = NatsServer::start_with_config("authorization { token: \"t0k3n\" }\n");
+        let ok = build(config(&server, "auth", "a").token("t0k3n")).unwrap();
+        ok.shutdown().unwrap();
+        assert!(build(config(&server, "auth", "b").token("nope")).is_err());
+
+        // A credentials file that cannot be read: Configuration, naming the file.
+        let err = build(config(&server, "auth", "d").credentials_file("/nonexistent/agent.creds"))
+            .unwrap_err();
+        assert_eq!(err.category(), ErrorCategory::Configuration, "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/agent.creds"),
+            "{err}"
+        );
+    });
+}
+
+#[test]
+fn a_bad_cluster_configuration_is_refused_before_connecting() {
+    let build = |config: ClusterConfig| {
+        MessageSystem::builder(RouterConfig::default())
+            .cluster(config)
+            .build()
+            .unwrap_err()
+    };
+    let nowhere = "nats://127.0.0.1:1";
+    for config in [
+        ClusterConfig::new(nowhere, "a.b"),
+        ClusterConfig::new(nowhere, ""),
+        ClusterConfig::new(nowhere, "a").prefix("x y"),
+        ClusterConfig::new(nowhere, "a").connect_timeout(Duration::ZERO),
+        ClusterConfig::new(nowhere, "a").lease(Duration::from_millis(10)),
+        ClusterConfig::new("", "a"),
+    ] {
+        let err = build(config.clone());
+        assert_eq!(
+            err.category(),
+            ErrorCategory::Configuration,
+            "{config:?}: {err}"
+        );
+    }
+    let err = MessageSystem::builder(RouterConfig {
+        retry_interval: Duration::ZERO,
+        ..RouterConfig::default()
+    })
+    .cluster(ClusterConfig::new(nowhere, "a"))
+    .build()
+    .unwrap_err();
+    assert!(err.to_string().contains("retry_interval"), "{err}");
+}
+
+#[test]
+fn an_oversized_payload_is_a_clear_error() {
+    within(30, || {
+        let server = NatsServer::start_with_config("max_payload: 4096\n");
+        let a = node(&server, "big", "a", DeliveryGuarantee::AtLeastOnce);
+        let b = node(&server, "big", "b", DeliveryGuarantee::AtLeastOnce);
+        let (pb, mb) = registered(&b);
+        sees(&a, &pb, "b");
+        let big = MessageEnvelope::new(
+            pb.clone(),
+            "big".into(),
+            json!("x".repeat(8192)),
+            DeliveryOptions::default(),
+        );
+        let id = big.id.clone();
+        let err = a.send_message(big).unwrap_err();
+        assert!(matches!(err, MessagingError::InvalidMessage(_)), "{err}");
+        assert!(err.to_string().contains("max_payload of 4096"), "{err}");
+        let letters = a.dead_letters();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].id, id);
+        // A small one still goes.
+        a.send_message(job(&pb, &AgentPid::new(), 1)).unwrap();
+        assert!(mb.receive_timeout(Duration::from_secs(5)).is_ok());
+        a.shutdown().unwrap();
+        b.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn what_cannot_cross_or_is_not_built_yet_is_refused_and_dead_lettered() {
+    within(30, || {
+        let server = NatsServer::start();
+        let a = node(&server, "refuse2", "a", DeliveryGuarantee::AtLeastOnce);
+        let b = node(&server, "refuse2", "b", DeliveryGuarantee::AtLeastOnce);
+        let pa = AgentPid::new();
+        let (pb, mb) = registered(&b);
+        sees(&a, &pb, "b");
+
+        // A cast whose payload is not JSON cannot cross.
+        let err = a
+            .send(&pb, AgentMessage::cast(pa.clone(), 42u64))
+            .unwrap_err();
+        assert!(matches!(err, MessagingError::InvalidMessage(_)), "{err}");
+        assert!(err.to_string().contains("serde_json::Value"), "{err}");
+        // Nor a call whose payload is not JSON.
+        let err = a
+            .call(pa.clone(), &pb, 7u8, Duration::from_secs(1))
+            .unwrap_err();
+        assert!(matches!(err, MessagingError::InvalidMessage(_)), "{err}");
+        // Acks across nodes are not built yet: Configuration, naming what.
+        let acked = MessageEnvelope::new(
+            pb.clone(),
+            "job".into(),
+            json!(1),
+            DeliveryOptions {
+                require_ack: true,
+                ..DeliveryOptions::default()
+            },
+        );
+        let err = a.send_message(acked).unwrap_err();
+        assert_eq!(err.category(), ErrorCategory::Configuration, "{err}");
+        assert!(err.to_string().contains("require_ack"), "{err}");
+        // Each one handed back to a dead letter, none dropped.
+        assert_eq!(a.dead_letters().len(), 3);
+        assert!(mb.receive_timeout(Duration::from_millis(300)).is_err());
+
+        for system in [a, b] {
+            system.shutdown().unwrap();
+        }
+    });
+}
+
+#[cfg(feature = "tokio")]
+mod tokio_flavour {
+    use super::*;
+    use terraphim_agent_messaging::tokio as tam;
+
+    async fn node(server: &NatsServer, prefix: &str, name: &str) -> tam::MessageSystem {
+        tam::MessageSystem::builder(RouterConfig::default())
+            .cluster(config(server, prefix, name))
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn nodes_on_the_current_runtime_exchange_envelopes() {
+        common::tokio::within(30, async {
+            let server = NatsServer::start();
+            let a = node(&server, "tk", "a").await;
+            let b = node(&server, "tk", "b").await;
+            let pa = AgentPid::new();
+            let pb = AgentPid::new();
+            a.register_agent(pa.clone()).await.unwrap();
+            b.register_agent(pb.clone()).await.unwrap();
+            let mb = b.get_mailbox(&pb).await.unwrap();
+            while a.cluster_node_of(&pb).is_none() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let mut sent = Vec::new();
+            for n in 0..100 {
+                let envelope = job(&pb, &pa, n);
+                sent.push(envelope.id.clone());
+                a.send_message(envelope).await.unwrap();
+            }
+            for id in &sent {
+                let message = mb.receive().await.unwrap();
+                assert_eq!(message.id(), id, "one sender, one priority: in order");
+                assert_eq!(message.from(), Some(&pa));
+            }
+            // A remote call awaited on the current runtime.
+            let callee = tokio::spawn(async move {
+                if let Ok(AgentMessage::Call {
+                    payload, reply_to, ..
+                }) = mb.receive().await
+                {
+                    let n = payload.downcast::<serde_json::Value>().unwrap()["n"]
+                        .as_u64()
+                        .unwrap();
+                    reply_to.send(Box::new(json!(n + 1))).ok();
+                }
+            });
+            let answer: serde_json::Value = a
+                .call_typed(pa.clone(), &pb, json!({ "n": 41 }), Duration::from_secs(2))
+                .await
+                .unwrap();
+            assert_eq!(answer, json!(42));
+            callee.await.unwrap();
+            b.unregister_agent(&pb).await.unwrap();
+            while a.cluster_node_of(&pb).is_some() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            a.shutdown().await.unwrap();
+            b.shutdown().await.unwrap();
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn build_refuses_a_cluster_and_names_connect() {
+        let err = tam::MessageSystem::builder(RouterConfig::default())
+            .cluster(ClusterConfig::new("nats://127.0.0.1:1", "a"))
+            .build()
+            .unwrap_err();
+        assert_eq!(err.category(), ErrorCategory::Configuration);
+        assert!(err.to_string().contains("connect().await"), "{err}");
+    }
+}
