@@ -6,6 +6,15 @@
 
 mod common;
 
+/// Every test of this binary runs alone: tracing's interest cache is process-wide, so
+/// a callsite first hit by a test without a subscriber, beside one that captures, may
+/// stay cached as uninteresting (and the metrics recorder is process-wide too).
+#[allow(dead_code)]
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[cfg(feature = "tracing")]
 mod events {
     use std::collections::BTreeMap;
@@ -102,8 +111,7 @@ mod events {
         // this subscriber in place: a callsite first hit by a test running beside it
         // with no subscriber may otherwise stay cached as uninteresting (tracing's
         // scoped dispatchers share one interest cache).
-        static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = super::one_at_a_time();
         let capture = Capture::default();
         let subscriber = Registry::default().with(capture.clone());
         let out = tracing::subscriber::with_default(subscriber, || {
@@ -437,6 +445,7 @@ mod metrics {
 
     #[test]
     fn a_system_publishes_its_ledger_and_gauges() {
+        let _one = super::one_at_a_time();
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         let (system, _clock) = manual_system(at_most_once(), 1);
@@ -497,6 +506,7 @@ mod metrics {
 
     #[test]
     fn two_systems_add_up() {
+        let _one = super::one_at_a_time();
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         ::metrics::with_local_recorder(&recorder, || {
@@ -522,6 +532,7 @@ mod metrics {
 
     #[test]
     fn the_timer_pass_publishes_at_most_once_a_second() {
+        let _one = super::one_at_a_time();
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         ::metrics::with_local_recorder(&recorder, || {
