@@ -104,12 +104,7 @@ impl MessageEnvelope {
 
     /// The cast this envelope arrives as, keeping its id, sender and type.
     pub fn into_message(self) -> AgentMessage {
-        AgentMessage::Cast {
-            id: self.id,
-            from: self.from.unwrap_or_else(AgentPid::nil),
-            payload: Box::new(self.payload),
-            message_type: Some(self.message_type),
-        }
+        self.into_cast().0
     }
 }
 
@@ -128,13 +123,29 @@ impl MessageEnvelope {
     /// [`into_message`](Self::into_message), keeping the rest.
     #[inline]
     pub(crate) fn into_cast(self) -> (AgentMessage, EnvelopeRest) {
-        let rest = EnvelopeRest {
-            to: self.to.clone(),
-            delivery_options: self.delivery_options.clone(),
-            created_at: self.created_at,
-            attempts: self.attempts,
+        let MessageEnvelope {
+            id,
+            from,
+            to,
+            message_type,
+            payload,
+            delivery_options,
+            created_at,
+            attempts,
+        } = self;
+        let cast = AgentMessage::Cast {
+            id,
+            from: from.unwrap_or_else(AgentPid::nil),
+            payload: Box::new(payload),
+            message_type: Some(message_type),
         };
-        (self.into_message(), rest)
+        let rest = EnvelopeRest {
+            to,
+            delivery_options,
+            created_at,
+            attempts,
+        };
+        (cast, rest)
     }
 
     /// The envelope a cast from [`into_cast`](Self::into_cast) came from; any other
