@@ -19,7 +19,7 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 mod events {
     use std::collections::BTreeMap;
     use std::fmt;
-    use std::sync::{Arc, Mutex};
+    use std::sync::OnceLock;
     use std::time::Duration;
 
     use serde_json::json;
@@ -67,9 +67,15 @@ mod events {
     /// A span's fields, kept in its extensions.
     struct SpanFields(BTreeMap<String, String>);
 
-    /// A layer that records every event with the spans around it.
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<Captured>>>);
+    thread_local! {
+        /// This thread's captured events, while `capture` runs on it.
+        static SINK: std::cell::RefCell<Option<Vec<Captured>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    /// A layer that records every event with the spans around it, into the capturing
+    /// thread's sink.
+    struct Capture;
 
     impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
         fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
@@ -94,12 +100,17 @@ mod events {
                         .collect()
                 })
                 .unwrap_or_default();
-            self.0.lock().unwrap().push(Captured {
+            let captured = Captured {
                 level: *event.metadata().level(),
                 target: event.metadata().target().to_string(),
                 message,
                 fields,
                 spans,
+            };
+            SINK.with(|sink| {
+                if let Some(events) = sink.borrow_mut().as_mut() {
+                    events.push(captured);
+                }
             });
         }
     }
@@ -107,18 +118,28 @@ mod events {
     /// Runs `f` under a subscriber that captures every event of this thread, at every
     /// level; returns what `f` returned and the crate's events.
     fn capture<R>(f: impl FnOnce() -> R) -> (R, Vec<Captured>) {
-        // One capture at a time, and every callsite's cached interest recomputed with
-        // this subscriber in place: a callsite first hit by a test running beside it
-        // with no subscriber may otherwise stay cached as uninteresting (tracing's
-        // scoped dispatchers share one interest cache).
+        // The capturing subscriber is the process's global default, installed once,
+        // so no callsite is ever cached as uninteresting: scoped subscribers share
+        // tracing's one interest cache with threads that run without one. (With
+        // `RUST_LOG` set, `init_tracing` may have taken the global slot first: then a
+        // scoped subscriber, with the cache rebuilt.)
+        static GLOBAL: OnceLock<bool> = OnceLock::new();
         let _one = super::one_at_a_time();
-        let capture = Capture::default();
-        let subscriber = Registry::default().with(capture.clone());
-        let out = tracing::subscriber::with_default(subscriber, || {
-            tracing::callsite::rebuild_interest_cache();
-            f()
+        let global = *GLOBAL.get_or_init(|| {
+            tracing::subscriber::set_global_default(Registry::default().with(Capture)).is_ok()
         });
-        let events = capture.0.lock().unwrap().clone();
+        SINK.with(|sink| *sink.borrow_mut() = Some(Vec::new()));
+        let out = if global {
+            f()
+        } else {
+            tracing::subscriber::with_default(Registry::default().with(Capture), || {
+                tracing::callsite::rebuild_interest_cache();
+                f()
+            })
+        };
+        let events = SINK
+            .with(|sink| sink.borrow_mut().take())
+            .unwrap_or_default();
         let ours = events.into_iter().filter(|e| e.target.starts_with(CRATE));
         (out, ours.collect())
     }
