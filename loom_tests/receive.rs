@@ -143,11 +143,14 @@ fn poll_receive_displaced_by_a_blocking_receiver() {
 
 // ===== a receiver behind a claimed but unwritten slot =====
 
-/// A `Normal` message is queued; P sends `High`. Main receives twice, blocking: if P's
-/// send had returned before the first receive, that receive gets the `High`. A receive
-/// that finds the `High` claimed but unwritten (P mid-send) may take the `Normal`
-/// first (P's send has not returned), and the second receive then parks until P's
-/// write wakes it. With `asynchronous`, the receives are `receive_async` futures.
+/// A `Normal` message is queued; main sends `High` while thread R receives twice,
+/// blocking: if that send had returned before R's first receive, that receive gets the
+/// `High`. A receive that finds the `High` claimed but unwritten (main mid-send) may take
+/// the `Normal` first (the send has not returned), and the second receive then parks
+/// until the write wakes it. With `asynchronous`, the receives are `receive_async`
+/// futures. (R receives and main sends, not the other way round: a wake can land after
+/// a receive found its message, and loom's park model, unlike std's, trips on that stale
+/// unpark if the thread then blocks in `join`, from 3 preemptions on.)
 fn behind_an_unwritten_slot(asynchronous: bool) {
     model(move || {
         let token = Arc::new(());
@@ -157,29 +160,30 @@ fn behind_an_unwritten_slot(asynchronous: bool) {
         assert_eq!(tag(&mailbox.receive().unwrap()), (9, 0));
         mailbox.try_send(tagged(&token, 0, 0), NORMAL).unwrap();
         let sent = Arc::new(AtomicBool::new(false));
-        let (sender, t, done) = (mailbox.sender(), token.clone(), sent.clone());
-        let producer = spawn(move || {
-            sender.try_send(tagged(&t, 1, 0), HIGH).unwrap();
-            done.store(true, SeqCst);
-        });
-        let receive = || {
-            let message = if asynchronous {
-                crate::block_on(mailbox.receive_async())
-            } else {
-                mailbox.receive()
-            };
-            tag(&message.unwrap())
+        let receiver = {
+            let (mailbox, sent) = (mailbox.clone(), sent.clone());
+            spawn(move || {
+                let receive = || {
+                    let message = if asynchronous {
+                        crate::block_on(mailbox.receive_async())
+                    } else {
+                        mailbox.receive()
+                    };
+                    tag(&message.unwrap())
+                };
+                let high_sent = sent.load(SeqCst);
+                let first = receive();
+                if high_sent {
+                    assert_eq!(first, (1, 0), "a returned High send goes before Normal");
+                }
+                [first, receive()]
+            })
         };
-        let high_sent = sent.load(SeqCst);
-        let first = receive();
-        if high_sent {
-            assert_eq!(first, (1, 0), "a returned High send goes before Normal");
-        }
-        let second = receive();
-        let mut both = [first, second];
+        mailbox.try_send(tagged(&token, 1, 0), HIGH).unwrap();
+        sent.store(true, SeqCst);
+        let mut both = receiver.join().unwrap();
         both.sort_unstable();
         assert_eq!(both, [(0, 0), (1, 0)]);
-        producer.join().unwrap();
         drop(mailbox);
         assert_all_dropped(&token);
     });
@@ -244,32 +248,36 @@ fn anti_starvation_drain() {
 
 // ===== receive_many =====
 
-/// P sends two messages (filling a block and installing the next) while main takes
-/// them in batches with `receive_many`: every batch has at least one message and no
-/// more than asked, and both arrive once each, in order. (Three messages cost ~240 k
-/// iterations.)
+/// Main sends two messages (filling a block and installing the next) while thread R
+/// takes them in batches with `receive_many`: every batch has at least one message and
+/// no more than asked, and both arrive once each, in order. (Three messages cost ~240 k
+/// iterations. R receives and main sends, for the reason given at
+/// `behind_an_unwritten_slot`.)
 #[test]
 fn receive_many_with_a_concurrent_producer() {
     model(|| {
         let token = Arc::new(());
         let mailbox = unbounded();
-        let (sender, t) = (mailbox.sender(), token.clone());
-        let producer = spawn(move || {
-            for seq in 0..2 {
-                sender.try_send(tagged(&t, 0, seq), NORMAL).unwrap();
-            }
-        });
-        let mut all = Vec::new();
-        while all.len() < 2 {
-            let mut buf = Vec::new();
-            let limit = 2 - all.len();
-            let n = mailbox.receive_many(&mut buf, limit).unwrap();
-            assert!((1..=limit).contains(&n) && n == buf.len(), "{n} of {buf:?}");
-            all.extend(buf.iter().map(tag));
+        let receiver = {
+            let mailbox = mailbox.clone();
+            spawn(move || {
+                let mut all = Vec::new();
+                while all.len() < 2 {
+                    let mut buf = Vec::new();
+                    let limit = 2 - all.len();
+                    let n = mailbox.receive_many(&mut buf, limit).unwrap();
+                    assert!((1..=limit).contains(&n) && n == buf.len(), "{n} of {buf:?}");
+                    all.extend(buf.iter().map(tag));
+                }
+                all
+            })
+        };
+        let sender = mailbox.sender();
+        for seq in 0..2 {
+            sender.try_send(tagged(&token, 0, seq), NORMAL).unwrap();
         }
-        assert_eq!(all, [(0, 0), (0, 1)]);
-        producer.join().unwrap();
-        drop(mailbox);
+        assert_eq!(receiver.join().unwrap(), [(0, 0), (0, 1)]);
+        drop((mailbox, sender));
         assert_all_dropped(&token);
     });
 }

@@ -36,9 +36,18 @@
 //!
 //! Only the holder of `REGISTERING` (the receiver) or of `WAKING` (the producer that
 //! moved the state from `WAITING`) touches `waiter`.
+//!
+//! Every write to the state is a read-modify-write, also where a store would do (back to
+//! `IDLE`, on slow paths only): all writes are then totally ordered as loom sees them.
+//! Loom orders a plain store only against what its thread has seen, so a deregistering
+//! receiver's store of `IDLE` racing a producer's `fetch_or` left the two unordered, and
+//! at 3 preemptions (traced) loom let a later load return the producer's value
+//! although the next registration happened-before that load: a lost wake-up that the
+//! C++ model (one modification order per atomic) does not allow, reported on the
+//! shipped code.
 #![allow(unsafe_code)]
 
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::task::Waker;
 
 use crate::sync::{thread, AtomicUsize, UnsafeCell};
@@ -161,7 +170,7 @@ impl WaitCell {
             // SAFETY: the state is still `REGISTERING | WAKING`, which no producer acts
             // on; we hold the registration.
             let waiter = self.waiter.with_mut(|p| unsafe { (*p).take() });
-            self.state.store(IDLE, Release);
+            self.state.swap(IDLE, AcqRel);
             if let Some(waiter) = waiter {
                 waiter.wake();
             }
@@ -186,7 +195,7 @@ impl WaitCell {
         let waiter = self.waiter.with_mut(|p| unsafe { (*p).take() });
         // A producer that or'ed in `WAKING` meanwhile left the wake to us, and we are
         // leaving: `IDLE` drops its bit with ours.
-        self.state.store(IDLE, Release);
+        self.state.swap(IDLE, AcqRel);
         drop(waiter);
     }
 
@@ -213,7 +222,7 @@ impl WaitCell {
             // the receiver does not touch `waiter` until the state is `IDLE` or `WAITING`
             // again, and other producers saw `WAKING` already set and backed off.
             let waiter = self.waiter.with_mut(|p| unsafe { (*p).take() });
-            self.state.store(IDLE, Release);
+            self.state.swap(IDLE, AcqRel);
             if let Some(waiter) = waiter {
                 waiter.wake();
             }
