@@ -110,7 +110,19 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     }
     impl Wake for Notify {
         fn wake(self: std::sync::Arc<Self>) {
-            *self.woken.lock().unwrap() = true;
+            // `try_lock` and yield rather than `lock`: a thread blocked on a loom mutex
+            // trips loom's assertion ("expected to be able to acquire lock") if a late
+            // unpark of its own arrives meanwhile, which happens when a blocking
+            // receiver wakes the task it displaces (model
+            // `poll_receive_displaced_by_a_blocking_receiver`, 3 preemptions) and a
+            // producer then wakes the receiver's own registration.
+            let mut woken = loop {
+                match self.woken.try_lock() {
+                    Ok(woken) => break woken,
+                    Err(_) => loom::thread::yield_now(),
+                }
+            };
+            *woken = true;
             self.condvar.notify_one();
         }
     }
