@@ -1,0 +1,161 @@
+//! A waker may call back into the system: routing wakes a receiver's task with no lock
+//! of the system held (issue 12, item 4).
+//!
+//! Each test parks a task (`poll_receive` with a waker of its own) on an agent's
+//! mailbox, then routes a message to that agent. The waker, when woken, registers an
+//! agent (a write to the agent table) or joins a group (a write to the group's member
+//! list), on the waking thread. Were the router still holding the table's or the
+//! group's read lock when it wakes, that write would wait for the lock its own thread
+//! holds: a deadlock, which the test reports after its deadline instead of hanging.
+//!
+//! The same happens across threads with std's writer-preferring `RwLock`: a waker
+//! that only routes (a read) would queue behind another thread's queued register.
+
+mod common;
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread;
+
+use common::DEADLINE;
+use terraphim_agent_messaging::{
+    AgentMailbox, AgentMessage, AgentPid, DeliveryOptions, LoadBalance, MessageEnvelope,
+    MessageSystem, RouterConfig,
+};
+
+/// What the waker does on the waking thread.
+enum OnWake {
+    Register,
+    JoinGroup(AgentPid),
+}
+
+struct CallingBackWaker {
+    system: Arc<MessageSystem>,
+    on_wake: OnWake,
+    done: mpsc::SyncSender<()>,
+}
+
+impl Wake for CallingBackWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let agent = AgentPid::new();
+        self.system.register_agent(agent.clone()).unwrap();
+        if let OnWake::JoinGroup(group) = &self.on_wake {
+            self.system.join_group(group, &agent).unwrap();
+        }
+        let _ = self.done.try_send(());
+    }
+}
+
+/// Parks a task on `mailbox` with a waker that does `on_wake`, runs `route` on another
+/// thread, and fails unless the waker ran to its end and the task then received.
+///
+/// All of it runs on a thread of its own, which the test only waits for: on a deadlock
+/// that thread stays blocked (holding the system), and the test fails cleanly.
+fn wake_calls_back(
+    system: Arc<MessageSystem>,
+    mailbox: AgentMailbox,
+    on_wake: OnWake,
+    route: impl FnOnce() + Send + 'static,
+) {
+    let (finished, outcome) = mpsc::sync_channel(1);
+    thread::spawn(move || {
+        let (done, woken) = mpsc::sync_channel(1);
+        let waker = Waker::from(Arc::new(CallingBackWaker {
+            system: system.clone(),
+            on_wake,
+            done,
+        }));
+        let mut cx = Context::from_waker(&waker);
+        assert!(mailbox.poll_receive(&mut cx).is_pending());
+        thread::spawn(route);
+        woken.recv().unwrap();
+        assert!(matches!(
+            mailbox.poll_receive(&mut cx),
+            Poll::Ready(Ok(AgentMessage::Cast { .. }))
+        ));
+        finished.send(()).unwrap();
+    });
+    match outcome.recv_timeout(DEADLINE) {
+        Ok(()) => {}
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!(
+                "the waker's call back into the system deadlocked: a lock was held across the wake"
+            )
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the scenario failed (see above)"),
+    }
+}
+
+fn system_with_agent() -> (Arc<MessageSystem>, AgentPid, AgentMailbox) {
+    common::init_tracing();
+    let system = Arc::new(MessageSystem::new(RouterConfig::default()));
+    let pid = AgentPid::new();
+    system.register_agent(pid.clone()).unwrap();
+    let mailbox = system.get_mailbox(&pid).unwrap();
+    (system, pid, mailbox)
+}
+
+#[test]
+fn a_routed_send_wakes_with_the_agent_table_unlocked() {
+    let (system, pid, mailbox) = system_with_agent();
+    let router = system.clone();
+    wake_calls_back(system.clone(), mailbox, OnWake::Register, move || {
+        let envelope =
+            MessageEnvelope::new(pid, "ping".into(), 1.into(), DeliveryOptions::default());
+        router.send_message(envelope).unwrap();
+    });
+}
+
+#[test]
+fn a_built_message_routed_by_pid_wakes_with_the_agent_table_unlocked() {
+    let (system, pid, mailbox) = system_with_agent();
+    let router = system.clone();
+    wake_calls_back(system.clone(), mailbox, OnWake::Register, move || {
+        router
+            .send(&pid, AgentMessage::cast(AgentPid::new(), 1u64))
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_send_through_a_group_wakes_with_the_group_unlocked() {
+    let (system, pid, mailbox) = system_with_agent();
+    let group = system.create_group(LoadBalance::RoundRobin).unwrap();
+    system.join_group(&group, &pid).unwrap();
+    let router = system.clone();
+    let to = group.clone();
+    wake_calls_back(
+        system.clone(),
+        mailbox,
+        OnWake::JoinGroup(group),
+        move || {
+            router
+                .send(&to, AgentMessage::cast(AgentPid::new(), 1u64))
+                .unwrap();
+        },
+    );
+}
+
+#[test]
+fn a_broadcast_wakes_with_the_group_unlocked() {
+    let (system, pid, mailbox) = system_with_agent();
+    let group = system.create_group(LoadBalance::Broadcast).unwrap();
+    system.join_group(&group, &pid).unwrap();
+    let router = system.clone();
+    let to = group.clone();
+    wake_calls_back(
+        system.clone(),
+        mailbox,
+        OnWake::JoinGroup(group),
+        move || {
+            let envelope =
+                MessageEnvelope::new(to, "all".into(), 1.into(), DeliveryOptions::default());
+            router.send_message(envelope).unwrap();
+        },
+    );
+}
