@@ -159,3 +159,83 @@ fn a_broadcast_wakes_with_the_group_unlocked() {
         },
     );
 }
+
+/// A task waiting for room in a bounded mailbox (`send_timeout` of the tokio flavour)
+/// is woken by the receive that frees a slot. Its waker sends twice: the first takes
+/// the free slot, the second finds the mailbox full and queues to wait, which takes
+/// the waiting senders' lock: the receive must have released it before waking.
+#[cfg(feature = "tokio")]
+#[test]
+fn a_receive_wakes_a_waiting_sender_with_the_queue_unlocked() {
+    use std::future::Future;
+    use terraphim_agent_messaging::tokio as tk;
+    use terraphim_agent_messaging::{MailboxConfig, MessagePriority};
+
+    struct SendingWaker {
+        sender: tk::MailboxSender,
+        done: mpsc::SyncSender<()>,
+    }
+    impl Wake for SendingWaker {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            let mut cx = Context::from_waker(Waker::noop());
+            for k in 0..2u64 {
+                let message = AgentMessage::cast(AgentPid::nil(), k);
+                let send = self
+                    .sender
+                    .send_timeout(message, MessagePriority::Normal, DEADLINE);
+                let _ = std::pin::pin!(send).as_mut().poll(&mut cx);
+            }
+            let _ = self.done.try_send(());
+        }
+    }
+
+    let (finished, outcome) = mpsc::sync_channel(1);
+    thread::spawn(move || {
+        let runtime = ::tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _in_runtime = runtime.enter();
+        let config = MailboxConfig {
+            max_messages: 1,
+            ..MailboxConfig::default()
+        };
+        let mailbox: tk::AgentMailbox = AgentMailbox::new(AgentPid::new(), config).into();
+        let sender = mailbox.sender();
+        sender
+            .try_send(
+                AgentMessage::cast(AgentPid::nil(), 9u64),
+                MessagePriority::Normal,
+            )
+            .unwrap();
+        let (done, woken) = mpsc::sync_channel(1);
+        let waker = Waker::from(Arc::new(SendingWaker {
+            sender: sender.clone(),
+            done,
+        }));
+        let message = AgentMessage::cast(AgentPid::nil(), 10u64);
+        let mut waiting =
+            std::pin::pin!(sender.send_timeout(message, MessagePriority::Normal, DEADLINE));
+        assert!(waiting
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+        let mut noop = Context::from_waker(Waker::noop());
+        let received = std::pin::pin!(mailbox.try_receive()).poll(&mut noop);
+        assert!(matches!(received, Poll::Ready(Ok(Some(_)))));
+        woken.recv().unwrap();
+        finished.send(()).unwrap();
+    });
+    match outcome.recv_timeout(DEADLINE) {
+        Ok(()) => {}
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!(
+                "the waker's send deadlocked: the waiting senders' lock was held across the wake"
+            )
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the scenario failed (see above)"),
+    }
+}
