@@ -203,29 +203,40 @@ impl WaitCell {
     /// read-modify-write (module docs).
     #[inline]
     pub(crate) fn wake(&self) {
+        if let Some(waiter) = self.take() {
+            waiter.wake();
+        }
+    }
+
+    /// Takes the registered waiter, if any, for the caller to wake: [`wake`](Self::wake)
+    /// for a caller that holds a lock a waker might want (it wakes once it has let go).
+    /// The waiter is taken, so no other producer wakes it: the caller must.
+    #[inline]
+    pub(crate) fn take(&self) -> Option<Waiter> {
         // Relaxed: a registration this wake must see happens-before this load (through
         // the publishing read-modify-write), so coherence alone makes the load see it.
         if self.state.load(Relaxed) == IDLE {
-            return;
+            return None;
         }
-        self.wake_slow();
+        self.take_slow()
     }
 
     #[cold]
-    fn wake_slow(&self) {
+    fn take_slow(&self) -> Option<Waiter> {
         let prev = self.state.fetch_or(WAKING, AcqRel);
         if prev == IDLE {
             // The waiter was woken by someone else since our load: undo our bit.
             self.state.fetch_and(!WAKING, AcqRel);
+            None
         } else if prev == WAITING {
             // SAFETY: we moved the state from exactly `WAITING` to `WAITING | WAKING`;
             // the receiver does not touch `waiter` until the state is `IDLE` or `WAITING`
             // again, and other producers saw `WAKING` already set and backed off.
             let waiter = self.waiter.with_mut(|p| unsafe { (*p).take() });
             self.state.swap(IDLE, AcqRel);
-            if let Some(waiter) = waiter {
-                waiter.wake();
-            }
+            waiter
+        } else {
+            None
         }
     }
 }

@@ -18,6 +18,7 @@
 //!   the freed slot. A head that leaves (sent, timed out, or dropped) wakes the next
 //!   waiter if room is left, so a wake that reached a departing head is not lost.
 //! - `close` wakes every waiter: each then gets `Closed` with its message.
+//! - No wake runs under the queue's lock: wakers are user code and may send.
 #![allow(unsafe_code)]
 
 use std::collections::VecDeque;
@@ -34,6 +35,7 @@ use crate::sync::{lock, thread, AtomicUsize, Mutex};
 
 /// How a waiting sender is woken.
 #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // tasks wait in the tokio twin only
+#[derive(Clone)]
 enum Wake {
     Thread(thread::Thread),
     Task(Waker),
@@ -89,14 +91,25 @@ impl SendWaiters {
         }
     }
 
+    /// Wakes the head, after releasing the queue: a waker is user code, and one that
+    /// sends into this full mailbox queues itself, taking the lock (issue 12, item 4).
+    /// The clone is a reference count (a waker's, a thread's), on a slow path: only
+    /// when a sender waits.
     fn wake_head(&self) {
-        if let Some((_, wake)) = lock(&self.queue).entries.front() {
+        let head = lock(&self.queue).entries.front().map(|(_, wake)| wake.clone());
+        if let Some(wake) = head {
             wake.wake();
         }
     }
 
+    /// Wakes every waiter (close), after releasing the queue, as `wake_head` does.
     fn wake_all(&self) {
-        for (_, wake) in &lock(&self.queue).entries {
+        let all: Vec<Wake> = lock(&self.queue)
+            .entries
+            .iter()
+            .map(|(_, wake)| wake.clone())
+            .collect();
+        for wake in all {
             wake.wake();
         }
     }

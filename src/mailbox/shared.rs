@@ -24,7 +24,7 @@ use crate::error::{MessagingError, TrySendError};
 use crate::message::{AgentMessage, AgentPid, MessagePriority};
 use crate::stats::record_max;
 use crate::sync::{fence, Arc, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, BriefSpin, SpinWait};
-use crate::wait::{Look, WaitCell};
+use crate::wait::{Look, WaitCell, Waiter};
 
 /// Timestamps and processing times are sampled once per this many messages, so the
 /// send and receive paths read no clock for the other 63. The same samples time a
@@ -225,6 +225,25 @@ impl HalfSent<'_> {
     }
 }
 
+/// A receiver taken from a mailbox's wait cell by a push, to be woken by the pusher
+/// once it holds no lock (see [`Shared::try_push`]). Dropping it unwoken would lose
+/// the wake-up, hence `must_use`.
+#[must_use = "the receiver sleeps until this is woken"]
+pub(crate) struct Wake(Option<Waiter>);
+
+impl Wake {
+    /// Nobody to wake.
+    pub(crate) const NONE: Wake = Wake(None);
+
+    /// Wakes the receiver, if there was one waiting.
+    #[inline]
+    pub(crate) fn now(self) {
+        if let Some(waiter) = self.0 {
+            waiter.wake();
+        }
+    }
+}
+
 /// The receiver claim; released on drop.
 pub(crate) struct Claim<'a>(&'a Shared);
 
@@ -310,20 +329,36 @@ impl Shared {
         message: AgentMessage,
         priority: MessagePriority,
     ) -> Result<(), TrySendError> {
+        let (pushed, wake) = self.try_push(message, priority);
+        wake.now();
+        pushed
+    }
+
+    /// [`try_send`](Self::try_send) for a caller that holds a lock (the agent table's,
+    /// a group's): the receiver it must wake comes back as a [`Wake`], to be woken once
+    /// the lock is released. A waker is user code; it may route, register or join a
+    /// group, and must not find the router's locks held (issue 12, item 4).
+    #[inline]
+    pub(crate) fn try_push(
+        &self,
+        message: AgentMessage,
+        priority: MessagePriority,
+    ) -> (Result<(), TrySendError>, Wake) {
         if self.capacity > 0 && !self.reserve() {
-            return Err(if self.lanes().is_closed() {
+            let refused = if self.lanes().is_closed() {
                 TrySendError::Closed(message)
             } else {
                 TrySendError::Full(message)
-            });
+            };
+            return (Err(refused), Wake::NONE);
         }
         match self.lanes().push(priority, message) {
             Ok(before) => {
-                self.waiter.wake();
+                let wake = Wake(self.waiter.take());
                 if before % SAMPLE_EVERY == 0 {
                     self.sample_received(before, priority);
                 }
-                Ok(())
+                (Ok(()), wake)
             }
             Err(message) => {
                 if self.capacity > 0 {
@@ -331,8 +366,7 @@ impl Shared {
                 }
                 // This push may have published the lane's first block before finding the
                 // lane closed, and a receiver may sleep on that block (`lane`).
-                self.waiter.wake();
-                Err(TrySendError::Closed(message))
+                (Err(TrySendError::Closed(message)), Wake(self.waiter.take()))
             }
         }
     }

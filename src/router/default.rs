@@ -2,8 +2,8 @@
 //!
 //! One attempt: look the pid up → pick a member if it is a group → ask the member's
 //! breaker → push into the mailbox. The fast path (found, breaker closed, accepted)
-//! takes the table's read lock for one hash lookup and one push: no allocation beyond
-//! the message, no clock read, no counter.
+//! takes the table's read lock for one hash lookup and one push, and wakes the receiver
+//! after releasing it: no allocation beyond the message, no clock read, no counter.
 //!
 //! | what the attempt met | outcome |
 //! |---|---|
@@ -18,7 +18,7 @@
 use super::{Destination, Push, Refusal};
 use crate::breaker::BreakerSettings;
 use crate::group::LoadBalance;
-use crate::mailbox::shared::Shared;
+use crate::mailbox::shared::{Shared, Wake};
 use crate::message::{AgentMessage, AgentPid, MessageEnvelope, MessagePriority, Outgoing};
 use crate::observe::events;
 use crate::stats::Counter;
@@ -55,14 +55,15 @@ impl LocalRoutes {
         self.table.lookup(pid).is_some()
     }
 
-    /// One push into `mailbox`, through its breaker.
+    /// One push into `mailbox`, through its breaker; the receiver to wake comes back
+    /// apart, for the caller to wake once it has released the table.
     #[inline]
     fn push_into(
         &self,
         mailbox: &Shared,
         message: AgentMessage,
         priority: MessagePriority,
-    ) -> Push {
+    ) -> (Push, Wake) {
         let now = || self.timers.now();
         let admission = match &self.breaker {
             Some(settings) => {
@@ -71,13 +72,16 @@ impl LocalRoutes {
                     Ok(admission) => Some((settings, admission)),
                     Err(retry_at) => {
                         let out = Outgoing::Message(message);
-                        return Push::Refused(out, Refusal::CircuitOpen, retry_at);
+                        return (
+                            Push::Refused(out, Refusal::CircuitOpen, retry_at),
+                            Wake::NONE,
+                        );
                     }
                 }
             }
             None => None,
         };
-        let pushed = mailbox.try_send(message, priority);
+        let (pushed, wake) = mailbox.try_push(message, priority);
         if let Some((settings, admission)) = admission {
             // A closed mailbox is not a delivery failure: the agent is gone.
             let closed = matches!(pushed, Err(crate::TrySendError::Closed(_)));
@@ -87,13 +91,14 @@ impl LocalRoutes {
                 self.breaker_trips.incr();
             }
         }
-        match pushed {
+        let push = match pushed {
             Ok(()) => Push::Done,
             Err(crate::TrySendError::Full(message)) => {
                 Push::Refused(Outgoing::Message(message), Refusal::MailboxFull, 0)
             }
             Err(crate::TrySendError::Closed(message)) => Push::Closed(Outgoing::Message(message)),
-        }
+        };
+        (push, wake)
     }
 }
 
@@ -120,6 +125,11 @@ impl Destination for LocalRoutes {
 
 impl LocalRoutes {
     /// Looks `to` up and pushes `message` into its (or its group member's) mailbox.
+    ///
+    /// The receiver is woken after the table (and the group) is released: a waker is
+    /// user code, which may register an agent or join a group, writes that would wait
+    /// for the read lock this thread holds (and, with std's writer-preferring lock, a
+    /// waker that only routes would wait behind another thread's queued write).
     #[inline]
     fn push_message(
         &self,
@@ -130,7 +140,7 @@ impl LocalRoutes {
         let Some(found) = self.table.lookup(to) else {
             return Push::NotFound(Outgoing::Message(message));
         };
-        match found.target() {
+        let (push, wake) = match found.target() {
             Target::Agent(mailbox) => self.push_into(mailbox, message, priority),
             Target::Group(group) if group.strategy() == LoadBalance::Broadcast => {
                 let members = group.members();
@@ -138,7 +148,7 @@ impl LocalRoutes {
                 if members.is_empty() {
                     return Push::Refused(out, Refusal::EmptyGroup, 0);
                 }
-                Push::Fanout(out, members)
+                (Push::Fanout(out, members), Wake::NONE)
             }
             Target::Group(group) => {
                 let mut message = Some(message);
@@ -149,9 +159,13 @@ impl LocalRoutes {
                 });
                 pushed.unwrap_or_else(|_| {
                     let message = message.take().expect("not yet pushed");
-                    Push::Refused(Outgoing::Message(message), Refusal::EmptyGroup, 0)
+                    let refused = Push::Refused(Outgoing::Message(message), Refusal::EmptyGroup, 0);
+                    (refused, Wake::NONE)
                 })
             }
-        }
+        };
+        drop(found);
+        wake.now();
+        push
     }
 }
