@@ -73,3 +73,61 @@ fn timer_deadline_set_during_a_firing_pass() {
         system.shutdown().unwrap();
     });
 }
+
+/// As above, but the pass fires a timer that is due: before it plans, `next_wake` still
+/// holds that timer's (passed) deadline. Main sets a 20 ms timeout during the pass,
+/// after one at 5 ms (due) and one at 100 ms: the pass's plan (100 ms) must not cover
+/// over it unwoken. The 20 ms arm may compare with the stale 5 ms and tell no one; the
+/// driver's sleep, read after the plan is stored, must then see it (loom: deadlock if
+/// not).
+#[test]
+fn timer_set_while_a_pass_fires_an_earlier_one() {
+    model(|| {
+        let wake = std::sync::Arc::new(Wake::default());
+        let hook = {
+            let wake = wake.clone();
+            std::sync::Arc::new(move || {
+                *wake.woken.lock().unwrap() = true;
+                wake.condvar.notify_one();
+            })
+        };
+        let clock = ManualClock::new();
+        let config = RouterConfig {
+            delivery_config: terraphim_agent_messaging::DeliveryConfig {
+                guarantee: DeliveryGuarantee::AtMostOnce,
+                ..Default::default()
+            },
+            ..RouterConfig::default()
+        };
+        let system = MessageSystem::builder(config)
+            .clock(std::sync::Arc::new(clock.clone()))
+            .timer_driver(TimerDriver::External(hook))
+            .build()
+            .expect("valid configuration");
+        let callee = AgentPid::new();
+        system.register_agent(callee.clone()).unwrap();
+        let start = clock.now();
+        let due = system.call_async(AgentPid::new(), &callee, 0u8, Duration::from_millis(5));
+        let far = system.call_async(AgentPid::new(), &callee, 1u8, Duration::from_millis(100));
+        clock.advance(Duration::from_millis(6));
+        *wake.woken.lock().unwrap() = false;
+
+        let driver = {
+            let (system, wake) = (system.clone(), wake.clone());
+            spawn(move || {
+                let next = system.run_due_timers();
+                let covered = next.is_some_and(|at| at < start + Duration::from_millis(50));
+                if !covered {
+                    let mut woken = wake.woken.lock().unwrap();
+                    while !*woken {
+                        woken = wake.condvar.wait(woken).unwrap();
+                    }
+                }
+            })
+        };
+        let near = system.call_async(AgentPid::new(), &callee, 2u8, Duration::from_millis(14));
+        driver.join().unwrap();
+        drop((due, near, far));
+        system.shutdown().unwrap();
+    });
+}

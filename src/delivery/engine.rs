@@ -35,6 +35,7 @@
 //! - A message that asks for an ack is tracked *before* its push, so an ack that
 //!   arrives before the pushing thread runs again finds it.
 
+use super::call_timers::CallTimerKey;
 use super::dedup::Reservation;
 use super::retry::RetryPolicy;
 use super::tracker::{Stage, TimerRef, TrackError, Tracked, Tracker, UserKind, UserTimer};
@@ -522,20 +523,23 @@ impl Engine {
 
     // ===== calls =====
 
-    /// Puts a call's timeout on the system's wheel; `None` if it already passed (the
-    /// call then sees `Timeout` at once).
+    /// Puts a call's timeout on the system's call timers (the shard of `call_id`);
+    /// `None` if it already passed (the call then sees `Timeout` at once).
     pub(crate) fn schedule_call_timeout(
         &self,
         reply: &ReplyReceiver,
         timeout: std::time::Duration,
-    ) -> Option<TimerKey> {
+        call_id: &MessageId,
+    ) -> Option<CallTimerKey> {
         let deadline = self.tracker.after(timeout);
-        self.tracker.call_timeout(reply.timeout_handle(), deadline)
+        let (high, low) = call_id.0.as_u64_pair();
+        self.tracker
+            .call_timeout(reply.timeout_handle(), deadline, high ^ low)
     }
 
     /// Cancels a call timeout that is no longer needed.
-    pub(crate) fn cancel_call_timeout(&self, key: TimerKey) {
-        self.tracker.cancel_timer(key);
+    pub(crate) fn cancel_call_timeout(&self, key: CallTimerKey) {
+        self.tracker.cancel_call_timeout(key);
     }
 
     // ===== user timers =====

@@ -6,12 +6,14 @@
 //! | `AtLeastOnce` | `Ok`, retried with backoff, then dead letter | `Err(AgentNotFound)` | redelivered up to `max_retries`, then dead letter | delivered twice |
 //! | `ExactlyOnce` | as `AtLeastOnce` | `Err(AgentNotFound)` | as `AtLeastOnce`, never seen twice | delivered once within the window |
 
+pub(crate) mod call_timers;
 pub(crate) mod dedup;
 pub(crate) mod engine;
 pub(crate) mod manager;
 mod meters;
 mod redelivery;
 pub(crate) mod retry;
+pub(crate) mod shards;
 pub(crate) mod tracker;
 
 use std::time::Duration;

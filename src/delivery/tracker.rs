@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 
 use ahash::AHasher;
 
+use super::call_timers::{CallTimerKey, CallTimers};
 use super::dedup::{Dedupe, Reservation};
 use super::retry::RetryPolicy;
+use super::shards::{Shards, SHARDS};
 use super::shrink;
 use chrono::{DateTime, Utc};
 
@@ -73,8 +75,6 @@ pub(crate) enum TimerEvent {
     /// A tracked message: its next attempt (`Stage::Retry`) or its overdue ack
     /// (`Stage::AwaitAck`) is due.
     Tracked(Box<Tracked>),
-    /// A call's reply is overdue.
-    Call(ReplyTimeout),
     /// A user's timer (`send_after`, `send_interval`) is due.
     User(Box<UserTimer>),
 }
@@ -239,10 +239,38 @@ impl DeliveryCounters {
     }
 }
 
+/// The exactly-once window in shards, each remembering its share of `capacity` ids. A
+/// small capacity (under 64 ids a shard) keeps one shard, so that its bound stays
+/// exact; a large one is met to within a shard's rounding.
+fn dedupe_shards(window: u64, capacity: usize) -> Shards<Dedupe> {
+    let capacity = capacity.max(1);
+    let n = if capacity >= SHARDS * 64 { SHARDS } else { 1 };
+    Shards::new(n, || Dedupe::new(window, capacity.div_ceil(n)))
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// What picks an id's shard: its two halves mixed (ids are random or sequential).
+#[inline]
+fn id_key(id: &MessageId) -> u64 {
+    let (high, low) = id.0.as_u64_pair();
+    high ^ low
+}
+
 /// In-flight messages, their timers, and the exactly-once window.
 pub(crate) struct Tracker {
     state: Mutex<State>,
-    dedupe: Mutex<Dedupe>,
+    /// The exactly-once window, split by id so that senders of different messages do
+    /// not serialise on one lock (issue 12, item 4).
+    dedupe: Shards<Dedupe>,
+    /// Async calls' timeouts, in shards of their own.
+    calls: CallTimers,
     /// The system's timer service: time, and the driver to wake for an earlier
     /// deadline.
     timers: std::sync::Arc<TimerService>,
@@ -271,7 +299,8 @@ impl Tracker {
                 intervals: IdMap64::default(),
                 next_interval: 0,
             }),
-            dedupe: Mutex::new(Dedupe::new(window, dedupe_capacity)),
+            dedupe: dedupe_shards(window, dedupe_capacity),
+            calls: CallTimers::new(),
             timers,
             limit: limit.max(1),
             counters: DeliveryCounters::default(),
@@ -299,20 +328,20 @@ impl Tracker {
 
     pub(crate) fn reserve(&self, id: &MessageId) -> Reservation {
         let now = self.now();
-        lock(&self.dedupe).reserve(id, now)
+        self.dedupe.lock_key(id_key(id)).reserve(id, now)
     }
 
     pub(crate) fn commit(&self, id: &MessageId) {
         let now = self.now();
-        lock(&self.dedupe).commit(id, now);
+        self.dedupe.lock_key(id_key(id)).commit(id, now);
     }
 
     pub(crate) fn rollback(&self, id: &MessageId) {
-        lock(&self.dedupe).rollback(id);
+        self.dedupe.lock_key(id_key(id)).rollback(id);
     }
 
     pub(crate) fn uncommit(&self, id: &MessageId) {
-        lock(&self.dedupe).uncommit(id);
+        self.dedupe.lock_key(id_key(id)).uncommit(id);
     }
 
     // ===== tracking =====
@@ -342,9 +371,7 @@ impl Tracker {
             // Only at the last tick of time can a deadline not be after `now`.
             Err(elapsed) => match elapsed.into_inner() {
                 TimerEvent::Tracked(tracked) => return Err(TrackError::EndOfTime(tracked)),
-                TimerEvent::Call(_) | TimerEvent::User(_) => {
-                    unreachable!("inserted a tracked message")
-                }
+                TimerEvent::User(_) => unreachable!("inserted a tracked message"),
             },
         };
         state.by_id.entry(id).or_default().push(key);
@@ -375,29 +402,26 @@ impl Tracker {
         }
     }
 
-    /// Schedules a call timeout; `None` if it already passed (the call then sees
-    /// `Timeout` at once).
-    pub(crate) fn call_timeout(&self, timeout: ReplyTimeout, deadline: u64) -> Option<TimerKey> {
-        let mut state = lock(&self.state);
-        match state.wheel.insert(deadline, TimerEvent::Call(timeout)) {
-            Ok(key) => {
-                drop(state);
-                self.timers.scheduled(deadline);
-                Some(key)
-            }
-            Err(elapsed) => {
-                drop(state);
-                if let TimerEvent::Call(t) = elapsed.into_inner() {
-                    t.expire();
-                }
+    /// Schedules a call timeout (in the call timers' shard of `key`); `None` if it
+    /// already passed (the call then sees `Timeout` at once).
+    pub(crate) fn call_timeout(
+        &self,
+        timeout: ReplyTimeout,
+        deadline: u64,
+        key: u64,
+    ) -> Option<CallTimerKey> {
+        match self.calls.arm(timeout, deadline, key, &self.timers) {
+            Ok(key) => Some(key),
+            Err(timeout) => {
+                timeout.expire();
                 None
             }
         }
     }
 
     /// Cancels a call timeout that is no longer needed.
-    pub(crate) fn cancel_timer(&self, key: TimerKey) {
-        lock(&self.state).wheel.cancel(key);
+    pub(crate) fn cancel_call_timeout(&self, key: CallTimerKey) {
+        self.calls.disarm(key);
     }
 
     // ===== user timers =====
@@ -545,12 +569,10 @@ impl Tracker {
                     state.in_hand += 1;
                     due.push(Due::Tracked(tracked));
                 }
-                TimerEvent::Call(timeout) => due.push(Due::Call(timeout)),
                 TimerEvent::User(timer) => due.push(Due::User(timer)),
             }
         }
         let next = state.wheel.next_deadline();
-        self.timers.planned(next);
         // After a spike the maps keep their peak capacity: give it back.
         shrink(
             &mut state.by_id,
@@ -563,13 +585,19 @@ impl Tracker {
             |m, n| m.shrink_to(n),
         );
         drop(state);
-        lock(&self.dedupe).expire(now);
+        let mut overdue = Vec::new();
+        let calls_next = self.calls.take_due(now, &mut overdue);
+        due.extend(overdue.into_iter().map(Due::Call));
+        let next = earliest(next, calls_next);
+        self.timers.planned(next);
+        self.dedupe.each(|window| window.expire(now));
         (due, next)
     }
 
     /// When the next timer is due.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        let next = lock(&self.state).wheel.next_deadline()?;
+        let tracked = lock(&self.state).wheel.next_deadline();
+        let next = earliest(tracked, self.calls.next_deadline())?;
         Some(self.timers.instant_of(next))
     }
 
@@ -614,7 +642,7 @@ impl Tracker {
                     }
                     Outgoing::Message(_) => None,
                 },
-                TimerEvent::Call(_) | TimerEvent::User(_) => None,
+                TimerEvent::User(_) => None,
             })
             .collect();
         drop(state);

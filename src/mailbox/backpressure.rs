@@ -96,7 +96,10 @@ impl SendWaiters {
     /// The clone is a reference count (a waker's, a thread's), on a slow path: only
     /// when a sender waits.
     fn wake_head(&self) {
-        let head = lock(&self.queue).entries.front().map(|(_, wake)| wake.clone());
+        let head = lock(&self.queue)
+            .entries
+            .front()
+            .map(|(_, wake)| wake.clone());
         if let Some(wake) = head {
             wake.wake();
         }

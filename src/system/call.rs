@@ -7,12 +7,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::delivery::call_timers::CallTimerKey;
 use crate::delivery::engine::Engine;
 use crate::error::{MessagingError, MessagingResult};
 use crate::message::{AgentPid, Payload, ReplyError, ReplyReceiver};
 use crate::observe::events::{self, CallSpan};
 use crate::observe::meters::{CallOutcome, CallTimer};
-use crate::timer::TimerKey;
 
 /// The future of [`MessageSystem::call_async`](crate::MessageSystem::call_async).
 pub struct CallFuture {
@@ -30,7 +30,7 @@ enum CallState {
 pub(super) struct Waiting {
     pub(super) reply: ReplyReceiver,
     /// The call's timeout on the system's wheel (`None`: it had passed already).
-    pub(super) timer: Option<TimerKey>,
+    pub(super) timer: Option<CallTimerKey>,
     pub(super) engine: std::sync::Arc<Engine>,
     /// Entered on every poll, so the reply is awaited inside the call's span.
     pub(super) span: CallSpan,

@@ -330,6 +330,7 @@ impl MessageSystem {
         let (message, reply) = AgentMessage::call(from, payload, timeout);
         let span = CallSpan::new(message.id(), message.from(), &to, timeout);
         let clock = CallTimer::start(message.id().0.as_u64_pair().1);
+        let call_id = message.id().clone();
         let sent = {
             let _in_call = span.enter();
             self.send(&to, message)
@@ -338,7 +339,7 @@ impl MessageSystem {
         if let Err(e) = sent {
             return CallFuture::failed(e);
         }
-        let timer = engine.schedule_call_timeout(&reply, timeout);
+        let timer = engine.schedule_call_timeout(&reply, timeout, &call_id);
         let waiting = Waiting {
             reply,
             timer,

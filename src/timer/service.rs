@@ -120,7 +120,7 @@ impl TimerService {
         }
     }
 
-    /// A firing pass left `next` as the wheel's earliest deadline.
+    /// A firing pass left `next` as the wheels' earliest deadline.
     pub(crate) fn planned(&self, next: Option<u64>) {
         self.next_wake.store(next.unwrap_or(u64::MAX), Relaxed);
     }
