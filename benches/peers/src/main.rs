@@ -119,7 +119,7 @@ fn main() {
 /// One case alone with `n` messages (or calls), for `valgrind --tool=callgrind`, `perf`
 /// or `strace -c`: spsc-ours, 2p-ours, spsc-crossbeam, 2p-crossbeam, cast-ours,
 /// cast-ours-2p, cast-by-pid-ours, cast-by-pid-ours-2p, routed-ours,
-/// pre-resolved-ours, call-sync-ours, call-sync-crossbeam, call-async-ours,
+/// pre-resolved-ours, routed-2p-ours, routed-2p-exactly-once, routed-2p-churn, call-sync-ours, call-sync-crossbeam, call-async-ours,
 /// call-async-ours-direct, call-async-tokio, call-async-tokio-timeout.
 fn one(case: &str, n: usize) {
     let t = Instant::now();
@@ -134,6 +134,7 @@ fn one(case: &str, n: usize) {
         "cast-by-pid-ours-2p" => format!("{:.0} msg/s", actors::ours_casts(2, n, true, false)),
         "routed-ours" => format!("{:.0} msg/s", routed::one(n, false)),
         "pre-resolved-ours" => format!("{:.0} msg/s", routed::one(n, true)),
+        "routed-2p-ours" | "routed-2p-exactly-once" | "routed-2p-churn" => routed::one_2p(case, n),
         "call-sync-ours"
         | "call-sync-crossbeam"
         | "call-async-ours"
