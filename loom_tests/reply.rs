@@ -104,3 +104,25 @@ fn reply_send_wakes_await() {
         assert_all_dropped(&token);
     });
 }
+
+/// Two calls in a row from one thread, each answered by a thread of its own: the first
+/// call's slot is recycled for the second when its replier is gone by then (`Arc`'s
+/// uniqueness check), and either way the second caller gets its own reply, never the
+/// first's state or value.
+#[test]
+fn reply_slot_recycled_for_the_next_call() {
+    model(|| {
+        let token = Arc::new(());
+        for round in 0..2 {
+            let (tx, rx) = reply_channel();
+            let t = token.clone();
+            let replier = spawn(move || tx.send(Box::new((round, t))).is_ok());
+            let got = rx.recv().expect("the reply arrives");
+            let (seq, got) = *got.downcast::<(i32, Arc<()>)>().expect("a (round, token)");
+            assert_eq!(seq, round, "a reply of this call");
+            assert!(replier.join().unwrap());
+            drop(got);
+        }
+        assert_all_dropped(&token);
+    });
+}

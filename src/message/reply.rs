@@ -78,13 +78,35 @@ impl fmt::Display for ReplyError {
 
 impl std::error::Error for ReplyError {}
 
-/// A fresh reply channel.
+impl Slot {
+    fn new() -> Self {
+        Slot {
+            state: AtomicUsize::new(EMPTY),
+            value: UnsafeCell::new(None),
+            waiter: WaitCell::new(),
+        }
+    }
+}
+
+// A thread's spare slot: a call's receiver that ends as the slot's last holder puts the
+// slot here, and the thread's next call takes it instead of allocating. One per
+// thread, so a thread keeps at most one idle slot (~100 bytes).
+#[cfg(not(loom))]
+std::thread_local! {
+    static SPARE_SLOT: std::cell::Cell<Option<Arc<Slot>>> = const { std::cell::Cell::new(None) };
+}
+#[cfg(loom)]
+loom::thread_local! {
+    static SPARE_SLOT: std::cell::Cell<Option<Arc<Slot>>> = std::cell::Cell::new(None);
+}
+
+/// A fresh reply channel: the thread's spare slot if it has one, else a new one.
 pub fn reply_channel() -> (ReplySender, ReplyReceiver) {
-    let slot = Arc::new(Slot {
-        state: AtomicUsize::new(EMPTY),
-        value: UnsafeCell::new(None),
-        waiter: WaitCell::new(),
-    });
+    let slot = SPARE_SLOT
+        .try_with(|spare| spare.take())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Arc::new(Slot::new()));
     (
         ReplySender {
             slot: slot.clone(),
@@ -280,6 +302,28 @@ impl Drop for ReplyReceiver {
                 .state
                 .compare_exchange(EMPTY, RECEIVER_GONE, AcqRel, Acquire);
         }
+        self.recycle();
+    }
+}
+
+impl ReplyReceiver {
+    /// Keeps the slot as this thread's spare if this receiver is its last holder: the
+    /// sender has gone (it replied, or dropped the call) and no timer holds it. The
+    /// check is `Arc::get_mut`, whose Acquire shows every other holder's last use; the
+    /// slot is then reset whole (a reply never taken is dropped here, as it would be
+    /// with the slot). Otherwise the slot goes with its last holder, as any `Arc`.
+    fn recycle(&mut self) {
+        let Some(slot) = Arc::get_mut(&mut self.slot) else {
+            return;
+        };
+        *slot = Slot::new();
+        let _ = SPARE_SLOT.try_with(|spare| {
+            if let Some(spare_slot) = spare.take() {
+                spare.set(Some(spare_slot)); // one spare is enough
+            } else {
+                spare.set(Some(self.slot.clone()));
+            }
+        });
     }
 }
 
@@ -318,6 +362,46 @@ mod tests {
         );
         assert!(tx.is_closed());
         assert!(tx.send(Box::new(1u8)).is_err());
+    }
+
+    #[test]
+    fn a_finished_call_leaves_its_slot_to_the_next_on_the_thread() {
+        let (tx, rx) = reply_channel();
+        let used = Arc::as_ptr(&rx.slot);
+        tx.send(Box::new(1u8)).unwrap();
+        assert!(rx.recv().is_ok());
+        let (tx, rx) = reply_channel();
+        assert_eq!(Arc::as_ptr(&rx.slot), used, "the slot was recycled");
+        assert!(!tx.is_closed(), "a recycled slot starts empty");
+        assert_eq!(
+            rx.recv_timeout(Duration::ZERO).unwrap_err(),
+            ReplyError::Timeout
+        );
+        assert!(tx.is_closed());
+        // The sender still holds that one: it is not recycled, the next call gets a
+        // fresh slot, and the late reply is handed back.
+        let (_tx2, rx2) = reply_channel();
+        assert_ne!(Arc::as_ptr(&rx2.slot), used);
+        assert!(tx.send(Box::new(2u8)).is_err());
+    }
+
+    #[test]
+    fn a_reply_never_taken_is_dropped_when_its_slot_is_recycled() {
+        struct Counted(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let drops = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (tx, rx) = reply_channel();
+        tx.send(Box::new(Counted(drops.clone()))).unwrap();
+        drop(rx);
+        assert_eq!(drops.load(std::sync::atomic::Ordering::Relaxed), 1);
+        let (tx, rx) = reply_channel();
+        tx.send(Box::new(3u8)).unwrap();
+        assert_eq!(*rx.recv().unwrap().downcast::<u8>().unwrap(), 3);
+        assert_eq!(drops.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
     #[test]
