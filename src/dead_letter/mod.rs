@@ -138,8 +138,8 @@ impl DeadMessage {
 }
 
 impl Traced for DeadMessage {
-    fn message_id(&self) -> &dyn fmt::Display {
-        self.id()
+    fn message_id(&self) -> u128 {
+        self.id().0.as_u128()
     }
 
     fn message_type(&self) -> &str {

@@ -503,8 +503,8 @@ impl Outgoing {
 // ===== what the events say about a message =====
 
 impl crate::observe::Traced for AgentMessage {
-    fn message_id(&self) -> &dyn fmt::Display {
-        self.id()
+    fn message_id(&self) -> u128 {
+        self.id().0.as_u128()
     }
 
     fn message_type(&self) -> &str {
@@ -513,8 +513,8 @@ impl crate::observe::Traced for AgentMessage {
 }
 
 impl crate::observe::Traced for Outgoing {
-    fn message_id(&self) -> &dyn fmt::Display {
-        self.id()
+    fn message_id(&self) -> u128 {
+        self.id().0.as_u128()
     }
 
     fn message_type(&self) -> &str {

@@ -30,6 +30,8 @@ use std::fmt::{Debug, Display};
 use std::marker::PhantomData;
 use std::time::Duration;
 
+#[cfg(feature = "tracing")]
+use super::IdText;
 use super::Traced;
 
 #[cfg(feature = "tracing")]
@@ -245,7 +247,7 @@ pub(crate) fn call_failed(to: &impl Display, error: &impl Display) {
 pub(crate) fn routing(to: &impl Display, message: &impl Traced, attempt: u32) {
     hot!(to, message, attempt => tracing::trace!(
         target: DELIVERY,
-        message_id = %message.message_id(),
+        message_id = %IdText(message.message_id()),
         message_type = message.message_type(),
         to = %to,
         attempt,
@@ -258,7 +260,7 @@ pub(crate) fn routing(to: &impl Display, message: &impl Traced, attempt: u32) {
 pub(crate) fn duplicate(to: &impl Display, message: &impl Traced) {
     hot!(to, message => tracing::trace!(
         target: DELIVERY,
-        message_id = %message.message_id(),
+        message_id = %IdText(message.message_id()),
         message_type = message.message_type(),
         to = %to,
         "duplicate suppressed"
@@ -270,7 +272,7 @@ pub(crate) fn duplicate(to: &impl Display, message: &impl Traced) {
 pub(crate) fn refused(to: &impl Display, message: &impl Traced, attempt: u32, reason: &str) {
     traced!(to, message, attempt, reason => tracing::debug!(
         target: DELIVERY,
-        message_id = %message.message_id(),
+        message_id = %IdText(message.message_id()),
         message_type = message.message_type(),
         to = %to,
         attempt,
@@ -289,7 +291,7 @@ pub(crate) fn retry_scheduled(
 ) {
     traced!(to, message, attempt, delay => tracing::debug!(
         target: DELIVERY,
-        message_id = %message.message_id(),
+        message_id = %IdText(message.message_id()),
         message_type = message.message_type(),
         to = %to,
         attempt,
@@ -309,7 +311,7 @@ pub(crate) fn redelivery(
 ) {
     traced!(to, message, attempt, copy_suppressed => tracing::info!(
         target: DELIVERY,
-        message_id = %message.message_id(),
+        message_id = %IdText(message.message_id()),
         message_type = message.message_type(),
         to = %to,
         attempt,
@@ -331,7 +333,7 @@ pub(crate) fn acknowledged(id: &impl Display) {
 pub(crate) fn group_pick(group: &impl Display, member: &impl Display, message: &impl Traced) {
     hot!(group, member, message => tracing::trace!(
         target: ROUTER,
-        message_id = %message.message_id(),
+        message_id = %IdText(message.message_id()),
         message_type = message.message_type(),
         group = %group,
         member = %member,
@@ -371,7 +373,7 @@ pub(crate) fn dead_letter(
 ) {
     traced!(to, message, reason, attempts => tracing::warn!(
         target: DEAD_LETTER,
-        message_id = %message.message_id(),
+        message_id = %IdText(message.message_id()),
         message_type = message.message_type(),
         to = %to,
         reason = %reason,
