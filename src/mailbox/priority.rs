@@ -35,7 +35,9 @@
 //! `close` marks the extra lanes first (or, if they were never allocated, swaps in a
 //! sentinel so they never will be), then `Normal`. A producer racing the close either
 //! claims a slot before its lane's mark, and the message is drained, or gets its
-//! message back.
+//! message back. A non-`Normal` send that finds the sentinel is refused without
+//! allocating the extra lanes; one that loaded null just before the close allocates
+//! them, loses the install to the sentinel, frees them and is refused.
 #![allow(unsafe_code)]
 
 use std::ptr::{self, NonNull};
@@ -227,9 +229,16 @@ impl<'a, T> Lanes<'a, T> {
             // SAFETY: only installed lanes are cached, and they are freed only in `Drop`.
             return Some(unsafe { &*cached });
         }
-        let extra = match self.extra() {
-            Some(extra) => extra,
-            None => self.install_extra()?,
+        let p = self.extra.ptr.load(Acquire);
+        let extra = if p.is_null() {
+            self.install_extra()?
+        } else if p == closed_sentinel() {
+            // Closed before they existed: refuse without allocating them. A close that
+            // lands after this load makes `install_extra`'s CAS fail instead.
+            return None;
+        } else {
+            // SAFETY: installed from a `Box`; freed only in `Drop`.
+            unsafe { &*p }
         };
         // Every producer stores the same installed pointer, so the races are benign.
         self.tx
