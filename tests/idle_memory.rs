@@ -94,7 +94,7 @@ fn an_agent_that_received_a_burst_gives_its_blocks_back_once_it_waits() {
     for (mailbox, sender) in mailboxes.iter().zip(&senders) {
         for priority in PRIORITIES {
             sender
-                .try_send(AgentMessage::cast(from.clone(), 7), priority)
+                .try_send(AgentMessage::cast(from.clone(), 7u64), priority)
                 .unwrap();
         }
         let order: Vec<_> = (0..4)

@@ -404,6 +404,24 @@ impl<'a, T> Lanes<'a, T> {
         }
     }
 
+    /// Gives back the blocks of every empty lane (`LaneRef::trim`). The extra lanes
+    /// themselves stay: producers reach them through a pointer they hold without a
+    /// reference count, so they live as long as the mailbox.
+    ///
+    /// # Safety
+    ///
+    /// Only the receiver-claim holder may call this.
+    pub(crate) unsafe fn trim(self) {
+        // SAFETY: forwarded receiver-claim contract.
+        unsafe { self.normal().trim() };
+        if let Some(extra) = self.extra() {
+            for lane in [extra.low.get(), extra.high.get(), extra.critical.get()] {
+                // SAFETY: forwarded receiver-claim contract.
+                unsafe { lane.trim() };
+            }
+        }
+    }
+
     /// Whether only the `Normal` lane exists (so the lanes hand out in push order).
     #[cfg(feature = "metrics")]
     pub(crate) fn normal_only(self) -> bool {
