@@ -31,10 +31,11 @@ const AGENTS: usize = 256;
 /// crosses block boundaries and parks a spare.
 const BURST: u64 = 100;
 /// Bytes an agent may keep after the burst beyond its idle figure: the three extra
-/// lanes' heads and tails, allocated on the first non-`Normal` message and kept for the
-/// mailbox's life (producers reach them without a reference count), and the sampled
-/// statistics allocated with the first message. No lane block.
-const KEPT: i64 = 1024;
+/// lanes' heads and tails (512 B), allocated on the first non-`Normal` message and kept
+/// for the mailbox's life (producers reach them without a reference count), and the
+/// sampled statistics allocated with the first message (80 B with `metrics`). No lane
+/// block (~3 KiB each).
+const KEPT: i64 = 640;
 
 /// Receives everything queued; returns how many.
 fn drain(mailbox: &AgentMailbox) -> u64 {
