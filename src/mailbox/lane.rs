@@ -47,7 +47,10 @@
 //!   claim fails; producers that come after the CAS wait until `tail.block` is null and
 //!   install a fresh block. The mailbox decides when to trim: when its receiver is about
 //!   to sleep (`shared`). Nothing is added to the send path but the flag test, which
-//!   replaces the old test for a null block, and one `and` in the claim.
+//!   replaces the old test for a null block, and one `and` in the claim. A trimmed
+//!   block goes to the trimming thread's one-block cache (`block_cache`), from which
+//!   the next block that thread allocates is taken: a thread that both receives and
+//!   sends does not pay the allocator on every wake.
 //! - **Busy vs empty.** With no value ready at the head, `pop` reports `Empty` only if no
 //!   position past the head was claimed; otherwise `Writing` (only the head is claimed:
 //!   its send has not returned) or `Busy` (more is claimed behind it, or the lane had no
@@ -65,9 +68,13 @@
 //! "the next block is being installed", during which producers wait.
 #![allow(unsafe_code)]
 
+#[cfg(not(loom))]
+use std::alloc::Layout;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::ptr;
+#[cfg(not(loom))]
+use std::ptr::NonNull;
 
 use crossbeam_utils::CachePadded;
 
@@ -152,13 +159,49 @@ impl<T> Block<T> {
     fn new() -> Box<Self> {
         #[cfg(loom)]
         LIVE_BLOCKS.with(|n| n.set(n.get() + 1));
-        Box::new(Block {
+        let fresh = || Block {
             next: AtomicPtr::new(ptr::null_mut()),
             slots: std::array::from_fn(|_| Slot {
                 value: UnsafeCell::new(MaybeUninit::uninit()),
                 ready: AtomicBool::new(false),
             }),
-        })
+        };
+        #[cfg(not(loom))]
+        if let Some(memory) = super::block_cache::take(Layout::new::<Self>()) {
+            let block = memory.cast::<Self>().as_ptr();
+            // SAFETY: the cache hands out an allocation of the global allocator with
+            // this type's layout, owned by no one else; writing a whole block makes
+            // it a valid `Box<Self>`.
+            return unsafe {
+                block.write(fresh());
+                Box::from_raw(block)
+            };
+        }
+        Box::new(fresh())
+    }
+
+    /// Frees a block given back by [`LaneRef::trim`]: into this thread's block cache,
+    /// for the next block this thread allocates, or to the allocator if the cache
+    /// holds one already.
+    fn free(block: Box<Self>) {
+        #[cfg(not(loom))]
+        {
+            let layout = Layout::new::<Self>();
+            let block = Box::into_raw(block);
+            // SAFETY: `block` came from a `Box` just now; a block owns no value (its
+            // slots are `MaybeUninit`, and the lane drops what they hold), so this
+            // drops nothing but is the right way to end its life before reusing the
+            // memory.
+            unsafe { ptr::drop_in_place(block) };
+            // SAFETY: `block` is non-null (from a `Box`).
+            let memory = unsafe { NonNull::new_unchecked(block.cast::<u8>()) };
+            if let Some(memory) = super::block_cache::keep(memory, layout) {
+                // SAFETY: a `Box<Self>`'s allocation, whose contents ended above.
+                unsafe { std::alloc::dealloc(memory.as_ptr(), layout) };
+            }
+        }
+        #[cfg(loom)]
+        drop(block);
     }
 }
 
@@ -413,12 +456,9 @@ impl<'a, T> LaneRef<'a, T> {
                     block = self.tail.block.load(Acquire);
                     continue;
                 }
-                // Install the block for this position.
-                let new = Box::into_raw(
-                    next_block
-                        .take()
-                        .unwrap_or_else(|| Block::take_spare_or_new(&self.head.spare)),
-                );
+                // Install the block for this position: a new one (a trim freed the
+                // spare, and looking for one would touch the receiver's line).
+                let new = Box::into_raw(next_block.take().unwrap_or_else(Block::new));
                 match self
                     .tail
                     .block
@@ -649,12 +689,12 @@ impl<'a, T> LaneRef<'a, T> {
             // claimed, and none can be now: a producer claims only with the index it
             // read before loading the block, and the CAS above replaced that index by
             // one that never occurs again.
-            drop(unsafe { Box::from_raw(block) });
+            Block::free(unsafe { Box::from_raw(block) });
         }
         let spare = self.head.spare.swap(ptr::null_mut(), Acquire);
         if !spare.is_null() {
             // SAFETY: a parked spare, and the swap made this thread its only owner.
-            drop(unsafe { Box::from_raw(spare) });
+            Block::free(unsafe { Box::from_raw(spare) });
         }
     }
 
@@ -906,6 +946,25 @@ mod tests {
         assert_eq!(lane.get().push(2), Err(2));
         assert!(lane.get().is_closed());
         assert!(blockless(&lane), "a refused push installs nothing");
+    }
+
+    #[test]
+    fn a_trimmed_block_is_reused_by_the_next_block_this_thread_allocates() {
+        let lane = Lane::new();
+        lane.get().push(1u64).unwrap();
+        let block = lane.head.block.load(Relaxed);
+        assert_eq!(drain(&lane), [1]);
+        // SAFETY: single consumer.
+        unsafe { lane.get().trim() };
+        // Another lane's first block, allocated on this thread, is the cached one.
+        let other = Lane::new();
+        other.get().push(2u64).unwrap();
+        assert_eq!(other.head.block.load(Relaxed), block);
+        assert_eq!(drain(&other), [2]);
+        // And the cache hands it out once.
+        lane.get().push(3u64).unwrap();
+        assert_ne!(lane.head.block.load(Relaxed), block);
+        assert_eq!(drain(&lane), [3]);
     }
 
     #[test]
