@@ -691,10 +691,14 @@ impl<'a, T> LaneRef<'a, T> {
             // one that never occurs again.
             Block::free(unsafe { Box::from_raw(block) });
         }
-        let spare = self.head.spare.swap(ptr::null_mut(), Acquire);
-        if !spare.is_null() {
-            // SAFETY: a parked spare, and the swap made this thread its only owner.
-            Block::free(unsafe { Box::from_raw(spare) });
+        // A load first: a lane trimmed on every wake has no spare, and the swap would
+        // be one more read-modify-write per wake.
+        if !self.head.spare.load(Relaxed).is_null() {
+            let spare = self.head.spare.swap(ptr::null_mut(), Acquire);
+            if !spare.is_null() {
+                // SAFETY: a parked spare, and the swap made this thread its only owner.
+                Block::free(unsafe { Box::from_raw(spare) });
+            }
         }
     }
 
