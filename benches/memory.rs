@@ -11,6 +11,11 @@
 //! - `agents N`: register `N` agents in a `MessageSystem` (pids made beforehand): bytes
 //!   per idle registered agent, table slot included; also the time it took, and the
 //!   live bytes left after the system is dropped (should be 0).
+//! - `agents_burst N`: the same `N` agents, then each is sent a burst of [`BURST`]
+//!   casts on each of the four priorities, drains it and waits for its next message
+//!   (a `poll_receive` that returns `Pending`, as a receiver about to sleep): live bytes
+//!   per agent, registration included. A waiting receiver gives its lane blocks back
+//!   (issue 12, item 6), so this stays near the idle figure; before, ~25 KiB.
 //! - `crossbeam N`, `flume N`: `N` idle unbounded `AgentMessage` channel pairs kept in a
 //!   pre-sized `Vec` (the bare channel), and `*_map N`: the same pairs in a
 //!   `HashMap<AgentPid, (Sender, Receiver)>`, i.e. with a registry slot like ours.
@@ -28,6 +33,7 @@ use std::hint::black_box;
 use std::process::Command;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use terraphim_agent_messaging::{
@@ -204,6 +210,50 @@ fn case_agents(n: usize) -> Outcome {
     Outcome::between(before, after, left)
 }
 
+/// Casts per priority in the `agents_burst` case: more than three blocks' worth.
+const BURST: u64 = 100;
+
+fn case_agents_burst(n: usize) -> Outcome {
+    let pids = pids(n);
+    let from = AgentPid::new();
+    let system = MessageSystem::new(RouterConfig::default());
+    let mut handles = Vec::with_capacity(n);
+    let before = snap();
+    for pid in &pids {
+        system.register_agent(pid.clone()).expect("register");
+    }
+    // Handles are `Arc` clones in a vector sized beforehand: no allocation.
+    for pid in &pids {
+        handles.push((
+            system.get_mailbox(pid).expect("registered"),
+            system.sender(pid).expect("registered"),
+        ));
+    }
+    let mut cx = Context::from_waker(Waker::noop());
+    for (mailbox, sender) in &handles {
+        for priority in [
+            MessagePriority::Low,
+            MessagePriority::Normal,
+            MessagePriority::High,
+            MessagePriority::Critical,
+        ] {
+            for i in 0..BURST {
+                sender
+                    .try_send(AgentMessage::cast(from.clone(), i), priority)
+                    .expect("open");
+            }
+        }
+        while let Some(message) = mailbox.try_receive().expect("open") {
+            drop(black_box(message));
+        }
+        assert!(mailbox.poll_receive(&mut cx).is_pending());
+    }
+    let after = snap();
+    drop(handles);
+    drop(system);
+    Outcome::between(before, after, 0)
+}
+
 fn case_pairs<P>(n: usize, make: impl Fn() -> P) -> Outcome {
     let mut pairs = Vec::with_capacity(n);
     let before = snap();
@@ -259,6 +309,7 @@ fn case_retain(send: impl Fn(AgentMessage), recv: impl Fn() -> AgentMessage) -> 
 fn run_case(name: &str, n: usize) -> Outcome {
     match name {
         "agents" => case_agents(n),
+        "agents_burst" => case_agents_burst(n),
         "crossbeam" => case_pairs(n, crossbeam_channel::unbounded::<AgentMessage>),
         "flume" => case_pairs(n, flume::unbounded::<AgentMessage>),
         "crossbeam_map" => case_pairs_map(n, crossbeam_channel::unbounded::<AgentMessage>),
@@ -367,6 +418,19 @@ fn main() {
             o
         };
         row("MessageSystem agent", n, &o, &format!("{} B", o.extra));
+        if n == 100_000 {
+            // A tenth as many: before blocks were given back, 25 KiB each.
+            let m = n / 10;
+            let burst = spawn_case("agents_burst", m);
+            row(
+                &format!(
+                    "MessageSystem agent after {BURST} casts on each priority, drained, waiting"
+                ),
+                m,
+                &burst,
+                "-",
+            );
+        }
         for (name, what) in [
             ("crossbeam", "crossbeam unbounded pair"),
             ("crossbeam_map", "crossbeam pair in HashMap<AgentPid, _>"),

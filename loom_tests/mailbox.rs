@@ -1,5 +1,6 @@
-//! Mailbox models L1–L6: lanes across block boundaries, priorities, send vs close,
-//! last-handle drop, bounded capacity, park/unpark.
+//! Mailbox models L1–L7: lanes across block boundaries, priorities, send vs close,
+//! last-handle drop, bounded capacity, park/unpark, and a receiver giving its lane
+//! blocks back before it sleeps.
 
 use loom::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use loom::sync::Arc;
@@ -668,6 +669,124 @@ fn l2_two_producers_race_extra_lane_install_and_cache() {
         got.sort_unstable();
         assert_eq!(got, [(0, 0), (1, 0)]);
         assert!(mailbox.try_receive().unwrap().is_none());
+        drop(mailbox);
+        assert_all_dropped(&token);
+    });
+}
+
+// ===== L7: a receiver gives its blocks back before sleeping =====
+
+/// Sends `n` messages from sender 9 at `priority` and receives them: every lane used
+/// holds a block (and, past a boundary, a spare) when the model starts.
+fn used(mailbox: &AgentMailbox, token: &Arc<()>, priority: MessagePriority, n: u8) {
+    for seq in 0..n {
+        mailbox
+            .sender()
+            .try_send(tagged(token, 9, seq), priority)
+            .unwrap();
+    }
+    assert_eq!(take_ready(mailbox, usize::from(n)).len(), usize::from(n));
+}
+
+/// L7: the receiver blocks in `receive` on a mailbox that has carried messages: its last
+/// look before sleeping trims the empty lanes (freeing the block and the spare) while a
+/// send of `priority` races it. The send either claims before the trim (which then
+/// keeps the block) or installs a fresh block; either way it wakes the receiver (loom
+/// reports a deadlock otherwise), and no block leaks or is freed twice.
+fn send_wakes_a_receiver_trimming_before_sleep(priority: MessagePriority) {
+    model(move || {
+        let token = Arc::new(());
+        let mailbox = unbounded();
+        used(&mailbox, &token, NORMAL, 3);
+        if priority != NORMAL {
+            used(&mailbox, &token, priority, 3);
+        }
+        let receiver = {
+            let mailbox = mailbox.clone();
+            spawn(move || tag(&mailbox.receive().unwrap()))
+        };
+        mailbox
+            .sender()
+            .try_send(tagged(&token, 0, 0), priority)
+            .unwrap();
+        assert_eq!(receiver.join().unwrap(), (0, 0));
+        drop(mailbox);
+        assert_all_dropped(&token);
+    });
+}
+
+#[test]
+fn l7_normal_send_wakes_a_receiver_trimming_before_sleep() {
+    send_wakes_a_receiver_trimming_before_sleep(NORMAL);
+}
+
+/// The extra lanes are trimmed too (they stay allocated; their blocks go).
+#[test]
+fn l7_high_send_wakes_a_receiver_trimming_before_sleep() {
+    send_wakes_a_receiver_trimming_before_sleep(HIGH);
+}
+
+/// L7b: the async path: the receiver task's poll trims before returning `Pending`.
+#[test]
+fn l7_send_wakes_an_async_receiver_trimming_before_pending() {
+    model(|| {
+        let token = Arc::new(());
+        let mailbox = unbounded();
+        used(&mailbox, &token, NORMAL, 3);
+        let receiver = {
+            let mailbox = mailbox.clone();
+            spawn(move || tag(&crate::block_on(mailbox.receive_async()).unwrap()))
+        };
+        mailbox.sender().send(tagged(&token, 0, 0)).unwrap();
+        assert_eq!(receiver.join().unwrap(), (0, 0));
+        drop(mailbox);
+        assert_all_dropped(&token);
+    });
+}
+
+/// L7c: two sends (the second crossing into a new block) race a receiver that takes
+/// them with `receive`, trimming each time it is about to sleep: both arrive, in
+/// order.
+#[test]
+fn l7_two_sends_race_a_receiver_trimming_between_them() {
+    model(|| {
+        let token = Arc::new(());
+        let mailbox = unbounded();
+        used(&mailbox, &token, NORMAL, 1);
+        let receiver = {
+            let mailbox = mailbox.clone();
+            spawn(move || {
+                let first = tag(&mailbox.receive().unwrap());
+                let second = tag(&mailbox.receive().unwrap());
+                [first, second]
+            })
+        };
+        let sender = mailbox.sender();
+        sender.try_send(tagged(&token, 0, 0), NORMAL).unwrap();
+        sender.try_send(tagged(&token, 0, 1), NORMAL).unwrap();
+        assert_eq!(receiver.join().unwrap(), [(0, 0), (0, 1)]);
+        drop(mailbox);
+        assert_all_dropped(&token);
+    });
+}
+
+/// L7d: close races a receiver trimming before it sleeps, with a send in flight: the
+/// send is received or handed back, the receiver ends with `ChannelClosed`, and the
+/// closed lanes' blocks are freed exactly once.
+#[test]
+fn l7_close_races_a_receiver_trimming_before_sleep() {
+    model(|| {
+        let token = Arc::new(());
+        let mailbox = unbounded();
+        used(&mailbox, &token, NORMAL, 1);
+        let receiver = {
+            let mailbox = mailbox.clone();
+            spawn(move || receive_until_closed(&mailbox))
+        };
+        let ok = send_or_closed(&mailbox.sender(), tagged(&token, 0, 0), NORMAL);
+        mailbox.close();
+        let got = receiver.join().unwrap();
+        assert_eq!(got.len(), usize::from(ok), "{got:?}");
         drop(mailbox);
         assert_all_dropped(&token);
     });

@@ -246,6 +246,18 @@ pub mod __private {
         pub fn close(&self) -> bool {
             self.0.get().close()
         }
+
+        /// Gives the lane's block and spare back if it is empty, as a receiver does
+        /// before it sleeps.
+        ///
+        /// # Safety
+        ///
+        /// One consumer at a time, as for [`LaneModel::pop`].
+        #[allow(unsafe_code)]
+        pub unsafe fn trim(&self) {
+            // SAFETY: forwarded to the caller.
+            unsafe { self.0.get().trim() }
+        }
     }
 
     /// Lane blocks alive in this thread's loom model (0 between iterations).

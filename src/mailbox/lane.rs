@@ -25,29 +25,56 @@
 //!   there before it allocates. A steady stream then allocates and frees no block at all
 //!   (the allocator's lock, taken across threads, was a visible cost). Reuse is as safe as
 //!   freeing, for the same reason: no producer touches a block it holds no claim in.
-//!   The cost: a lane that has crossed a block boundary keeps up to two blocks (its
-//!   current one and the spare), ~3 KiB each for `AgentMessage`, until it is dropped.
-//! - **The first block** is allocated lazily, so an idle lane costs five words. The
-//!   producer that installs it also publishes it in `head.block`; until then the consumer
-//!   sees the lane as busy if a position was already claimed, empty otherwise.
+//!   So a lane that has crossed a block boundary holds two blocks (its current one and
+//!   the spare), ~3 KiB each for `AgentMessage`, until it is trimmed (below).
+//! - **No block.** A lane may have no block: a new one (so an idle lane costs five
+//!   words), or one the consumer trimmed. [`NO_BLOCK`] in `tail.index` says so. The
+//!   producer that claims such a position first installs a block (CAS of `tail.block`
+//!   from null), publishes it in `head.block`, then claims, which clears the flag.
+//!   Another producer that sees the flag with a block already there waits, as at a lap
+//!   marker: that block is either being installed by a producer about to claim, or
+//!   being taken away by the consumer, and the two cannot be told apart. Once the
+//!   installer has installed, nobody else claims that position, so the index stays put
+//!   until the installer claims (or the lane closes).
+//! - **Giving memory back (trim).** The consumer, when the lane is empty, may free its
+//!   block and its spare ([`LaneRef::trim`]): it sets `NO_BLOCK` with a CAS from the
+//!   exact index it found, equal to its head (so nothing is claimed past the head), then
+//!   clears `head.block`, then `tail.block`, then frees the block. Every slot before the
+//!   head has been read, so no producer that wrote into the block still touches it;
+//!   a producer that loaded the block before the CAS claims only with the index it read
+//!   before that, which the CAS replaced for good (index values never repeat: positions
+//!   only grow, and one position goes from plain to `NO_BLOCK` at most once), so its
+//!   claim fails; producers that come after the CAS wait until `tail.block` is null and
+//!   install a fresh block. The mailbox decides when to trim: when its receiver is about
+//!   to sleep (`shared`). Nothing is added to the send path but the flag test, which
+//!   replaces the old test for a null block, and one `and` in the claim. A trimmed
+//!   block goes to the trimming thread's one-block cache (`block_cache`), from which
+//!   the next block that thread allocates is taken: a thread that both receives and
+//!   sends does not pay the allocator on every wake.
 //! - **Busy vs empty.** With no value ready at the head, `pop` reports `Empty` only if no
 //!   position past the head was claimed; otherwise `Writing` (only the head is claimed:
-//!   its send has not returned) or `Busy` (more is claimed behind it, or the first block
-//!   is not yet published). So a send that returned is never reported as absent; the
-//!   receiver decides how long to wait for the head (`shared`, `priority`).
+//!   its send has not returned) or `Busy` (more is claimed behind it, or the lane had no
+//!   block when the consumer looked). So a send that returned is never reported as
+//!   absent; the receiver decides how long to wait for the head (`shared`, `priority`).
 //! - **Waking a sleeping receiver.** A producer publishes with read-modify-writes only
-//!   (the claim CAS, the `ready` swap, the first block's swap into `head.block`), and the
+//!   (the claim CAS, the `ready` swap, a new block's swap into `head.block`), and the
 //!   receiver's last look before sleeping uses read-modify-writes on the same words
-//!   (`Look::BeforeSleep`): see the `wait` module for why no wake is lost.
+//!   (`Look::BeforeSleep`): see the `wait` module for why no wake is lost. A trim after
+//!   that look writes those words with read-modify-writes too, so a producer's later
+//!   one still reads from the look's release sequence.
 //!
-//! Indices count in steps of `1 << SHIFT`; the low bit is the close mark. Within a lap of
-//! `LAP` positions, offsets `0..BLOCK_CAP` are slots and offset `BLOCK_CAP` means "the
-//! next block is being installed", during which producers wait.
+//! Indices count in steps of `1 << SHIFT`; the two low bits are the [`FLAGS`]. Within a
+//! lap of `LAP` positions, offsets `0..BLOCK_CAP` are slots and offset `BLOCK_CAP` means
+//! "the next block is being installed", during which producers wait.
 #![allow(unsafe_code)]
 
+#[cfg(not(loom))]
+use std::alloc::Layout;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::ptr;
+#[cfg(not(loom))]
+use std::ptr::NonNull;
 
 use crossbeam_utils::CachePadded;
 
@@ -66,11 +93,20 @@ const LAP: usize = 3;
 /// Slots per block.
 pub(crate) const BLOCK_CAP: usize = LAP - 1;
 
-/// Indices move in steps of `1 << SHIFT`, leaving bit 0 for [`CLOSED`].
-const SHIFT: usize = 1;
+/// Indices move in steps of `1 << SHIFT`, leaving the low bits for [`CLOSED`] and
+/// [`NO_BLOCK`].
+const SHIFT: usize = 2;
 
 /// Set in `tail.index` once the lane is closed: no claim succeeds after it.
 const CLOSED: usize = 1;
+
+/// Set in `tail.index` while the lane has no block for the position it holds: a new
+/// lane, or one whose receiver gave its block back ([`LaneRef::trim`]). The producer
+/// that claims that position installs a block first; the claim clears the flag.
+const NO_BLOCK: usize = 2;
+
+/// The flag bits of `tail.index`.
+const FLAGS: usize = CLOSED | NO_BLOCK;
 
 /// One message slot.
 struct Slot<T> {
@@ -123,13 +159,49 @@ impl<T> Block<T> {
     fn new() -> Box<Self> {
         #[cfg(loom)]
         LIVE_BLOCKS.with(|n| n.set(n.get() + 1));
-        Box::new(Block {
+        let fresh = || Block {
             next: AtomicPtr::new(ptr::null_mut()),
             slots: std::array::from_fn(|_| Slot {
                 value: UnsafeCell::new(MaybeUninit::uninit()),
                 ready: AtomicBool::new(false),
             }),
-        })
+        };
+        #[cfg(not(loom))]
+        if let Some(memory) = super::block_cache::take(Layout::new::<Self>()) {
+            let block = memory.cast::<Self>().as_ptr();
+            // SAFETY: the cache hands out an allocation of the global allocator with
+            // this type's layout, owned by no one else; writing a whole block makes
+            // it a valid `Box<Self>`.
+            return unsafe {
+                block.write(fresh());
+                Box::from_raw(block)
+            };
+        }
+        Box::new(fresh())
+    }
+
+    /// Frees a block given back by [`LaneRef::trim`]: into this thread's block cache,
+    /// for the next block this thread allocates, or to the allocator if the cache
+    /// holds one already.
+    fn free(block: Box<Self>) {
+        #[cfg(not(loom))]
+        {
+            let layout = Layout::new::<Self>();
+            let block = Box::into_raw(block);
+            // SAFETY: `block` came from a `Box` just now; a block owns no value (its
+            // slots are `MaybeUninit`, and the lane drops what they hold), so this
+            // drops nothing but is the right way to end its life before reusing the
+            // memory.
+            unsafe { ptr::drop_in_place(block) };
+            // SAFETY: `block` is non-null (from a `Box`).
+            let memory = unsafe { NonNull::new_unchecked(block.cast::<u8>()) };
+            if let Some(memory) = super::block_cache::keep(memory, layout) {
+                // SAFETY: a `Box<Self>`'s allocation, whose contents ended above.
+                unsafe { std::alloc::dealloc(memory.as_ptr(), layout) };
+            }
+        }
+        #[cfg(loom)]
+        drop(block);
     }
 }
 
@@ -158,8 +230,8 @@ pub enum Pop<T> {
     /// Nothing is queued: no producer has claimed a position past the head.
     Empty,
     /// A producer has claimed the head position and is still writing it, and a later
-    /// position is claimed too (its send may have returned), or the lane's first block is
-    /// not yet published: the head will be ready within a few instructions, unless its
+    /// position is claimed too (its send may have returned), or the lane had no block when
+    /// the consumer looked: the head will be ready within a few instructions, unless its
     /// producer was descheduled. Returning `Empty` here would hide a later message whose
     /// send already returned (tokio #2020), and let a lower priority overtake it.
     Busy,
@@ -208,7 +280,7 @@ impl<T> Reserved<'_, T> {
 
 /// The producers' half of a lane.
 pub(crate) struct Tail<T> {
-    /// Producers' claim counter (position `<< SHIFT`, plus [`CLOSED`]).
+    /// Producers' claim counter (position `<< SHIFT`, plus the [`FLAGS`]).
     index: AtomicUsize,
     /// The block producers currently claim in; null until the first push.
     block: AtomicPtr<Block<T>>,
@@ -295,7 +367,8 @@ fn count(index: usize) -> usize {
 impl<T> Tail<T> {
     pub(crate) fn new() -> Self {
         Tail {
-            index: AtomicUsize::new(0),
+            // No block yet: the first push installs one.
+            index: AtomicUsize::new(NO_BLOCK),
             block: AtomicPtr::new(ptr::null_mut()),
         }
     }
@@ -342,8 +415,12 @@ impl<'a, T> LaneRef<'a, T> {
         // Allocated before claiming the last slot of a block so that other producers
         // wait for the install as briefly as possible.
         let mut next_block: Option<Box<Block<T>>> = None;
-        // Waiting for another producer's block install: spin, then yield, so that a
-        // descheduled installer gets the CPU back (one core, or valgrind).
+        // The block this producer installed for a `NO_BLOCK` position, if any: until it
+        // claims that position nobody else can, so the index stays put (module docs).
+        let mut installed: *mut Block<T> = ptr::null_mut();
+        // Waiting for another producer's block install, or for the receiver taking its
+        // block away: spin, then yield, so that a descheduled installer gets the CPU
+        // back (one core, or valgrind).
         let install = SpinWait::default();
         // Losing the claim CAS to another producer: back off (crossbeam does the same).
         let contention = SpinWait::default();
@@ -369,40 +446,50 @@ impl<'a, T> LaneRef<'a, T> {
                 next_block = Some(Block::take_spare_or_new(&self.head.spare));
             }
 
-            if block.is_null() {
-                // The very first push: install the first block.
+            if tail & NO_BLOCK != 0 && (block.is_null() || block != installed) {
+                if !block.is_null() {
+                    // Either the receiver is still taking its old block away (`trim`),
+                    // or another producer installed the new one and is about to claim
+                    // with it: the two cannot be told apart, so wait for either.
+                    install.wait();
+                    tail = self.tail.index.load(Acquire);
+                    block = self.tail.block.load(Acquire);
+                    continue;
+                }
+                // Install the block for this position: a new one (a trim freed the
+                // spare, and looking for one would touch the receiver's line).
                 let new = Box::into_raw(next_block.take().unwrap_or_else(Block::new));
                 match self
                     .tail
                     .block
-                    .compare_exchange(ptr::null_mut(), new, Release, Acquire)
+                    .compare_exchange(ptr::null_mut(), new, AcqRel, Acquire)
                 {
                     Ok(_) => {
-                        // Publish it to the consumer; only this producer ever stores here
-                        // while `head_block` is null. A swap, as the `ready` flag's (the
-                        // receiver may sleep on a lane whose first block is not yet here;
-                        // the wake comes from this producer's send).
+                        // Publish it to the consumer; `head.block` is null until then
+                        // (`trim` clears it before `tail.block`). A swap, as the `ready`
+                        // flag's (the receiver may sleep on a lane with no block; the
+                        // wake comes from this producer's send).
                         let _null = self.head.block.swap(new, AcqRel);
                         debug_assert!(_null.is_null());
-                        block = new;
+                        installed = new;
                     }
                     Err(_) => {
                         // SAFETY: `new` came from `Box::into_raw` above and was never
                         // published, so this thread still owns it.
                         next_block = Some(unsafe { Box::from_raw(new) });
-                        // Reload the index *before* the block, as everywhere else: the
-                        // block that beat us may already be full and replaced, so the
-                        // CAS's `current` can be older than a fresh index. Pairing a
-                        // fresh index with that stale block would claim a slot of the
-                        // wrong block (found by loom model `l1_two_producers`).
-                        tail = self.tail.index.load(Acquire);
-                        block = self.tail.block.load(Acquire);
-                        continue;
                     }
                 }
+                // Reload the index *before* the block, as everywhere else: the `tail`
+                // we hold may be older than the block we just saw (found by loom model
+                // `l1_two_producers`). After our own install the index is still the
+                // position we installed for (nobody else claims it), or closed.
+                tail = self.tail.index.load(Acquire);
+                block = self.tail.block.load(Acquire);
+                continue;
             }
 
-            let new_tail = tail + (1 << SHIFT);
+            // Claiming clears `NO_BLOCK` (set only when we install for this position).
+            let new_tail = (tail & !NO_BLOCK) + (1 << SHIFT);
             match self
                 .tail
                 .index
@@ -529,7 +616,7 @@ impl<'a, T> LaneRef<'a, T> {
             // So that a claim this look misses sees the registration (`wait`).
             Look::BeforeSleep => self.tail.index.fetch_add(0, AcqRel),
         };
-        if tail & !CLOSED != head {
+        if tail & !FLAGS != head {
             // Positions are claimed in order from the head, so one claimed position is
             // the head's, unwritten when we looked: its send had not returned.
             if has_block && count(tail).saturating_sub(count(head)) == 1 {
@@ -557,6 +644,62 @@ impl<'a, T> LaneRef<'a, T> {
         let offset = (self.head.index.load(Relaxed) >> SHIFT) % LAP;
         // SAFETY: as in `pop`: the consumer's block is live while we hold the claim.
         is_ready(unsafe { (*block).slots.get_unchecked(offset) }, look)
+    }
+
+    /// Gives the lane's memory back if it is empty: frees its block and its spare, so
+    /// that it costs what a new lane does, and the next push installs a block again. A
+    /// lane with a position claimed past the head keeps both (module docs, "Giving
+    /// memory back"). Closed lanes are trimmed too.
+    ///
+    /// # Safety
+    ///
+    /// As for [`LaneRef::pop`]: only the receiver-claim holder may call this.
+    pub(crate) unsafe fn trim(&self) {
+        let head = self.head.index.load(Relaxed);
+        let tail = self.tail.index.load(Acquire);
+        if tail & !FLAGS != head {
+            // A position past the head is claimed: its message needs the block.
+            return;
+        }
+        if tail & NO_BLOCK == 0 {
+            // Empty, with a block. Setting `NO_BLOCK` fails every claim based on an
+            // index read before (index values never repeat), and makes later producers
+            // wait until the block pointers are cleared, then install a new block.
+            if self
+                .tail
+                .index
+                .compare_exchange(tail, tail | NO_BLOCK, AcqRel, Relaxed)
+                .is_err()
+            {
+                // A producer claimed the head position meanwhile (or the lane closed:
+                // the next trim takes it).
+                return;
+            }
+            // The consumer's block first, then the producers': a producer installs a
+            // new block only once `tail.block` is null, and then finds `head.block`
+            // null too. A swap, not a store: every write to `head.block` is a
+            // read-modify-write (the `wait` protocol).
+            let block = self.head.block.swap(ptr::null_mut(), AcqRel);
+            debug_assert!(!block.is_null());
+            debug_assert_eq!(block, self.tail.block.load(Relaxed));
+            self.tail.block.store(ptr::null_mut(), Release);
+            // SAFETY: `block` is the lane's only block (the head's and the tail's), owned
+            // by the lane. Every slot of it before the head has been read, so every
+            // producer that wrote into it is done with it; no slot from the head on is
+            // claimed, and none can be now: a producer claims only with the index it
+            // read before loading the block, and the CAS above replaced that index by
+            // one that never occurs again.
+            Block::free(unsafe { Box::from_raw(block) });
+        }
+        // A load first: a lane trimmed on every wake has no spare, and the swap would
+        // be one more read-modify-write per wake.
+        if !self.head.spare.load(Relaxed).is_null() {
+            let spare = self.head.spare.swap(ptr::null_mut(), Acquire);
+            if !spare.is_null() {
+                // SAFETY: a parked spare, and the swap made this thread its only owner.
+                Block::free(unsafe { Box::from_raw(spare) });
+            }
+        }
     }
 
     /// Closes the lane. Returns `true` if this call closed it.
@@ -604,7 +747,7 @@ fn is_ready<T>(slot: &Slot<T>, look: Look) -> bool {
 /// `tail` and `head` are the two halves of one lane, and nothing else uses the lane any
 /// more (exclusive access, as in a `Drop`).
 pub(crate) unsafe fn drop_queued<T>(tail: &mut Tail<T>, head: &mut Head<T>) {
-    let tail = tail.index.with_mut_value() & !CLOSED;
+    let tail = tail.index.with_mut_value() & !FLAGS;
     let mut position = head.index.with_mut_value();
     let mut block = head.block.with_mut_value();
     // Drop every message still queued, freeing each block once passed.
@@ -717,6 +860,115 @@ mod tests {
             assert!(matches!(lane.get().pop(Look::Plain), Pop::Msg(1)));
             assert!(matches!(lane.get().pop(Look::Plain), Pop::Closed));
         }
+    }
+
+    /// Whether the lane holds no block and no spare.
+    fn blockless(lane: &Lane<u64>) -> bool {
+        lane.head.block.load(Relaxed).is_null()
+            && lane.tail.block.load(Relaxed).is_null()
+            && lane.head.spare.load(Relaxed).is_null()
+    }
+
+    #[test]
+    fn trim_gives_the_blocks_back_and_the_lane_goes_on() {
+        let lane = Lane::new();
+        assert!(blockless(&lane));
+        let n = BLOCK_CAP as u64 * 2 + 5;
+        for i in 0..n {
+            lane.get().push(i).unwrap();
+        }
+        assert_eq!(drain(&lane), (0..n).collect::<Vec<_>>());
+        assert!(
+            !lane.head.spare.load(Relaxed).is_null(),
+            "a spare was parked"
+        );
+        // SAFETY: single consumer.
+        unsafe { lane.get().trim() };
+        assert!(blockless(&lane));
+        // Trimming a blockless lane changes nothing.
+        // SAFETY: single consumer.
+        unsafe { lane.get().trim() };
+        assert!(blockless(&lane));
+        // The counts go on from where they were, and so do the messages, at every offset
+        // of the new first block and across its boundary.
+        assert_eq!(lane.get().pushed(), n as usize);
+        assert_eq!(lane.get().len(), 0);
+        for round in 0..3u64 {
+            for i in 0..BLOCK_CAP as u64 + 3 {
+                let before = lane.get().pushed();
+                assert_eq!(lane.get().push(100 * round + i), Ok(before));
+            }
+            assert_eq!(lane.get().len(), BLOCK_CAP + 3);
+            let got = drain(&lane);
+            assert_eq!(
+                got,
+                (0..BLOCK_CAP as u64 + 3)
+                    .map(|i| 100 * round + i)
+                    .collect::<Vec<_>>()
+            );
+            // SAFETY: single consumer.
+            unsafe { lane.get().trim() };
+            assert!(blockless(&lane));
+        }
+        assert_eq!(lane.get().pushed(), n as usize + 3 * (BLOCK_CAP + 3));
+    }
+
+    #[test]
+    fn trim_keeps_the_block_of_a_queued_or_claimed_message() {
+        let lane = Lane::new();
+        lane.get().push(1u64).unwrap();
+        // SAFETY: single consumer.
+        unsafe { lane.get().trim() };
+        assert!(!lane.head.block.load(Relaxed).is_null());
+        assert_eq!(drain(&lane), [1]);
+
+        // A claimed position, not yet written: the lane is busy there, not empty.
+        let reserved = lane.get().claim().unwrap();
+        // SAFETY: single consumer.
+        unsafe { lane.get().trim() };
+        assert!(!lane.head.block.load(Relaxed).is_null());
+        reserved.write(2);
+        assert_eq!(drain(&lane), [2]);
+        // SAFETY: single consumer.
+        unsafe { lane.get().trim() };
+        assert!(blockless(&lane));
+    }
+
+    #[test]
+    fn trim_a_closed_lane() {
+        let lane = Lane::new();
+        lane.get().push(1u64).unwrap();
+        assert!(lane.get().close());
+        // SAFETY: single consumer.
+        unsafe {
+            lane.get().trim();
+            assert!(matches!(lane.get().pop(Look::Plain), Pop::Msg(1)));
+            lane.get().trim();
+            assert!(blockless(&lane));
+            assert!(matches!(lane.get().pop(Look::Plain), Pop::Closed));
+        }
+        assert_eq!(lane.get().push(2), Err(2));
+        assert!(lane.get().is_closed());
+        assert!(blockless(&lane), "a refused push installs nothing");
+    }
+
+    #[test]
+    fn a_trimmed_block_is_reused_by_the_next_block_this_thread_allocates() {
+        let lane = Lane::new();
+        lane.get().push(1u64).unwrap();
+        let block = lane.head.block.load(Relaxed);
+        assert_eq!(drain(&lane), [1]);
+        // SAFETY: single consumer.
+        unsafe { lane.get().trim() };
+        // Another lane's first block, allocated on this thread, is the cached one.
+        let other = Lane::new();
+        other.get().push(2u64).unwrap();
+        assert_eq!(other.head.block.load(Relaxed), block);
+        assert_eq!(drain(&other), [2]);
+        // And the cache hands it out once.
+        lane.get().push(3u64).unwrap();
+        assert_ne!(lane.head.block.load(Relaxed), block);
+        assert_eq!(drain(&lane), [3]);
     }
 
     #[test]

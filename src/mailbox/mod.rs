@@ -3,7 +3,7 @@
 //! Layers, bottom up:
 //!
 //! 1. [`lane`](self::lane): one unbounded lock-free MPSC block list (the only `unsafe`
-//!    queue code).
+//!    queue code), and below it `block_cache`, one freed block kept per thread.
 //! 2. [`priority`](self::priority): four lanes, the drain order and the anti-starvation
 //!    budget.
 //! 3. [`shared`](self::shared): capacity, the receiver claim, close and drain, stats.
@@ -30,8 +30,12 @@
 //!   until its deadline, a blocking or async receive sleeps until that producer's write
 //!   wakes it.
 //! - After `close`, the receiver drains what was queued, then gets `ChannelClosed`.
+//! - A receiver waiting for its next message holds no lane block: they are given back
+//!   when it goes to sleep (see `shared`, "Memory").
 
 pub(crate) mod backpressure;
+#[cfg(not(loom))]
+mod block_cache;
 pub(crate) mod handback;
 pub(crate) mod handle;
 pub(crate) mod lane;

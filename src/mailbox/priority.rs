@@ -4,6 +4,15 @@
 //! first message that needs one, so an idle mailbox costs one lane plus two pointers
 //! (the extra lanes' pointer and the producers' copy of it).
 //!
+//! # Memory
+//!
+//! The extra lanes, once allocated, stay until the mailbox is dropped (512 bytes:
+//! three padded tails and one line of heads): producers reach them through a pointer
+//! they load without a reference count, so there is no moment at which the receiver
+//! could know that none still uses them, short of an extra read-modify-write per send.
+//! Their blocks, like the `Normal` lane's, are given back whenever the receiver is
+//! about to sleep and the lane is empty ([`Lanes::trim`], called from `shared`).
+//!
 //! # Drain order
 //!
 //! Strict (`budget == 0`): the receiver takes the head of the highest lane holding a
@@ -35,25 +44,83 @@
 //! `close` marks the extra lanes first (or, if they were never allocated, swaps in a
 //! sentinel so they never will be), then `Normal`. A producer racing the close either
 //! claims a slot before its lane's mark, and the message is drained, or gets its
-//! message back.
+//! message back. A non-`Normal` send that finds the sentinel is refused without
+//! allocating the extra lanes; one that loaded null just before the close allocates
+//! them, loses the install to the sentinel, frees them and is refused.
 #![allow(unsafe_code)]
 
 use std::ptr::{self, NonNull};
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Release, SeqCst};
 
-use super::lane::{drop_queued, Head, Lane, LaneRef, Pop, Reserved, Tail};
+use crossbeam_utils::CachePadded;
+
+use super::lane::{drop_queued, Head, LaneRef, Pop, Reserved, Tail};
 use crate::message::MessagePriority;
 use crate::sync::{AtomicPtr, UnsafeCell};
 use crate::wait::Look;
 
 /// The lanes allocated on demand, and the receiver's starvation bookkeeping.
+///
+/// Each tail has its own cache line (producers of different priorities do not share
+/// one); the three heads, which only the receiver touches, share one. That keeps the
+/// receiver's pops off the producers' lines at 512 bytes rather than 896 (a padded
+/// head per lane), which an agent keeps for good once it has seen a non-`Normal`
+/// message.
 struct Extra<T> {
-    low: Lane<T>,
-    high: Lane<T>,
-    critical: Lane<T>,
+    low: CachePadded<Tail<T>>,
+    high: CachePadded<Tail<T>>,
+    critical: CachePadded<Tail<T>>,
+    rx: CachePadded<ExtraRx<T>>,
+}
+
+/// The receiver's side of the extra lanes.
+struct ExtraRx<T> {
+    low: Head<T>,
+    high: Head<T>,
+    critical: Head<T>,
     /// Per lane (by priority index), how often its head was passed over since it was
     /// last served. Touched only by the receiver-claim holder.
     bypassed: UnsafeCell<[u32; 4]>,
+}
+
+impl<T> Extra<T> {
+    fn new() -> Self {
+        Extra {
+            low: CachePadded::new(Tail::new()),
+            high: CachePadded::new(Tail::new()),
+            critical: CachePadded::new(Tail::new()),
+            rx: CachePadded::new(ExtraRx {
+                low: Head::new(),
+                high: Head::new(),
+                critical: Head::new(),
+                bypassed: UnsafeCell::new([0; 4]),
+            }),
+        }
+    }
+
+    fn low(&self) -> LaneRef<'_, T> {
+        LaneRef::new(&self.low, &self.rx.low)
+    }
+
+    fn high(&self) -> LaneRef<'_, T> {
+        LaneRef::new(&self.high, &self.rx.high)
+    }
+
+    fn critical(&self) -> LaneRef<'_, T> {
+        LaneRef::new(&self.critical, &self.rx.critical)
+    }
+}
+
+impl<T> Drop for Extra<T> {
+    fn drop(&mut self) {
+        let rx = &mut *self.rx;
+        // SAFETY: `&mut self` owns the three lanes, each made of its tail and head.
+        unsafe {
+            drop_queued(&mut self.low, &mut rx.low);
+            drop_queued(&mut self.high, &mut rx.high);
+            drop_queued(&mut self.critical, &mut rx.critical);
+        }
+    }
 }
 
 /// The producers' side of a mailbox's lanes: the `Normal` tail, written on every send.
@@ -210,9 +277,9 @@ impl<'a, T> Lanes<'a, T> {
             _ => self.extra_for_push()?,
         };
         Some(match priority {
-            MessagePriority::Low => extra.low.get(),
-            MessagePriority::High => extra.high.get(),
-            _ => extra.critical.get(),
+            MessagePriority::Low => extra.low(),
+            MessagePriority::High => extra.high(),
+            _ => extra.critical(),
         })
     }
 
@@ -227,9 +294,16 @@ impl<'a, T> Lanes<'a, T> {
             // SAFETY: only installed lanes are cached, and they are freed only in `Drop`.
             return Some(unsafe { &*cached });
         }
-        let extra = match self.extra() {
-            Some(extra) => extra,
-            None => self.install_extra()?,
+        let p = self.extra.ptr.load(Acquire);
+        let extra = if p.is_null() {
+            self.install_extra()?
+        } else if p == closed_sentinel() {
+            // Closed before they existed: refuse without allocating them. A close that
+            // lands after this load makes `install_extra`'s CAS fail instead.
+            return None;
+        } else {
+            // SAFETY: installed from a `Box`; freed only in `Drop`.
+            unsafe { &*p }
         };
         // Every producer stores the same installed pointer, so the races are benign.
         self.tx
@@ -240,12 +314,7 @@ impl<'a, T> Lanes<'a, T> {
 
     #[cold]
     fn install_extra(self) -> Option<&'a Extra<T>> {
-        let new = Box::into_raw(Box::new(Extra {
-            low: Lane::new(),
-            high: Lane::new(),
-            critical: Lane::new(),
-            bypassed: UnsafeCell::new([0; 4]),
-        }));
+        let new = Box::into_raw(Box::new(Extra::new()));
         match self
             .extra
             .ptr
@@ -291,9 +360,9 @@ impl<'a, T> Lanes<'a, T> {
             .is_err()
         {
             if let Some(extra) = self.extra() {
-                extra.critical.get().close();
-                extra.high.get().close();
-                extra.low.get().close();
+                extra.critical().close();
+                extra.high().close();
+                extra.low().close();
             }
         }
         self.normal().close()
@@ -332,14 +401,9 @@ impl<'a, T> Lanes<'a, T> {
     /// Only the receiver-claim holder may call this.
     unsafe fn pop_all(self, extra: &Extra<T>, budget: u32, look: Look) -> Pop<T> {
         // By priority index: Low, Normal, High, Critical.
-        let lanes = [
-            extra.low.get(),
-            self.normal(),
-            extra.high.get(),
-            extra.critical.get(),
-        ];
+        let lanes = [extra.low(), self.normal(), extra.high(), extra.critical()];
         // SAFETY: the receiver-claim holder is the only one touching `bypassed`.
-        let bypassed = extra.bypassed.with_mut(|p| unsafe { &mut *p });
+        let bypassed = extra.rx.bypassed.with_mut(|p| unsafe { &mut *p });
 
         if budget > 0 {
             // Serve an overdue lane first, the highest one if several are.
@@ -395,6 +459,24 @@ impl<'a, T> Lanes<'a, T> {
         }
     }
 
+    /// Gives back the blocks of every empty lane (`LaneRef::trim`). The extra lanes
+    /// themselves stay: producers reach them through a pointer they hold without a
+    /// reference count, so they live as long as the mailbox.
+    ///
+    /// # Safety
+    ///
+    /// Only the receiver-claim holder may call this.
+    pub(crate) unsafe fn trim(self) {
+        // SAFETY: forwarded receiver-claim contract.
+        unsafe { self.normal().trim() };
+        if let Some(extra) = self.extra() {
+            for lane in [extra.low(), extra.high(), extra.critical()] {
+                // SAFETY: forwarded receiver-claim contract.
+                unsafe { lane.trim() };
+            }
+        }
+    }
+
     /// Whether only the `Normal` lane exists (so the lanes hand out in push order).
     #[cfg(feature = "metrics")]
     pub(crate) fn normal_only(self) -> bool {
@@ -405,15 +487,15 @@ impl<'a, T> Lanes<'a, T> {
     pub(crate) fn pushed(self) -> usize {
         self.normal().pushed()
             + self.extra().map_or(0, |e| {
-                e.low.get().pushed() + e.high.get().pushed() + e.critical.get().pushed()
+                e.low().pushed() + e.high().pushed() + e.critical().pushed()
             })
     }
 
     /// Messages queued now, over all lanes (exact at rest).
     pub(crate) fn len(self) -> usize {
         self.normal().len()
-            + self.extra().map_or(0, |e| {
-                e.low.get().len() + e.high.get().len() + e.critical.get().len()
-            })
+            + self
+                .extra()
+                .map_or(0, |e| e.low().len() + e.high().len() + e.critical().len())
     }
 }

@@ -3,7 +3,8 @@
 //! generator, the four priorities in order, and registering agents and building a
 //! system on a `ManualClock` with manual timers, in the sync flavour (`common::sync`,
 //! the crate root's types) and the tokio one (`common::tokio`, the types of
-//! `terraphim_agent_messaging::tokio`).
+//! `terraphim_agent_messaging::tokio`), and a per-thread counting allocator for tests
+//! that measure memory (`common::counting`, which a binary installs itself).
 //!
 //! `init_tracing` prints the crate's events when `RUST_LOG` is set (cargo feature
 //! `tracing`), through libtest's capture: `RUST_LOG=debug cargo test` shows them for
@@ -18,6 +19,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use terraphim_agent_messaging::MessagePriority;
+
+pub mod counting;
 
 /// Generous bound for anything that should take milliseconds.
 pub const DEADLINE: Duration = Duration::from_secs(10);
