@@ -151,6 +151,24 @@ unsafe fn box_inline<T: Any + Send>(data: *mut Inline) -> Box<dyn Any + Send> {
 /// [`downcast_ref`](Self::downcast_ref), [`downcast_mut`](Self::downcast_mut),
 /// [`is`](Self::is), and is made from a `Box` (`reply_to.send(Box::new(r))`). Its own
 /// by-value accessor, [`take`](Self::take), never allocates.
+///
+/// # Examples
+///
+/// ```
+/// use terraphim_agent_messaging::Payload;
+///
+/// let p = Payload::new(42u64);
+/// assert!(p.is_inline()); // no allocation
+/// assert_eq!(p.downcast_ref::<u64>(), Some(&42));
+/// let p = p.take::<u32>().unwrap_err(); // the wrong type hands it back
+/// assert_eq!(p.take::<u64>().unwrap(), 42);
+///
+/// // A `Box` stays the box it was: no copy, and `downcast` gives it back.
+/// let p = Payload::from(Box::new([0u8; 64]));
+/// assert!(!p.is_inline());
+/// let b: Box<[u8; 64]> = p.downcast().unwrap();
+/// # let _ = b;
+/// ```
 pub struct Payload {
     /// What `data` holds (invariant 1).
     vtable: &'static VTable,
@@ -187,6 +205,15 @@ impl Payload {
     pub const INLINE_ALIGN: usize = mem::align_of::<Inline>();
 
     /// Whether a `T` is stored inline (no allocation).
+    ///
+    /// ```
+    /// use terraphim_agent_messaging::{AgentPid, Payload};
+    ///
+    /// assert!(Payload::fits_inline::<u64>());
+    /// assert!(Payload::fits_inline::<AgentPid>());
+    /// assert!(Payload::fits_inline::<String>());
+    /// assert!(!Payload::fits_inline::<[u64; 4]>());
+    /// ```
     pub const fn fits_inline<T>() -> bool {
         mem::size_of::<T>() <= Self::INLINE_BYTES && mem::align_of::<T>() <= Self::INLINE_ALIGN
     }
@@ -310,6 +337,14 @@ impl Payload {
     ///
     /// Never allocates: an inline value is moved out as it is; a boxed one is moved out
     /// of its box, which is freed.
+    ///
+    /// ```
+    /// use terraphim_agent_messaging::{AgentMessage, AgentPid};
+    ///
+    /// if let AgentMessage::Cast { payload, .. } = AgentMessage::cast(AgentPid::nil(), 7u64) {
+    ///     assert_eq!(payload.take::<u64>().unwrap(), 7);
+    /// }
+    /// ```
     #[inline]
     pub fn take<T: Any>(self) -> Result<T, Payload> {
         if self.holds_inline::<T>() {
