@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,36 +14,8 @@ use terraphim_agent_messaging::{
 };
 
 /// Counts the bytes this thread holds, so the memory test measures its own timers only.
-struct Counting;
-
-thread_local! {
-    static HELD: Cell<i64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; the thread-local is const-initialised (no
-// allocation on access).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = HELD.try_with(|h| h.set(h.get() + layout.size() as i64));
-        // SAFETY: the caller's contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let _ = HELD.try_with(|h| h.set(h.get() - layout.size() as i64));
-        // SAFETY: the caller's contract.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = HELD.try_with(|h| h.set(h.get() + new_size as i64 - layout.size() as i64));
-        // SAFETY: the caller's contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: common::alloc::Counting = common::alloc::Counting;
 
 fn tick(n: u64) -> AgentMessage {
     AgentMessage::cast(AgentPid::nil(), n)
@@ -220,7 +190,7 @@ fn a_million_pending_timers() {
     const N: usize = 1_000_000;
     let (system, clock) = manual_system(RouterConfig::default(), 0);
     let (pid, inbox) = registered(&system);
-    let held = || HELD.with(Cell::get);
+    let held = || common::alloc::counts().held_bytes;
     let before = held();
     let mut refs = Vec::with_capacity(N);
     let refs_bytes = held() - before;

@@ -5,6 +5,8 @@
 //! the crate root's types) and the tokio one (`common::tokio`, the types of
 //! `terraphim_agent_messaging::tokio`).
 //!
+//! `alloc` is a per-thread counting allocator for tests that measure allocations.
+//!
 //! `init_tracing` prints the crate's events when `RUST_LOG` is set (cargo feature
 //! `tracing`), through libtest's capture: `RUST_LOG=debug cargo test` shows them for
 //! the tests that fail. The system builders below call it, so every test that builds a
@@ -13,6 +15,8 @@
 //! No test binary uses all of it, hence `allow(dead_code)`. Paths into the tokio crate
 //! are written `::tokio` here, since `tokio` alone would name the submodule.
 #![allow(dead_code)]
+
+pub mod alloc;
 
 use std::thread;
 use std::time::{Duration, Instant};
