@@ -77,24 +77,31 @@ struct VTable {
     /// `Some(TypeId::of::<T>)` when `data` holds a `T` inline; `None` when it holds a
     /// `Box<dyn Any + Send>` (which knows its own type).
     inline_type_id: Option<fn() -> TypeId>,
-    /// Drops the value in place; `None` when dropping it does nothing (a `u64`), so that
-    /// such a payload's drop is one load and one branch.
-    drop_in_place: Option<unsafe fn(*mut Inline)>,
+    /// Drops the value; `None` when dropping it does nothing (a `u64`), so that such a
+    /// payload's drop is one load and one branch.
+    drop_value: Option<unsafe fn(Inline)>,
     /// Moves the value out into a box (allocates for an inline value).
-    into_box: unsafe fn(*mut Inline) -> Box<dyn Any + Send>,
+    into_box: unsafe fn(Inline) -> Box<dyn Any + Send>,
 }
+
+// Why the vtable's functions take the storage by value (a copy of three words, which
+// moves the value: invariant 3) rather than a pointer into the payload: a pointer
+// handed to a function unknown to the optimiser escapes, and with it the whole message
+// around the payload. Every function that may drop a message then has to be given a
+// copy of it: with `*mut Inline` here, the engine copied each 168-byte envelope twice
+// on its way to a mailbox (callgrind, `peers --one routed-ours`).
 
 /// The vtable of a boxed payload.
 static BOXED: VTable = VTable {
     inline_type_id: None,
-    drop_in_place: Some(drop_boxed),
+    drop_value: Some(drop_boxed),
     into_box: read_boxed,
 };
 
 /// # Safety
 ///
 /// `data` holds a live `Box<dyn Any + Send>`, which the caller gives up.
-unsafe fn drop_boxed(data: *mut Inline) {
+unsafe fn drop_boxed(data: Inline) {
     // SAFETY: forwarded to the caller; the box is dropped (freed) here, once.
     drop(unsafe { read_boxed(data) });
 }
@@ -102,10 +109,10 @@ unsafe fn drop_boxed(data: *mut Inline) {
 /// # Safety
 ///
 /// `data` holds a live `Box<dyn Any + Send>`, which the caller gives up.
-unsafe fn read_boxed(data: *mut Inline) -> Box<dyn Any + Send> {
+unsafe fn read_boxed(data: Inline) -> Box<dyn Any + Send> {
     // SAFETY: the caller's contract; `Inline` is aligned and large enough for a box
     // (checked by `fits_inline` in `BOX_FITS` below).
-    unsafe { data.cast::<Box<dyn Any + Send>>().read() }
+    unsafe { data.as_ptr::<Box<dyn Any + Send>>().read() }
 }
 
 /// A box must fit the inline storage, since a boxed payload keeps it there.
@@ -117,7 +124,7 @@ struct InlineOf<T>(PhantomData<T>);
 impl<T: Any + Send> InlineOf<T> {
     const VTABLE: &'static VTable = &VTable {
         inline_type_id: Some(TypeId::of::<T>),
-        drop_in_place: if mem::needs_drop::<T>() {
+        drop_value: if mem::needs_drop::<T>() {
             Some(drop_inline::<T>)
         } else {
             None
@@ -129,17 +136,17 @@ impl<T: Any + Send> InlineOf<T> {
 /// # Safety
 ///
 /// `data` holds a live `T`, which the caller gives up.
-unsafe fn drop_inline<T>(data: *mut Inline) {
+unsafe fn drop_inline<T>(mut data: Inline) {
     // SAFETY: the caller's contract: a live `T`, dropped here once.
-    unsafe { data.cast::<T>().drop_in_place() }
+    unsafe { data.as_mut_ptr::<T>().drop_in_place() }
 }
 
 /// # Safety
 ///
 /// `data` holds a live `T`, which the caller gives up.
-unsafe fn box_inline<T: Any + Send>(data: *mut Inline) -> Box<dyn Any + Send> {
+unsafe fn box_inline<T: Any + Send>(data: Inline) -> Box<dyn Any + Send> {
     // SAFETY: the caller's contract: a live `T`, moved out here once.
-    Box::new(unsafe { data.cast::<T>().read() })
+    Box::new(unsafe { data.as_ptr::<T>().read() })
 }
 
 /// A call's, cast's or reply's value: any `Send + 'static` value, stored inline when it
@@ -377,22 +384,22 @@ impl Payload {
     /// boxed payload gives its box; an inline value is moved into a new box (one
     /// allocation, none if zero-sized).
     pub fn into_box(self) -> Box<dyn Any + Send> {
-        let mut this = ManuallyDrop::new(self);
-        let into_box = this.vtable.into_box;
+        let this = ManuallyDrop::new(self);
         // SAFETY: `into_box` is the vtable's own function for what `data` holds
         // (invariant 1); `this` is never dropped, so the value moves out once
         // (invariant 2).
-        unsafe { into_box(&mut this.data) }
+        unsafe { (this.vtable.into_box)(this.data) }
     }
 }
 
 impl Drop for Payload {
     #[inline]
     fn drop(&mut self) {
-        if let Some(drop_in_place) = self.vtable.drop_in_place {
-            // SAFETY: the vtable's own function for what `data` holds (invariant 1);
-            // `drop` runs once and nothing reads `data` after it (invariant 2).
-            unsafe { drop_in_place(&mut self.data) }
+        if let Some(drop_value) = self.vtable.drop_value {
+            // SAFETY: the vtable's own function for what `data` holds (invariant 1),
+            // given a copy of it (a move: invariant 3); `drop` runs once and nothing
+            // reads `data` after it (invariant 2).
+            unsafe { drop_value(self.data) }
         }
     }
 }
