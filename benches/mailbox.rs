@@ -4,8 +4,9 @@
 //!
 //! Every contender moves the same values: the producer builds each message itself
 //! (`AgentMessage::cast(pid.clone(), i as u64)`, or a JSON `MessageEnvelope` in the
-//! `send_message` group), so the `Box` of the payload is allocated and freed equally for
-//! all; the consumer takes each message, passes it through `black_box` and drops it.
+//! `send_message` group), so whatever the message allocates (nothing for the inline
+//! `u64` payload; the JSON's box for an envelope) is allocated and freed equally for all;
+//! the consumer takes each message, passes it through `black_box` and drops it.
 //!
 //! One iteration moves [`N`] messages through a fresh channel (or mailbox): it spawns
 //! the producer threads (each sends its share of `N`) and one consumer thread that

@@ -16,6 +16,7 @@
 #![allow(dead_code)] // `tests/seed_readme.rs` includes this file and uses part of it
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -92,9 +93,9 @@ pub struct Report {
     pub ledger: DeliveryStats,
 }
 
-/// What the workers processed: how often each message id.
+/// What the workers processed: how often each message id, and how many crashes.
 #[derive(Default)]
-struct Processed(Mutex<HashMap<u64, u32>>);
+struct Processed(Mutex<HashMap<u64, u32>>, AtomicUsize);
 
 impl Processed {
     fn record(&self, k: u64) {
@@ -104,6 +105,29 @@ impl Processed {
     fn distinct(&self) -> u64 {
         self.0.lock().unwrap().len() as u64
     }
+
+    fn crashed(&self) {
+        self.1.fetch_add(1, SeqCst);
+    }
+
+    fn crashes(&self) -> usize {
+        self.1.load(SeqCst)
+    }
+}
+
+/// Whether the scene is over: every message processed and every crash restarted (the
+/// last message of `worker-0` may be the one it crashes on; shutting down before that
+/// crash is restarted would race the restart), or the supervisor gave up, or time is up.
+fn settled(
+    processed: &Processed,
+    sent: u64,
+    restarts: &Mutex<usize>,
+    gave_up: bool,
+    elapsed: Duration,
+    scene: &Scene,
+) -> bool {
+    let all_restarted = *restarts.lock().unwrap() >= processed.crashes();
+    (processed.distinct() >= sent && all_restarted) || gave_up || elapsed >= scene.deadline
 }
 
 fn worker_name(i: usize) -> String {
@@ -141,6 +165,7 @@ fn handle(
         processed.record(k);
         *handled += 1;
         if i == 0 && *handled % scene.crash_every == 0 {
+            processed.crashed();
             panic!("worker-0 fails every {} messages", scene.crash_every);
         }
     }
@@ -305,10 +330,16 @@ pub fn run_threads(scene: &Scene) -> Report {
                     let _ = system.exit(&me, &why);
                     break;
                 }
-                let (pid, t) = start_thread_worker(&system, &me, i, &processed, &scene).unwrap();
-                workers[i] = pid;
-                threads.push(t);
-                *restarts.lock().unwrap() += 1;
+                match start_thread_worker(&system, &me, i, &processed, &scene) {
+                    Ok((pid, t)) => {
+                        workers[i] = pid;
+                        threads.push(t);
+                        *restarts.lock().unwrap() += 1;
+                    }
+                    // The system went down while a crash was being restarted.
+                    Err(_) if system.is_shut_down() => break,
+                    Err(e) => panic!("restarting worker-{i}: {e}"),
+                }
             }
             threads
         })
@@ -319,7 +350,14 @@ pub fn run_threads(scene: &Scene) -> Report {
     let sent = produce(&system, scene, gave_up, || {
         thread::sleep(Duration::from_millis(1))
     });
-    while processed.distinct() < sent && !gave_up() && start.elapsed() < scene.deadline {
+    while !settled(
+        &processed,
+        sent,
+        &restarts,
+        gave_up(),
+        start.elapsed(),
+        scene,
+    ) {
         thread::sleep(Duration::from_millis(2));
     }
     system.shutdown().unwrap();
@@ -432,10 +470,15 @@ pub mod tasks {
                         let _ = system.exit(&me, &why).await;
                         break;
                     }
-                    workers[i] = start_task_worker(&system, &me, i, &processed, &scene)
-                        .await
-                        .unwrap();
-                    *restarts.lock().unwrap() += 1;
+                    match start_task_worker(&system, &me, i, &processed, &scene).await {
+                        Ok(pid) => {
+                            workers[i] = pid;
+                            *restarts.lock().unwrap() += 1;
+                        }
+                        // The system went down while a crash was being restarted.
+                        Err(_) if system.is_shut_down() => break,
+                        Err(e) => panic!("restarting worker-{i}: {e}"),
+                    }
                 }
             })
         };
@@ -457,7 +500,14 @@ pub mod tasks {
             })
         };
         let sent = producer.await.unwrap();
-        while processed.distinct() < sent && !gave_up() && start.elapsed() < scene.deadline {
+        while !settled(
+            &processed,
+            sent,
+            &restarts,
+            gave_up(),
+            start.elapsed(),
+            scene,
+        ) {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         system.shutdown().await.unwrap();

@@ -459,7 +459,7 @@ fn call_reply_races_wheel_timeout() {
             let AgentMessage::Call { reply_to, .. } = message else {
                 panic!("not a call")
             };
-            let reply: Payload = Box::new(payload(&t, 1, 0));
+            let reply = Payload::new(payload(&t, 1, 0));
             match reply_to.send(reply) {
                 Ok(()) => true,
                 Err(back) => {
@@ -505,7 +505,7 @@ fn cast_with_id(id: &MessageId, token: &Arc<()>, sender: u8) -> AgentMessage {
     AgentMessage::Cast {
         id: id.clone(),
         from: AgentPid::nil(),
-        payload: Box::new(payload(token, sender, 0)),
+        payload: Payload::new(payload(token, sender, 0)),
         message_type: None,
     }
 }

@@ -8,13 +8,13 @@
 //!   (it used to allocate and free the extra lanes each time for a non-`Normal` one).
 //!
 //! Memory is counted per thread by this binary's counting allocator
-//! (`common::counting`): every send, receive and wait below runs on the test's thread.
+//! (`common::alloc`): every send, receive and wait below runs on the test's thread.
 
 mod common;
 
 use std::task::{Context, Waker};
 
-use common::counting::{allocations, held};
+
 use common::sync::manual_system;
 use common::PRIORITIES;
 use terraphim_agent_messaging::{
@@ -23,7 +23,17 @@ use terraphim_agent_messaging::{
 };
 
 #[global_allocator]
-static ALLOCATOR: common::counting::Counting = common::counting::Counting;
+static ALLOCATOR: common::alloc::Counting = common::alloc::Counting;
+
+/// Bytes this thread holds (allocated minus freed on it).
+fn held() -> i64 {
+    common::alloc::counts().held_bytes
+}
+
+/// Allocations this thread has made.
+fn allocations() -> u64 {
+    common::alloc::counts().allocations
+}
 
 /// Agents measured (the per-agent figures are averages over them).
 const AGENTS: usize = 256;

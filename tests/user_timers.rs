@@ -15,7 +15,7 @@ use terraphim_agent_messaging::{
 
 /// Counts the bytes this thread holds, so the memory test measures its own timers only.
 #[global_allocator]
-static ALLOCATOR: common::counting::Counting = common::counting::Counting;
+static ALLOCATOR: common::alloc::Counting = common::alloc::Counting;
 
 fn tick(n: u64) -> AgentMessage {
     AgentMessage::cast(AgentPid::nil(), n)
@@ -190,7 +190,7 @@ fn a_million_pending_timers() {
     const N: usize = 1_000_000;
     let (system, clock) = manual_system(RouterConfig::default(), 0);
     let (pid, inbox) = registered(&system);
-    let held = common::counting::held;
+    let held = || common::alloc::counts().held_bytes;
     let before = held();
     let mut refs = Vec::with_capacity(N);
     let refs_bytes = held() - before;

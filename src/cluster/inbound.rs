@@ -26,7 +26,7 @@ use futures_util::StreamExt;
 use super::{wire, Shared};
 use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadMessage};
 use crate::delivery::dedup::Reservation;
-use crate::message::{AgentMessage, AgentPid, DeliveryOptions, MessageId, Outgoing};
+use crate::message::{AgentMessage, AgentPid, DeliveryOptions, MessageId, Outgoing, Payload};
 use crate::router::{Destination, Push, Refusal};
 
 /// What to do with a frame after the local push.
@@ -106,7 +106,7 @@ fn serve(
     let message = AgentMessage::Call {
         id: call.id,
         from: call.from,
-        payload: Box::new(call.payload),
+        payload: Payload::new(call.payload),
         reply_to,
         timeout,
     };
@@ -124,8 +124,8 @@ fn serve(
             shared.counters.calls_served.incr();
             Ok(async move {
                 match tokio::time::timeout(timeout, reply).await {
-                    Ok(Ok(payload)) => Some(match payload.downcast::<serde_json::Value>() {
-                        Ok(value) => wire::ReplyFrame::reply(*value),
+                    Ok(Ok(payload)) => Some(match payload.take::<serde_json::Value>() {
+                        Ok(value) => wire::ReplyFrame::reply(value),
                         Err(_) => wire::ReplyFrame::error(
                             "the reply is not a serde_json::Value and cannot cross a process",
                         ),
@@ -289,7 +289,7 @@ fn undecodable(shared: &Shared, subject: &str, payload: &[u8], attempts: u32, wh
     let raw = AgentMessage::Cast {
         id: MessageId::new(),
         from: AgentPid::nil(),
-        payload: Box::new(payload.to_vec()),
+        payload: Payload::new(payload.to_vec()),
         message_type: Some("cluster.undecodable".into()),
     };
     bury(

@@ -49,7 +49,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadMessage};
 use crate::delivery::{DeliveryGuarantee, RetryPolicy};
 use crate::error::MessagingError;
 use crate::message::{
-    AgentMessage, AgentPid, DeliveryOptions, MessageId, MessagePriority, Outgoing,
+    AgentMessage, AgentPid, DeliveryOptions, MessageId, MessagePriority, Outgoing, Payload,
 };
 use crate::router::{Destination, Push, Refusal};
 
@@ -286,7 +286,7 @@ impl Node {
             };
             match answer {
                 Ok(value) => {
-                    let _ = reply_to.send(Box::new(value));
+                    let _ = reply_to.send(Payload::new(value));
                 }
                 // Dropping the slot fails the caller at once (`DeliveryFailed`).
                 Err(_) => {

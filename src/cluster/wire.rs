@@ -9,8 +9,8 @@
 //!
 //! What crosses: envelopes (id, sender, type, JSON payload and delivery options kept),
 //! casts whose payload is a `serde_json::Value`, and system notices. What does not: a
-//! call (its reply slot is a pointer into the caller's process), a cast with any other
-//! `Box<dyn Any>` payload, replies and acks; [`encode`] refuses them with a clear
+//! call (its reply slot is a pointer into the caller's process), a cast with a payload
+//! of any other type, replies and acks; [`encode`] refuses them with a clear
 //! error and the engine hands the message back (dead letter, `Err` to the sender).
 //!
 //! A frame that does not decode, or carries another `v`, is reported by [`decode`]
@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::MessagingError;
 use crate::message::{
-    AgentMessage, AgentPid, MessageEnvelope, MessageId, MessagePriority, Outgoing, SystemInfo,
+    AgentMessage, AgentPid, MessageEnvelope, MessageId, MessagePriority, Outgoing, Payload,
+    SystemInfo,
 };
 
 /// The wire version this build writes and reads.
@@ -252,7 +253,7 @@ impl Frame {
             } => Outgoing::Message(AgentMessage::Cast {
                 id,
                 from: from.unwrap_or_else(AgentPid::nil),
-                payload: Box::new(payload),
+                payload: Payload::new(payload),
                 message_type,
             }),
             Body::Info { id, info } => Outgoing::Message(AgentMessage::Info { id, info }),

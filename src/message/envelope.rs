@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{AgentMessage, AgentPid, DeliveryOptions, MessageId};
+use super::{AgentMessage, AgentPid, DeliveryOptions, MessageId, Payload};
 
 /// A message addressed to an agent (or a group), with its delivery options.
 ///
@@ -136,7 +136,7 @@ impl MessageEnvelope {
         let cast = AgentMessage::Cast {
             id,
             from: from.unwrap_or_else(AgentPid::nil),
-            payload: Box::new(payload),
+            payload: Payload::new(payload),
             message_type: Some(message_type),
         };
         let rest = EnvelopeRest {
@@ -160,13 +160,13 @@ impl MessageEnvelope {
                 from,
                 payload,
                 message_type: Some(message_type),
-            } => match payload.downcast::<serde_json::Value>() {
+            } => match payload.take::<serde_json::Value>() {
                 Ok(payload) => Ok(MessageEnvelope {
                     id,
                     from: (!from.is_nil()).then_some(from),
                     to: rest.to,
                     message_type,
-                    payload: *payload,
+                    payload,
                     delivery_options: rest.delivery_options,
                     created_at: rest.created_at,
                     attempts: rest.attempts,
@@ -220,7 +220,7 @@ impl<T: std::any::Any + Send> TypedMessage<T> {
         AgentMessage::Cast {
             id: self.id,
             from: self.from.unwrap_or_else(AgentPid::nil),
-            payload: Box::new(self.payload),
+            payload: Payload::new(self.payload),
             message_type: None,
         }
     }

@@ -8,6 +8,7 @@
 
 mod envelope;
 mod id;
+mod payload;
 pub(crate) mod reply;
 
 use std::any::Any;
@@ -19,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 pub use self::envelope::{MessageEnvelope, TypedMessage};
 pub use self::id::{AgentPid, MessageId, SupervisorId};
-pub use self::reply::{reply_channel, Payload, ReplyError, ReplyReceiver, ReplySender};
+pub use self::payload::Payload;
+pub use self::reply::{reply_channel, ReplyError, ReplyReceiver, ReplySender};
 
 /// How urgently a message is delivered: a mailbox hands out `Critical` before `High`
 /// before `Normal` before `Low`.
@@ -85,11 +87,17 @@ impl Default for DeliveryOptions {
 
 /// A message in an agent's mailbox.
 ///
+/// A call's, cast's or reply's value is a [`Payload`]: stored in the message itself when
+/// it is small (up to three words: a number, a pid, a `String`), so such a message
+/// costs no allocation, and boxed otherwise. It answers the seed's `downcast`
+/// (a `Box<T>`, allocated for a small value) and `downcast_ref`; [`Payload::take`]
+/// moves the value out without allocating.
+///
 /// # Examples
 ///
 /// ```
 /// use std::time::Duration;
-/// use terraphim_agent_messaging::{AgentMessage, AgentPid};
+/// use terraphim_agent_messaging::{AgentMessage, AgentPid, Payload};
 ///
 /// let from = AgentPid::new();
 /// let cast = AgentMessage::cast(from.clone(), "hello");
@@ -102,6 +110,14 @@ impl Default for DeliveryOptions {
 ///     reply_to.send(Box::new(*n * 2)).unwrap();
 /// }
 /// assert_eq!(*reply.recv().unwrap().downcast::<u32>().unwrap(), 42);
+///
+/// // The same with both values inline: no box for the request or the reply.
+/// let (call, reply) = AgentMessage::call(AgentPid::nil(), 21u32, Duration::from_secs(1));
+/// if let AgentMessage::Call { payload, reply_to, .. } = call {
+///     let n: u32 = payload.take().unwrap();
+///     reply_to.send(Payload::new(n * 2)).unwrap();
+/// }
+/// assert_eq!(reply.recv().unwrap().take::<u32>().unwrap(), 42);
 /// ```
 pub enum AgentMessage {
     /// gen_server:call — the callee answers through `reply_to`.
@@ -112,7 +128,8 @@ pub enum AgentMessage {
         from: AgentPid,
         /// The request.
         payload: Payload,
-        /// Where the reply goes: `reply_to.send(Box::new(reply))`.
+        /// Where the reply goes: `reply_to.send(Box::new(reply))`, or
+        /// `reply_to.send(Payload::new(reply))` (no allocation for a small reply).
         reply_to: ReplySender,
         /// How long the caller waits.
         timeout: Duration,
@@ -164,7 +181,7 @@ impl AgentMessage {
         let message = AgentMessage::Call {
             id: MessageId::new(),
             from,
-            payload: Box::new(payload),
+            payload: Payload::new(payload),
             reply_to,
             timeout,
         };
@@ -176,7 +193,7 @@ impl AgentMessage {
         AgentMessage::Cast {
             id: MessageId::new(),
             from,
-            payload: Box::new(payload),
+            payload: Payload::new(payload),
             message_type: None,
         }
     }
@@ -194,7 +211,7 @@ impl AgentMessage {
         AgentMessage::Reply {
             id: MessageId::new(),
             to,
-            payload: Box::new(payload),
+            payload: Payload::new(payload),
         }
     }
 
@@ -363,13 +380,13 @@ impl fmt::Debug for AgentMessage {
 
 /// A copy of a payload of one of the types a broadcast can copy: `serde_json::Value`
 /// (every envelope), `String`, `&'static str`, `Vec<u8>`, `bool`, `()`, the integer
-/// types and `f32`/`f64`. A payload is a `Box<dyn Any>`, which has no `clone`; other
+/// types and `f32`/`f64`. A payload holds a `dyn Any`, which has no `clone`; other
 /// types are refused (wrap them in JSON, or send one message per member).
 pub(crate) fn clone_payload(payload: &Payload) -> Option<Payload> {
     macro_rules! try_types {
         ($($t:ty),*) => {$(
             if let Some(v) = payload.downcast_ref::<$t>() {
-                return Some(Box::new(v.clone()));
+                return Some(Payload::new(v.clone()));
             }
         )*};
     }

@@ -10,7 +10,6 @@
 //! and read only after it is observed (Acquire).
 #![allow(unsafe_code)]
 
-use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -18,11 +17,9 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, SeqCst};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::Payload;
 use crate::sync::{Arc, AtomicUsize, UnsafeCell};
 use crate::wait::{block_until, Look, WaitCell, Waiter};
-
-/// A reply payload, as the seed's `reply_to.send(Box::new(response))` writes it.
-pub type Payload = Box<dyn Any + Send>;
 
 const EMPTY: usize = 0;
 const SENT: usize = 1;
@@ -120,7 +117,16 @@ pub fn reply_channel() -> (ReplySender, ReplyReceiver) {
 
 impl ReplySender {
     /// Sends the reply. Hands it back if the caller stopped waiting.
-    pub fn send(mut self, value: Payload) -> Result<(), Payload> {
+    ///
+    /// Takes what converts into a [`Payload`]: the seed's `reply_to.send(Box::new(r))`
+    /// (the box travels as it is), a received `Payload` passed on, or
+    /// `Payload::new(r)`, which for a small `r` allocates nothing.
+    #[inline]
+    pub fn send(self, value: impl Into<Payload>) -> Result<(), Payload> {
+        self.send_payload(value.into())
+    }
+
+    fn send_payload(mut self, value: Payload) -> Result<(), Payload> {
         self.done = true;
         if self.slot.state.load(Acquire) != EMPTY {
             return Err(value);

@@ -147,7 +147,7 @@ pub(crate) fn reply_error(to: &AgentPid, e: ReplyError) -> MessagingError {
 /// A call's reply as an `R`, or `InvalidMessage` naming the type it is not (both
 /// flavours' `call_typed`).
 pub(crate) fn downcast_reply<R: Any>(to: &AgentPid, reply: Payload) -> MessagingResult<R> {
-    reply.downcast::<R>().map(|r| *r).map_err(|_| {
+    reply.take::<R>().map_err(|_| {
         MessagingError::InvalidMessage(format!(
             "reply from {to} is not a {}",
             std::any::type_name::<R>()

@@ -273,7 +273,9 @@ impl MessageSystem {
         self.inner.engine.dispatch_message(to, message, priority)
     }
 
-    /// Calls `to` with `payload` and blocks for the reply (gen_server:call).
+    /// Calls `to` with `payload` and blocks for the reply (gen_server:call). A small
+    /// `payload` travels inline in the message (see [`Payload`]); so does a small reply
+    /// sent as `Payload::new(r)`.
     ///
     /// No reply within `timeout` gives `MessageTimeout(to)`; a zero timeout fails at
     /// once without sending. A callee that drops the call gives `DeliveryFailed`.
@@ -350,7 +352,8 @@ impl MessageSystem {
         CallFuture::waiting(to, waiting)
     }
 
-    /// [`call`](Self::call), downcasting the reply to `R`.
+    /// [`call`](Self::call), taking the reply out as an `R` ([`Payload::take`]: no
+    /// allocation for a small `R`); a reply of another type is `InvalidMessage`.
     pub fn call_typed<R: Any, T: Any + Send>(
         &self,
         from: AgentPid,

@@ -437,7 +437,8 @@ impl MessageSystem {
             .await
     }
 
-    /// [`call`](Self::call), downcasting the reply to `R`.
+    /// [`call`](Self::call), taking the reply out as an `R` ([`Payload::take`]: no
+    /// allocation for a small `R`); a reply of another type is `InvalidMessage`.
     ///
     /// # Cancel safety
     ///

@@ -4,7 +4,7 @@
 //! system on a `ManualClock` with manual timers, in the sync flavour (`common::sync`,
 //! the crate root's types) and the tokio one (`common::tokio`, the types of
 //! `terraphim_agent_messaging::tokio`), and a per-thread counting allocator for tests
-//! that measure memory (`common::counting`, which a binary installs itself).
+//! that measure allocations and memory (`common::alloc`, which a binary installs itself).
 //!
 //! `init_tracing` prints the crate's events when `RUST_LOG` is set (cargo feature
 //! `tracing`), through libtest's capture: `RUST_LOG=debug cargo test` shows them for
@@ -15,12 +15,12 @@
 //! are written `::tokio` here, since `tokio` alone would name the submodule.
 #![allow(dead_code)]
 
+pub mod alloc;
+
 use std::thread;
 use std::time::{Duration, Instant};
 
 use terraphim_agent_messaging::MessagePriority;
-
-pub mod counting;
 
 /// Generous bound for anything that should take milliseconds.
 pub const DEADLINE: Duration = Duration::from_secs(10);
