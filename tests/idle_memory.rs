@@ -14,7 +14,6 @@ mod common;
 
 use std::task::{Context, Waker};
 
-
 use common::sync::manual_system;
 use common::PRIORITIES;
 use terraphim_agent_messaging::{
