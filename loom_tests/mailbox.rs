@@ -543,6 +543,28 @@ fn l5_len_during_close() {
 
 // ===== L6: park / unpark =====
 
+/// A receiver thread blocks in `receive` on `mailbox` while this thread sends it
+/// message `(0, seq)` at `priority`: the receiver gets exactly that message (loom
+/// reports a deadlock if the wake is lost), and nothing is left behind.
+fn send_to_parked_receiver(
+    mailbox: AgentMailbox,
+    token: &Arc<()>,
+    seq: u8,
+    priority: MessagePriority,
+) {
+    let receiver = {
+        let mailbox = mailbox.clone();
+        spawn(move || tag(&mailbox.receive().unwrap()))
+    };
+    mailbox
+        .sender()
+        .try_send(tagged(token, 0, seq), priority)
+        .unwrap();
+    assert_eq!(receiver.join().unwrap(), (0, seq));
+    drop(mailbox);
+    assert_all_dropped(token);
+}
+
 /// L6: the receiver blocks in `receive`; a send wakes it (no lost wake-up: loom reports
 /// a deadlock if the receiver stays parked).
 #[test]
@@ -625,17 +647,7 @@ fn extra_lane_send_wakes_parked_receiver(installed_before: bool) {
         if installed_before {
             install_extra_lanes(&mailbox, &token, 0);
         }
-        let receiver = {
-            let mailbox = mailbox.clone();
-            spawn(move || tag(&mailbox.receive().unwrap()))
-        };
-        mailbox
-            .sender()
-            .try_send(tagged(&token, 0, 1), HIGH)
-            .unwrap();
-        assert_eq!(receiver.join().unwrap(), (0, 1));
-        drop(mailbox);
-        assert_all_dropped(&token);
+        send_to_parked_receiver(mailbox, &token, 1, HIGH);
     });
 }
 
@@ -701,17 +713,7 @@ fn send_wakes_a_receiver_trimming_before_sleep(priority: MessagePriority) {
         if priority != NORMAL {
             used(&mailbox, &token, priority, 3);
         }
-        let receiver = {
-            let mailbox = mailbox.clone();
-            spawn(move || tag(&mailbox.receive().unwrap()))
-        };
-        mailbox
-            .sender()
-            .try_send(tagged(&token, 0, 0), priority)
-            .unwrap();
-        assert_eq!(receiver.join().unwrap(), (0, 0));
-        drop(mailbox);
-        assert_all_dropped(&token);
+        send_to_parked_receiver(mailbox, &token, 0, priority);
     });
 }
 
