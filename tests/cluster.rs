@@ -641,10 +641,9 @@ fn a_node_name_is_refused_while_a_live_node_holds_it() {
         // A clean shutdown frees the name at once...
         b.shutdown().unwrap();
         let b = build().unwrap();
-        // ...a crash frees it once its lease lapses.
+        // ...and so does a crash: the dead holder no longer answers (see
+        // a_crashed_node_takes_its_name_back_at_once).
         drop(b);
-        assert!(build().is_err(), "still within the lease");
-        thread::sleep(lease);
         build().unwrap().shutdown().unwrap();
     });
 }
@@ -921,7 +920,7 @@ fn an_oversized_payload_is_a_clear_error() {
 }
 
 #[test]
-fn what_cannot_cross_or_is_not_built_yet_is_refused_and_dead_lettered() {
+fn what_cannot_cross_is_refused_and_dead_lettered() {
     within(30, || {
         let server = NatsServer::start();
         let a = node(&server, "refuse2", "a", DeliveryGuarantee::AtLeastOnce);
@@ -941,21 +940,8 @@ fn what_cannot_cross_or_is_not_built_yet_is_refused_and_dead_lettered() {
             .call(pa.clone(), &pb, 7u8, Duration::from_secs(1))
             .unwrap_err();
         assert!(matches!(err, MessagingError::InvalidMessage(_)), "{err}");
-        // Acks across nodes are not built yet: Configuration, naming what.
-        let acked = MessageEnvelope::new(
-            pb.clone(),
-            "job".into(),
-            json!(1),
-            DeliveryOptions {
-                require_ack: true,
-                ..DeliveryOptions::default()
-            },
-        );
-        let err = a.send_message(acked).unwrap_err();
-        assert_eq!(err.category(), ErrorCategory::Configuration, "{err}");
-        assert!(err.to_string().contains("require_ack"), "{err}");
         // Each one handed back to a dead letter, none dropped.
-        assert_eq!(a.dead_letters().len(), 3);
+        assert_eq!(a.dead_letters().len(), 2);
         assert!(mb.receive_timeout(Duration::from_millis(300)).is_err());
 
         for system in [a, b] {
@@ -1039,4 +1025,294 @@ mod tokio_flavour {
         assert_eq!(err.category(), ErrorCategory::Configuration);
         assert!(err.to_string().contains("connect().await"), "{err}");
     }
+}
+
+// ===== durable mailboxes, restarts, acknowledgements across nodes =====
+
+/// A node whose mailboxes are persistent (`enable_persistence: true`).
+fn durable_node(server: &NatsServer, prefix: &str, name: &str, rc: RouterConfig) -> MessageSystem {
+    MessageSystem::builder(rc)
+        .mailbox_config(MailboxConfig {
+            enable_persistence: true,
+            ..MailboxConfig::default()
+        })
+        .cluster(config(server, prefix, name))
+        .build()
+        .unwrap_or_else(|e| panic!("node {name}: {e}\nserver log:\n{}", server.log()))
+}
+
+/// Receives `n` distinct messages (bounded), returning their `n` payload numbers.
+fn numbers(mailbox: &AgentMailbox, n: usize) -> Vec<u64> {
+    let mut seen = Vec::new();
+    let mut ids = HashSet::new();
+    while ids.len() < n {
+        let message = mailbox
+            .receive_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("after {} of {n}: {e}", ids.len()));
+        if ids.insert(message.id().clone()) {
+            let payload = message.payload::<serde_json::Value>().expect("JSON");
+            seen.push(payload["n"].as_u64().unwrap());
+        }
+    }
+    seen.sort_unstable();
+    seen
+}
+
+#[test]
+fn persistence_needs_a_cluster_node_and_at_least_once() {
+    let persistent = MailboxConfig {
+        enable_persistence: true,
+        ..MailboxConfig::default()
+    };
+    let err = MessageSystem::builder(RouterConfig::default())
+        .mailbox_config(persistent.clone())
+        .build()
+        .unwrap_err();
+    assert_eq!(err.category(), ErrorCategory::Configuration, "{err}");
+    assert!(err.to_string().contains("needs a cluster node"), "{err}");
+    assert!(
+        err.to_string().contains("nats"),
+        "says how to get it: {err}"
+    );
+    // Checked before connecting: no server is needed to refuse it.
+    let err = MessageSystem::builder(router_config(DeliveryGuarantee::AtMostOnce))
+        .mailbox_config(persistent)
+        .cluster(ClusterConfig::new(
+            format!("nats://127.0.0.1:{}", free_port()),
+            "a",
+        ))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.category(), ErrorCategory::Configuration, "{err}");
+    assert!(err.to_string().contains("AtMostOnce"), "{err}");
+}
+
+#[test]
+fn a_crashed_node_takes_its_name_back_at_once() {
+    within(30, || {
+        let server = NatsServer::start();
+        let build = || {
+            MessageSystem::builder(RouterConfig::default())
+                .cluster(config(&server, "crash", "b").lease(Duration::from_secs(60)))
+                .build()
+        };
+        let b = build().unwrap();
+        let err = build().unwrap_err();
+        assert!(err.to_string().contains("\"b\" is in use"), "{err}");
+        // Dropped without shutdown, as a killed process: its lease has a minute to run,
+        // but nothing answers on its alive subject any more.
+        drop(b);
+        let started = Instant::now();
+        let b = build().unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        b.shutdown().unwrap();
+    });
+}
+
+/// Messages sent while a durable node is down wait in the stream and reach its agent
+/// once it is back under the same name and registers the same pid: after a clean
+/// shutdown and after a crash.
+fn durable_across_restart(crash: bool) {
+    within(60, move || {
+        let server = NatsServer::start();
+        let rc = router_config(DeliveryGuarantee::AtLeastOnce);
+        let worker = AgentPid::new();
+        let a = durable_node(&server, "durable", "a", rc.clone());
+        a.register_agent(worker.clone()).unwrap();
+        let b = node(&server, "durable", "b", DeliveryGuarantee::AtLeastOnce);
+        sees(&b, &worker, "a");
+        if crash {
+            drop(a);
+        } else {
+            a.shutdown().unwrap();
+        }
+        // While a is down: its pid still resolves for at-least-once sends, and each
+        // send returns once the stream has the message on file.
+        let from = AgentPid::new();
+        for n in 0..20 {
+            b.send_message(job(&worker, &from, n)).unwrap();
+            let stats = b.cluster_stats().unwrap();
+            assert_eq!(stats.published, n as u64 + 1, "stored before Ok: {stats:?}");
+        }
+        // At most once cannot wait for a node that is down: refused once it is known
+        // to be down (it left; a crashed node's lease has yet to lapse, and until then
+        // an at-most-once message to it is lost, as at most once allows).
+        let direct = node(&server, "durable", "c", DeliveryGuarantee::AtMostOnce);
+        if !crash {
+            sees(&direct, &worker, "a");
+            let err = direct.send_message(job(&worker, &from, 99)).unwrap_err();
+            assert!(matches!(err, MessagingError::AgentNotFound(_)), "{err}");
+        }
+
+        let a = durable_node(&server, "durable", "a", rc);
+        a.register_agent(worker.clone()).unwrap();
+        let mailbox = a.get_mailbox(&worker).unwrap();
+        assert_eq!(numbers(&mailbox, 20), (0..20).collect::<Vec<u64>>());
+        assert!(a.dead_letters().is_empty(), "{:?}", a.dead_letters());
+        for system in [a, b, direct] {
+            system.shutdown().unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_durable_node_receives_after_a_clean_restart_what_was_sent_while_it_was_down() {
+    durable_across_restart(false);
+}
+
+#[test]
+fn a_durable_node_receives_after_a_crash_what_was_sent_while_it_was_down() {
+    durable_across_restart(true);
+}
+
+#[test]
+fn a_durable_nodes_own_sends_are_stored_and_unacknowledged_ones_survive_a_crash() {
+    within(60, || {
+        let server = NatsServer::start();
+        let rc = router_config(DeliveryGuarantee::ExactlyOnce);
+        let worker = AgentPid::new();
+        let a = durable_node(&server, "own", "a", rc.clone());
+        a.register_agent(worker.clone()).unwrap();
+        let from = AgentPid::new();
+        let acked = DeliveryOptions {
+            require_ack: true,
+            ..DeliveryOptions::default()
+        };
+        for n in 0..5 {
+            let mut envelope = job(&worker, &from, n);
+            envelope.delivery_options = acked.clone();
+            a.send_message(envelope).unwrap();
+        }
+        let stats = a.cluster_stats().unwrap();
+        assert_eq!(
+            stats.published, 5,
+            "a local send went through the stream: {stats:?}"
+        );
+        // The agent takes them but dies before acknowledging them.
+        let mailbox = a.get_mailbox(&worker).unwrap();
+        assert_eq!(numbers(&mailbox, 5), vec![0, 1, 2, 3, 4]);
+        assert_eq!(a.cluster_stats().unwrap().awaiting_ack, 5);
+        drop(mailbox);
+        drop(a);
+
+        // The successor gets them back once the server's ack wait passed.
+        let a = durable_node(&server, "own", "a", rc);
+        a.register_agent(worker.clone()).unwrap();
+        let mailbox = a.get_mailbox(&worker).unwrap();
+        let mut again = Vec::new();
+        while again.len() < 5 {
+            let message = mailbox.receive_timeout(Duration::from_secs(20)).unwrap();
+            a.acknowledge(message.id()).unwrap();
+            again.push(
+                message.payload::<serde_json::Value>().unwrap()["n"]
+                    .as_u64()
+                    .unwrap(),
+            );
+        }
+        again.sort_unstable();
+        assert_eq!(again, vec![0, 1, 2, 3, 4]);
+        wait_until("the acks settling", || {
+            a.cluster_stats().unwrap().awaiting_ack == 0
+        });
+        a.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn require_ack_across_nodes_redelivers_until_acknowledged_then_dead_letters() {
+    within(60, || {
+        let server = NatsServer::start();
+        let mut rc = router_config(DeliveryGuarantee::AtLeastOnce);
+        rc.delivery_config.acknowledgment_timeout = Duration::from_millis(300);
+        rc.delivery_config.retry_delay = Duration::from_millis(20);
+        rc.delivery_config.max_retries = 2;
+        let a = MessageSystem::builder(rc.clone())
+            .cluster(config(&server, "acks", "a"))
+            .build()
+            .unwrap();
+        let b = node(&server, "acks", "b", DeliveryGuarantee::AtLeastOnce);
+        let (worker, mailbox) = registered(&a);
+        sees(&b, &worker, "a");
+        let from = AgentPid::new();
+        let options = DeliveryOptions {
+            require_ack: true,
+            ..DeliveryOptions::default()
+        };
+
+        // Acknowledged on its second delivery: seen twice, then settled.
+        let mut first = job(&worker, &from, 1);
+        first.delivery_options = options.clone();
+        let first_id = first.id.clone();
+        b.send_message(first).unwrap();
+        let one = mailbox.receive_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(one.id(), &first_id);
+        let two = mailbox.receive_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(two.id(), &first_id, "redelivered after the ack timeout");
+        a.acknowledge(&first_id).unwrap();
+        assert!(
+            mailbox.receive_timeout(Duration::from_millis(800)).is_err(),
+            "settled: not delivered again"
+        );
+        assert!(a.acknowledge(&first_id).is_err(), "an ack settles once");
+
+        // Never acknowledged: 1 + max_retries deliveries, then a dead letter on a.
+        let mut second = job(&worker, &from, 2);
+        second.delivery_options = options;
+        let second_id = second.id.clone();
+        b.send_message(second).unwrap();
+        for _ in 0..3 {
+            let m = mailbox.receive_timeout(Duration::from_secs(5)).unwrap();
+            assert_eq!(m.id(), &second_id);
+        }
+        let mut letters = Vec::new();
+        wait_until("the dead letter on a", || {
+            letters.extend(a.dead_letters());
+            letters.iter().any(|l| l.id == second_id)
+        });
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        let letter = &letters[0];
+        assert!(
+            matches!(&letter.reason, DeadLetterReason::RetriesExhausted(why) if why.contains("no acknowledgement")),
+            "{:?}",
+            letter.reason
+        );
+        assert!(mailbox.receive_timeout(Duration::from_millis(500)).is_err());
+        assert_eq!(a.cluster_stats().unwrap().awaiting_ack, 0);
+        a.shutdown().unwrap();
+        b.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn the_survivors_remove_a_dead_nodes_entries_from_the_registry() {
+    within(30, || {
+        let server = NatsServer::start();
+        let lease = Duration::from_millis(600);
+        let a = MessageSystem::builder(RouterConfig::default())
+            .cluster(config(&server, "clean", "a").lease(lease))
+            .build()
+            .unwrap();
+        let b = MessageSystem::builder(RouterConfig::default())
+            .cluster(config(&server, "clean", "b").lease(lease))
+            .build()
+            .unwrap();
+        let (pb, mb) = registered(&b);
+        sees(&a, &pb, "b");
+        drop(mb);
+        drop(b); // killed: nothing deleted by b itself
+        wait_until("a removing b's entries", || {
+            a.cluster_stats().unwrap().lapsed_nodes_removed >= 1
+        });
+        // A node that starts now does not see b's pid at all: the entry is gone.
+        let c = node(&server, "clean", "c", DeliveryGuarantee::AtLeastOnce);
+        assert_eq!(c.cluster_node_of(&pb), None);
+        let err = c.send_message(job(&pb, &AgentPid::new(), 0)).unwrap_err();
+        assert!(matches!(err, MessagingError::AgentNotFound(_)), "{err}");
+        a.shutdown().unwrap();
+        c.shutdown().unwrap();
+    });
 }

@@ -58,6 +58,9 @@ pub struct ClusterConfig {
     pub(crate) ca_file: Option<PathBuf>,
     pub(crate) connect_timeout: Duration,
     pub(crate) lease: Duration,
+    /// Whether this node keeps its agents' messages on file (set by the builder from
+    /// `MailboxConfig::enable_persistence`).
+    pub(crate) durable: bool,
 }
 
 impl ClusterConfig {
@@ -83,6 +86,7 @@ impl ClusterConfig {
             ca_file: None,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             lease: Self::DEFAULT_LEASE,
+            durable: false,
         }
     }
 
@@ -186,6 +190,12 @@ impl ClusterConfig {
         format!("{}.call.{node}", self.prefix)
     }
 
+    /// The subject a live node answers on, so that a node starting under its name can
+    /// tell a crashed holder from a live one: `{prefix}.alive.{node}`.
+    pub(crate) fn alive_subject(&self, node: &str) -> String {
+        format!("{}.alive.{node}", self.prefix)
+    }
+
     /// Checks the names and durations (see the module doc).
     pub(crate) fn validate(&self) -> Result<(), String> {
         check_token("node name", &self.node, 64)?;
@@ -238,6 +248,7 @@ impl fmt::Debug for ClusterConfig {
             .field("ca_file", &self.ca_file)
             .field("connect_timeout", &self.connect_timeout)
             .field("lease", &self.lease)
+            .field("durable", &self.durable)
             .finish()
     }
 }

@@ -9,8 +9,11 @@ use futures_util::StreamExt;
 
 use super::config::{Auth, ClusterConfig};
 use super::node::lock;
-use super::registry::{lease_key, Registry};
+use super::registry::{lease_key, LeaseValue, Registry};
 use crate::error::{MessagingError, MessagingResult};
+
+/// The shortest time the server waits for a message's ack before redelivering it.
+pub(crate) const ACK_WAIT_FLOOR: Duration = Duration::from_secs(5);
 
 /// A connection made and set up, not yet running (see [`connect`]).
 pub(crate) struct Link {
@@ -22,6 +25,7 @@ pub(crate) struct Link {
     pub(super) watch: kv::Watch,
     pub(super) direct: async_nats::Subscriber,
     pub(super) calls: async_nats::Subscriber,
+    pub(super) alive: async_nats::Subscriber,
     pub(super) consumer: consumer::PullConsumer,
     pub(super) messages: consumer::pull::Stream,
     pub(super) max_payload: usize,
@@ -129,23 +133,30 @@ async fn set_up(config: ClusterConfig, step: Step) -> MessagingResult<Link> {
             .await
             .map_err(|e| failed("cannot set up the registry bucket", &e))?,
     };
-    // A live node with the same name would share this node's consumer and lease.
+    // A live node with the same name would share this node's consumer and lease; one
+    // that crashed (its lease not lapsed yet) no longer answers on its alive subject.
     step.set("checking that this node's name is free");
     if let Ok(Some(entry)) = kv.entry(lease_key(&config.node)).await {
         if let Some(age) = live_lease_age(&entry) {
-            return Err(MessagingError::Configuration(format!(
-                "cluster: node name {:?} is in use by a live node (its lease was renewed \
-                 {age:?} ago); choose another name, or wait until that node's lease lapses",
-                config.node
-            )));
+            if holder_answers(&client, &config).await {
+                return Err(MessagingError::Configuration(format!(
+                    "cluster: node name {:?} is in use by a live node (its lease was renewed \
+                     {age:?} ago and it answers); choose another name, or stop that node",
+                    config.node
+                )));
+            }
         }
     }
     // Our own lease first: the bucket is not empty, so the watch below has a current
     // entry to announce that it has caught up.
     step.set("writing this node's lease");
-    put_lease(&kv, &config)
+    put_lease(&kv, &config, false)
         .await
         .map_err(|e| failed("cannot write this node's lease", &e))?;
+    let alive = client
+        .subscribe(config.alive_subject(&config.node))
+        .await
+        .map_err(|e| failed("cannot subscribe", &e))?;
     // Only now, with the name ours: the consumer and the subscriptions.
     step.set("setting up this node's consumer");
     let consumer: consumer::PullConsumer = stream
@@ -155,6 +166,11 @@ async fn set_up(config: ClusterConfig, step: Step) -> MessagingResult<Link> {
                 durable_name: Some(config.node.clone()),
                 filter_subject: config.node_subject(&config.node),
                 ack_policy: consumer::AckPolicy::Explicit,
+                // A message a crashed node took but never settled comes back to its
+                // successor one lease later, at least 5 s (a shorter wait would
+                // redeliver what a busy node is still working through); a
+                // `require_ack` message waiting longer for its agent sends progress.
+                ack_wait: config.lease.max(ACK_WAIT_FLOOR),
                 ..Default::default()
             },
         )
@@ -196,31 +212,70 @@ async fn set_up(config: ClusterConfig, step: Step) -> MessagingResult<Link> {
         watch,
         direct,
         calls,
+        alive,
         consumer,
         messages,
         max_payload,
     })
 }
 
-/// How long ago a lease entry was renewed, if its lease has not lapsed yet: the
-/// server's timestamp against this machine's wall clock (the one place clocks meet;
-/// a skew shifts the answer by the skew).
+/// How long ago a lease entry was renewed, if its lease has not lapsed yet and its
+/// node has not left: the server's timestamp against this machine's wall clock (the
+/// one place clocks meet; a skew shifts the answer by the skew).
 fn live_lease_age(entry: &kv::Entry) -> Option<Duration> {
     if entry.operation != kv::Operation::Put {
         return None;
     }
-    let lease_ms: u64 = std::str::from_utf8(&entry.value).ok()?.parse().ok()?;
+    let value = LeaseValue::decode(&entry.value)?;
+    if value.left {
+        return None;
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?
         .as_nanos();
     let renewed = u128::try_from(entry.created.unix_timestamp_nanos()).ok()?;
     let age = Duration::from_nanos(u64::try_from(now.saturating_sub(renewed)).ok()?);
-    (age < Duration::from_millis(lease_ms)).then_some(age)
+    (age < Duration::from_millis(value.lease_ms)).then_some(age)
 }
 
-pub(super) async fn put_lease(kv: &kv::Store, config: &ClusterConfig) -> Result<u64, kv::PutError> {
-    let ms = config.lease.as_millis().to_string();
-    kv.put(lease_key(&config.node), ms.into_bytes().into())
-        .await
+/// Whether the node holding this node's name still answers on its alive subject. The
+/// server answers "no responders" at once when nobody subscribes: a crashed process's
+/// connection, and its subscriptions, are gone as soon as the server sees its socket
+/// close. A probe that gets no answer at all (a holder whose loops are stopping, a
+/// server not done with the closed socket) is tried again; a holder that stays
+/// silent through every probe counts as live (refusing the name is the safe mistake).
+async fn holder_answers(client: &async_nats::Client, config: &ClusterConfig) -> bool {
+    const PROBES: u32 = 3;
+    let wait = (config.connect_timeout / (2 * PROBES)).min(Duration::from_millis(500));
+    for _ in 0..PROBES {
+        let request = async_nats::Request::new()
+            .payload(bytes::Bytes::new())
+            .timeout(Some(wait));
+        match client
+            .send_request(config.alive_subject(&config.node), request)
+            .await
+        {
+            Ok(_) => return true,
+            Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+                return false
+            }
+            Err(_) => continue,
+        }
+    }
+    true
+}
+
+/// Writes this node's lease (`left`: a durable node leaving cleanly).
+pub(super) async fn put_lease(
+    kv: &kv::Store,
+    config: &ClusterConfig,
+    left: bool,
+) -> Result<u64, kv::PutError> {
+    let value = LeaseValue {
+        lease_ms: u64::try_from(config.lease.as_millis()).unwrap_or(u64::MAX),
+        durable: config.durable,
+        left,
+    };
+    kv.put(lease_key(&config.node), value.encode()).await
 }

@@ -23,15 +23,21 @@ use std::time::Duration;
 use async_nats::jetstream::{consumer, AckKind};
 use futures_util::StreamExt;
 
+use super::acks::{await_ack, Awaited};
+use super::registry::Owner;
 use super::{wire, Shared};
 use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadMessage};
 use crate::delivery::dedup::Reservation;
+use crate::delivery::RetryPolicy;
 use crate::message::{AgentMessage, AgentPid, DeliveryOptions, MessageId, Outgoing, Payload};
 use crate::router::{Destination, Push, Refusal};
 
 /// What to do with a frame after the local push.
 enum Verdict {
     Delivered,
+    /// In the mailbox, sent with `require_ack`: settled when its agent acknowledges
+    /// it, or redelivered after the acknowledgement timeout (see [`AwaitingAcks`]).
+    AwaitAck(Awaited),
     /// Refused for now: redeliver after this delay.
     Later(Duration),
     /// Given up on (dead-lettered here).
@@ -112,10 +118,12 @@ fn serve(
     };
     let to = call.to;
     let priority = crate::message::MessagePriority::Normal;
+    let policy = shared.policy.clone();
     match push(
         shared,
         to.clone(),
         Outgoing::Message(message),
+        &policy,
         priority,
         1,
         false,
@@ -162,6 +170,10 @@ pub(crate) async fn stream(
             let verdict = deliver(&shared, &message.subject, &message.payload, delivered, true);
             let ack = match verdict {
                 Verdict::Delivered => AckKind::Ack,
+                Verdict::AwaitAck(awaited) => {
+                    await_ack(&shared, awaited, message);
+                    continue;
+                }
                 Verdict::Later(delay) => AckKind::Nak(Some(delay)),
                 Verdict::GaveUp => AckKind::Term,
             };
@@ -205,32 +217,16 @@ fn deliver(
     };
     let out = frame.into_outgoing();
     let id = out.id().clone();
+    let arrival = arrival_key(&id);
     if let Some(engine) = &engine {
-        if engine.tracker.reserve(&id) == Reservation::Duplicate {
+        if engine.tracker.reserve(&arrival) == Reservation::Duplicate {
             counters.duplicates.incr();
             return Verdict::Delivered;
         }
     }
-    let verdict = push(shared, to, out, priority, delivered, redeliver);
-    if let Some(engine) = &engine {
-        match verdict {
-            Verdict::Delivered => engine.tracker.commit(&id),
-            _ => engine.tracker.rollback(&id),
-        }
-    }
-    verdict
-}
-
-/// Pushes an arrived message into the local routes and settles what they answered.
-fn push(
-    shared: &Shared,
-    to: AgentPid,
-    out: Outgoing,
-    priority: crate::message::MessagePriority,
-    delivered: u32,
-    redeliver: bool,
-) -> Verdict {
-    let counters = &shared.counters;
+    // An ack that crosses back: only through the stream (at most once asks none).
+    let wants_ack =
+        redeliver && matches!(&out, Outgoing::Envelope(e) if e.delivery_options.require_ack);
     let policy = match &out {
         Outgoing::Envelope(e) => shared.policy.for_message(&e.delivery_options),
         Outgoing::Message(_) => shared.policy.for_message(&DeliveryOptions {
@@ -238,6 +234,48 @@ fn push(
             ..DeliveryOptions::default()
         }),
     };
+    let acked = wants_ack.then(|| shared.acks.expect(&id));
+    let verdict = push(shared, to, out, &policy, priority, delivered, redeliver);
+    if let Some(engine) = &engine {
+        match verdict {
+            Verdict::Delivered => engine.tracker.commit(&arrival),
+            _ => engine.tracker.rollback(&arrival),
+        }
+    }
+    match (acked, verdict) {
+        (Some(acked), Verdict::Delivered) => Verdict::AwaitAck(Awaited {
+            id,
+            policy,
+            delivered,
+            exactly_once: engine.is_some(),
+            acked,
+        }),
+        (Some(_), verdict) => {
+            shared.acks.forget(&id);
+            verdict
+        }
+        (None, verdict) => verdict,
+    }
+}
+
+/// The key an arrival takes in the engine's exactly-once window: the id with its bits
+/// flipped, so that the sending side's entry of the same id (a durable node sends to
+/// its own agents through the stream) is not taken for an earlier arrival.
+pub(crate) fn arrival_key(id: &MessageId) -> MessageId {
+    MessageId(uuid::Uuid::from_u128(!id.0.as_u128()))
+}
+
+/// Pushes an arrived message into the local routes and settles what they answered.
+fn push(
+    shared: &Shared,
+    to: AgentPid,
+    out: Outgoing,
+    policy: &RetryPolicy,
+    priority: crate::message::MessagePriority,
+    delivered: u32,
+    redeliver: bool,
+) -> Verdict {
+    let counters = &shared.counters;
     match shared.local.push(&to, out, priority) {
         Push::Done => {
             counters.delivered.incr();
@@ -260,6 +298,16 @@ fn push(
         Push::Closed(out) => {
             bury(shared, to, out, delivered, DeadLetterReason::MailboxClosed);
             Verdict::GaveUp
+        }
+        // A pid the registry still gives to this node, not registered here (yet): a
+        // restarted node whose agents register again. Its messages wait for it.
+        Push::NotFound(_)
+            if redeliver
+                && delivered <= policy.max_retries()
+                && shared.registry.owner(&to) == Some(Owner::Me) =>
+        {
+            counters.redelivery_requests.incr();
+            Verdict::Later(policy.delay(delivered - 1))
         }
         Push::NotFound(out) => {
             bury(shared, to, out, delivered, DeadLetterReason::AgentNotFound);
@@ -299,6 +347,23 @@ fn undecodable(shared: &Shared, subject: &str, payload: &[u8], attempts: u32, wh
         attempts,
         DeadLetterReason::Transport(format!("{why}, on subject {subject}")),
     );
+}
+
+/// Dead-letters the message a frame carries (or the frame, if it does not decode).
+pub(crate) fn bury_frame(
+    shared: &Shared,
+    subject: &str,
+    payload: &[u8],
+    attempts: u32,
+    reason: DeadLetterReason,
+) {
+    match wire::decode(payload) {
+        Ok(frame) => {
+            let to = frame.to.clone();
+            bury(shared, to, frame.into_outgoing(), attempts, reason);
+        }
+        Err(why) => undecodable(shared, subject, payload, attempts, &why),
+    }
 }
 
 fn bury(shared: &Shared, to: AgentPid, out: Outgoing, attempts: u32, reason: DeadLetterReason) {

@@ -7,8 +7,10 @@
 //! 3. `registry`: the pid → node registry (a JetStream KV bucket) and its mirror.
 //! 4. `wire`: the versioned JSON frame a message crosses in.
 //! 5. `outbound`: the node as a [`Destination`] for pids of other nodes, and the
-//!    publisher task (pipelined publish acks, retries, dead letters).
-//! 6. `inbound`: what arrives for this node, pushed into its own table.
+//!    publisher task (pipelined publish acks, retries, dead letters); `receipts`:
+//!    senders to a durable node waiting until the stream stored their message.
+//! 6. `inbound`: what arrives for this node, pushed into its own table; `acks`: the
+//!    stream messages waiting for their agent's `acknowledge` (`require_ack`).
 //! 7. `connect`: connecting and setting up, within the connect timeout.
 //! 8. `node`: [`Node`], a running node: its loops, registration, leaving.
 //! 9. here: what the node's tasks share, and its counters.
@@ -21,22 +23,31 @@
 //! | `AtMostOnce` | core NATS on `{prefix}.direct.{node}`; `Ok` once queued for the socket, nothing more learnt | pushes into the mailbox; full, closed or unknown: dead letter there |
 //! | `AtLeastOnce` | JetStream stream `{prefix}_msgs` on `{prefix}.node.{node}`, `Nats-Msg-Id` = the message id; acks awaited pipelined; a publish not acknowledged is retried with the message's back-off, then dead-lettered on the sender | a durable pull consumer per node; acked once the mailbox accepted it; refused: NAK with the back-off delay, and after `max_retries` redeliveries a dead letter there |
 //! | a call (any guarantee) | a core request to `{prefix}.call.{node}` with the call's timeout; the JSON reply comes back to the caller | pushes the call into the mailbox and answers with the callee's reply (a `serde_json::Value`); refused, unknown, or a reply that cannot cross: an error answer, a dead letter there, and the caller fails at once (`DeliveryFailed`) |
-//! | `ExactlyOnce` | as `AtLeastOnce`: the stream drops a republished id within its duplicate window (2 min) | as `AtLeastOnce`, and the id is reserved in the node's own exactly-once window (the engine's) before the push and committed once a mailbox took it: a redelivered copy (its ack lost) is acked and counted, not delivered again |
+//! | `ExactlyOnce` | as `AtLeastOnce`: the stream drops a republished id within its duplicate window (2 min) | as `AtLeastOnce`, and the id is reserved in the node's own exactly-once window (the engine's, under the id's arrival key) before the push and committed once a mailbox took it: a redelivered copy (its ack lost) is acked and counted, not delivered again |
+//! | `require_ack` (at least once) | as its guarantee | acked to JetStream only once the agent calls `acknowledge` here (`acks`); redelivered after the acknowledgement timeout |
+//!
+//! A *durable* node (`enable_persistence`) also takes its own agents' stream-carried
+//! messages through the stream (`claims`), and a send to any durable node's pid waits
+//! for the publish ack (`receipts`); its pids resolve while it is down, for the stream
+//! only (`registry`).
 //!
 //! # Invariants
 //!
 //! - Nothing handed to the transport vanishes without a trace: it is in a mailbox,
 //!   in a dead letter (on the sending or the receiving node, with the reason), or
 //!   still in the stream (at-least-once, until a node consumes it).
-//! - The send path never blocks and never awaits: it resolves the pid in the mirror,
+//! - The push never blocks and never awaits: it resolves the pid in the mirror,
 //!   encodes, and queues for the publisher task (full queue: `Refused`, so the engine
-//!   retries or reports it as for a full mailbox).
+//!   retries or reports it as for a full mailbox). Only a send to a durable node waits,
+//!   after the push, on its receipt.
 
+mod acks;
 mod config;
 mod connect;
 mod inbound;
 mod node;
 mod outbound;
+mod receipts;
 mod registry;
 mod runtime;
 mod wire;
@@ -45,7 +56,8 @@ use std::sync::OnceLock;
 
 pub use self::config::ClusterConfig;
 pub(crate) use self::connect::{connect, Link};
-pub(crate) use self::node::Node;
+pub(crate) use self::node::{stored, Node};
+pub(crate) use self::receipts::Waiting;
 use self::registry::Registry;
 pub(crate) use self::runtime::ClientRuntime;
 use crate::dead_letter::DeadLetters;
@@ -96,6 +108,12 @@ pub struct ClusterStats {
     pub calls_failed: u64,
     /// Calls from other nodes pushed into a mailbox here.
     pub calls_served: u64,
+    /// Nodes without persistence whose lease lapsed and whose registry entries this
+    /// node deleted.
+    pub lapsed_nodes_removed: u64,
+    /// Arrived `require_ack` messages in a mailbox here, waiting for their agent's
+    /// acknowledgement (until then they are unsettled in the stream).
+    pub awaiting_ack: u64,
 }
 
 /// The node's counters.
@@ -114,6 +132,7 @@ pub(crate) struct Counters {
     pub(crate) calls_sent: Counter,
     pub(crate) calls_failed: Counter,
     pub(crate) calls_served: Counter,
+    pub(crate) nodes_cleaned: Counter,
 }
 
 /// What the node's tasks share.
@@ -128,4 +147,8 @@ pub(crate) struct Shared {
     /// The system's engine, for its exactly-once window (set once it is built; weak,
     /// since the engine reaches this node through its routes).
     pub(crate) engine: OnceLock<std::sync::Weak<Engine>>,
+    /// Arrived `require_ack` messages waiting for their agent's acknowledgement.
+    pub(crate) acks: self::acks::AwaitingAcks,
+    /// How long they wait (the system's `acknowledgment_timeout`).
+    pub(crate) ack_timeout: std::time::Duration,
 }

@@ -9,7 +9,8 @@ use futures_util::StreamExt;
 
 use super::connect::{put_lease, Link};
 use super::outbound::{self, Outbox};
-use super::registry::{lease_key, pid_key};
+use super::receipts::{Receipts, Waiting};
+use super::registry::{lease_key, pid_key, Owner};
 use super::runtime::ClientRuntime;
 use super::{inbound, ClusterStats, Counters, Shared};
 use crate::dead_letter::DeadLetters;
@@ -27,6 +28,8 @@ pub(crate) struct Node {
     pub(super) guarantee: DeliveryGuarantee,
     pub(super) max_payload: usize,
     pub(super) outbox: Outbox,
+    /// Senders waiting until the stream stored their message.
+    pub(super) receipts: Receipts,
     /// The publisher task, awaited when the node leaves.
     publisher: Mutex<Option<::tokio::task::JoinHandle<()>>>,
     /// The other loops (registry watch, heartbeat, inbound), aborted when it leaves.
@@ -45,6 +48,7 @@ impl Node {
         dead_letters: crate::sync::Arc<DeadLetters>,
         policy: RetryPolicy,
         guarantee: DeliveryGuarantee,
+        ack_timeout: Duration,
     ) -> Node {
         let Link {
             config,
@@ -55,6 +59,7 @@ impl Node {
             watch,
             direct,
             calls,
+            alive,
             consumer,
             messages,
             max_payload,
@@ -68,6 +73,8 @@ impl Node {
             policy,
             counters: Counters::default(),
             engine: OnceLock::new(),
+            acks: Default::default(),
+            ack_timeout,
         });
         let handle = runtime.handle().clone();
         let (outbox, inbox) = Outbox::new();
@@ -88,6 +95,9 @@ impl Node {
             handle
                 .spawn(inbound::stream(shared.clone(), messages, consumer))
                 .abort_handle(),
+            handle
+                .spawn(answer_alive(alive, client.clone()))
+                .abort_handle(),
         ];
         Node {
             shared,
@@ -96,6 +106,7 @@ impl Node {
             guarantee,
             max_payload,
             outbox,
+            receipts: Receipts::default(),
             publisher: Mutex::new(Some(publisher)),
             tasks: Mutex::new(tasks),
             left: AtomicBool::new(false),
@@ -108,14 +119,80 @@ impl Node {
         let _ = self.shared.engine.set(std::sync::Arc::downgrade(engine));
     }
 
+    /// Whether this node stores its agents' messages (`enable_persistence`).
+    pub(crate) fn is_durable(&self) -> bool {
+        self.shared.config.durable
+    }
+
+    /// Settles an arrived `require_ack` message as acknowledged; `false` if none with
+    /// this id waits here.
+    pub(crate) fn acknowledge(&self, id: &crate::message::MessageId) -> bool {
+        self.shared.acks.acknowledge(id)
+    }
+
     /// This node's name.
     pub(crate) fn name(&self) -> &str {
         &self.shared.config.node
     }
 
-    /// The live node `pid` is registered on, as this node's mirror sees it.
+    /// The node `pid` is registered on, as this node's mirror sees it (live, or down
+    /// but durable).
     pub(crate) fn node_of(&self, pid: &AgentPid) -> Option<String> {
         self.shared.registry.resolve(pid).map(|n| n.to_string())
+    }
+
+    // ===== durable sends =====
+
+    /// Whether a send to `to` waits until the stream stored it: at least once, to a
+    /// pid of a durable node (this one, when it is durable).
+    pub(crate) fn stores(&self, to: &AgentPid) -> bool {
+        let registry = &self.shared.registry;
+        if self.guarantee == DeliveryGuarantee::AtMostOnce || !registry.durable_seen() {
+            return false;
+        }
+        match registry.owner(to) {
+            Some(Owner::Me) => self.shared.config.durable,
+            Some(Owner::Live(node)) => registry.is_durable(&node),
+            Some(Owner::Durable(_)) => true,
+            None => false,
+        }
+    }
+
+    /// The sender of `id` will wait for the store (before dispatching it).
+    pub(crate) fn expect_receipt(&self, id: &crate::message::MessageId) {
+        self.receipts.expect(id);
+    }
+
+    /// The receipt to wait on, if the dispatch queued a parcel that makes one.
+    pub(crate) fn take_receipt(&self, id: &crate::message::MessageId) -> Option<Waiting> {
+        self.receipts.take(id)
+    }
+
+    /// How long a sender may wait for a store: every publish attempt the retry policy
+    /// allows, each bounded by the connect timeout, and their back-offs.
+    pub(crate) fn store_bound(&self) -> Duration {
+        let policy = &self.shared.policy;
+        let attempts = policy.max_retries().saturating_add(1);
+        let mut bound = self.shared.config.connect_timeout * attempts;
+        for retry in 0..policy.max_retries() {
+            bound = bound.saturating_add(policy.delay(retry));
+        }
+        bound
+    }
+
+    /// Waits for a receipt from a thread: on an owned runtime, bounded by
+    /// [`store_bound`](Self::store_bound); on a borrowed one (the tokio flavour's
+    /// `as_sync()`), it cannot block a runtime thread and returns at once (the
+    /// flavour's async sends wait).
+    pub(crate) fn wait_stored_blocking(&self, waiting: Waiting) -> MessagingResult<()> {
+        if !self.runtime.is_owned() {
+            return Ok(());
+        }
+        self.runtime.block_on(
+            "storing a message in the stream",
+            self.store_bound(),
+            stored(waiting),
+        )
     }
 
     /// The counters.
@@ -138,6 +215,8 @@ impl Node {
             calls_sent: c.calls_sent.get(),
             calls_failed: c.calls_failed.get(),
             calls_served: c.calls_served.get(),
+            lapsed_nodes_removed: c.nodes_cleaned.get(),
+            awaiting_ack: self.shared.acks.len() as u64,
         }
     }
 
@@ -168,7 +247,7 @@ impl Node {
         &self,
         pid: &AgentPid,
     ) -> impl std::future::Future<Output = MessagingResult<()>> + Send + 'static {
-        self.shared.registry.remove(pid);
+        self.shared.registry.remove_own(pid);
         let (kv, key) = (self.kv.clone(), pid_key(pid));
         let url = self.shared.config.url.clone();
         async move {
@@ -212,7 +291,8 @@ impl Node {
     // ===== leaving =====
 
     /// Leaves the cluster cleanly: this node's pids and lease are deleted (other nodes
-    /// stop resolving them at once), the publisher drains what is queued (bounded by
+    /// stop resolving them at once; a durable node instead marks its lease `left`, and
+    /// its pids keep taking at-least-once messages on file), the publisher drains what is queued (bounded by
     /// the connect timeout; the rest is dead-lettered `Shutdown`), then every loop
     /// stops. Idempotent.
     pub(crate) fn leave(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
@@ -236,10 +316,15 @@ impl Node {
                 task.abort();
             }
             let _ = ::tokio::time::timeout(bound, async {
-                for pid in shared.registry.own_pids() {
-                    let _ = kv.delete(pid_key(&pid)).await;
+                if shared.config.durable {
+                    // Its pids keep resolving: what is sent to them waits on file.
+                    let _ = put_lease(&kv, &shared.config, true).await;
+                } else {
+                    for pid in shared.registry.own_pids() {
+                        let _ = kv.delete(pid_key(&pid)).await;
+                    }
+                    let _ = kv.delete(lease_key(&shared.config.node)).await;
                 }
-                let _ = kv.delete(lease_key(&shared.config.node)).await;
             })
             .await;
             drain.drain(bound);
@@ -307,13 +392,56 @@ async fn watch_registry(shared: Arc<Shared>, kv: kv::Store, mut watch: kv::Watch
     }
 }
 
-/// Renews this node's lease every third of it.
+/// Renews this node's lease every third of it; then writes back its own entries that
+/// the others deleted while it was cut off, and deletes the entries of nodes without
+/// persistence whose lease lapsed (each delete checked against the revision seen, so
+/// a node that came back, or a pid registered again, is left alone).
 async fn heartbeat(shared: Arc<Shared>, kv: kv::Store, lease: Duration) {
     let mut every = ::tokio::time::interval(lease / 3);
     every.set_missed_tick_behavior(::tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let _ = put_lease(&kv, &shared.config).await;
+        if put_lease(&kv, &shared.config, false).await.is_err() {
+            continue;
+        }
+        let me = shared.config.node.clone();
+        for pid in shared.registry.missing_own() {
+            let _ = kv
+                .create(pid_key(&pid), me.clone().into_bytes().into())
+                .await;
+        }
+        for gone in shared.registry.lapsed() {
+            for (pid, revision) in gone.pids {
+                let _ = kv
+                    .delete_expect_revision(pid_key(&pid), Some(revision))
+                    .await;
+            }
+            let _ = kv
+                .delete_expect_revision(lease_key(&gone.node), Some(gone.lease_revision))
+                .await;
+            shared.counters.nodes_cleaned.incr();
+        }
+    }
+}
+
+/// Answers on this node's alive subject, so that a node starting under its name sees
+/// that it is live (see `connect`).
+async fn answer_alive(mut alive: async_nats::Subscriber, client: async_nats::Client) {
+    while let Some(message) = alive.next().await {
+        if let Some(reply) = message.reply {
+            let _ = client.publish(reply, bytes::Bytes::new()).await;
+        }
+    }
+}
+
+/// What a receipt says, as the sender's result.
+pub(crate) async fn stored(waiting: Waiting) -> MessagingResult<()> {
+    match waiting.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(why)) => Err(MessagingError::System(format!("cluster: {why}"))),
+        Err(_) => Err(MessagingError::System(
+            "cluster: the node left before the stream stored the message (dead-lettered)".into(),
+        )),
     }
 }
 

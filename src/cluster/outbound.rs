@@ -7,7 +7,6 @@
 //! | the push met | outcome |
 //! |---|---|
 //! | pid unknown to the registry, or its node's lease lapsed | `NotFound` (`AgentNotFound`, dead letter) |
-//! | `require_ack` | `Failed`, `Configuration` error: not built yet |
 //! | a call with a `serde_json::Value` payload | `Done`: a request is on its way (see below) |
 //! | a cast whose payload is not a `serde_json::Value`, a reply, an ack | `Failed`, `InvalidMessage`: cannot cross a process |
 //! | a frame over the server's `max_payload` | `Failed`, `InvalidMessage` naming both sizes |
@@ -44,6 +43,8 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
+use super::receipts::Receipt;
+use super::registry::Owner;
 use super::{wire, Node, Shared};
 use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadMessage};
 use crate::delivery::{DeliveryGuarantee, RetryPolicy};
@@ -73,6 +74,8 @@ pub(crate) struct Parcel {
     policy: RetryPolicy,
     /// The message itself, for a dead letter.
     out: Outgoing,
+    /// The sender waiting until the stream stored it (a durable destination).
+    receipt: Option<Receipt>,
 }
 
 /// The queue into the publisher, and the signal that tells it to drain.
@@ -129,38 +132,21 @@ impl Outbox {
 
 // ===== impl Destination for Node =====
 
-impl Node {
-    /// Refuses what is not built yet across nodes (`Configuration`, naming it).
-    fn not_built(&self, out: &Outgoing, to: &AgentPid, node: &str) -> Option<MessagingError> {
-        let missing = match out {
-            Outgoing::Envelope(e)
-                if e.delivery_options.require_ack
-                    && self.guarantee != DeliveryGuarantee::AtMostOnce =>
-            {
-                "require_ack on a message to a remote pid (its acknowledgement would have to cross back)"
-            }
-            _ => return None,
-        };
-        Some(MessagingError::Configuration(format!(
-            "cluster: {missing} is not built yet; agent {to} lives on node {node:?}"
-        )))
-    }
-}
-
 impl Destination for Node {
     fn push(&self, to: &AgentPid, out: Outgoing, priority: MessagePriority) -> Push {
         let registry = &self.shared.registry;
-        let Some(node) = registry.resolve(to) else {
-            return Push::NotFound(out);
+        let stream = self.guarantee != DeliveryGuarantee::AtMostOnce;
+        let is_call = matches!(&out, Outgoing::Message(AgentMessage::Call { .. }));
+        let node = match registry.owner(to) {
+            None => return Push::NotFound(out),
+            // Only a durable node's own messages go through the stream (`claims`);
+            // otherwise the mirror still has a pid this node just unregistered.
+            Some(Owner::Me) if !self.claims(to, &out) => return Push::NotFound(out),
+            // A durable node that is down keeps what the stream carries, nothing else.
+            Some(Owner::Durable(_)) if !stream || is_call => return Push::NotFound(out),
+            Some(owner) => owner.node(registry.me()).clone(),
         };
-        if node == *registry.me() {
-            // The mirror still has a pid this node just unregistered.
-            return Push::NotFound(out);
-        }
-        if let Some(e) = self.not_built(&out, to, &node) {
-            return Push::Failed(Some(out), e);
-        }
-        if let Outgoing::Message(AgentMessage::Call { .. }) = &out {
+        if is_call {
             return self.call(to, &node, out);
         }
         let exactly_once = self.guarantee == DeliveryGuarantee::ExactlyOnce;
@@ -188,7 +174,7 @@ impl Destination for Node {
             }),
         };
         let policy = self.shared.policy.for_message(&options);
-        let parcel = Parcel {
+        let mut parcel = Parcel {
             subject,
             stream,
             bytes: Bytes::from(bytes),
@@ -197,13 +183,21 @@ impl Destination for Node {
             attempts: 1,
             policy,
             out,
+            receipt: None,
         };
+        // A sender waiting for the store (`Receipts::expect`) gets its receipt here:
+        // from now on every outcome of the parcel is reported on it.
+        if stream {
+            parcel.receipt = self.receipts.make(&parcel.id);
+        }
         match self.outbox.tx.try_send(parcel) {
             Ok(()) => {
                 self.shared.counters.handed.incr();
                 Push::Done
             }
             Err(mpsc::error::TrySendError::Full(parcel)) => {
+                // Retried by the engine later: this sender does not wait for that.
+                self.receipts.unmake(&parcel.id);
                 Push::Refused(parcel.out, Refusal::MailboxFull, 0)
             }
             Err(mpsc::error::TrySendError::Closed(parcel)) => Push::Failed(
@@ -214,6 +208,13 @@ impl Destination for Node {
                 )),
             ),
         }
+    }
+
+    fn claims(&self, to: &AgentPid, out: &Outgoing) -> bool {
+        self.shared.config.durable
+            && self.guarantee != DeliveryGuarantee::AtMostOnce
+            && wire::crosses(out)
+            && self.shared.registry.owner(to) == Some(Owner::Me)
     }
 }
 
@@ -423,7 +424,12 @@ impl Publisher {
             return;
         };
         match error {
-            None => self.shared.counters.published.incr(),
+            None => {
+                self.shared.counters.published.incr();
+                if let Some(receipt) = parcel.receipt {
+                    let _ = receipt.send(Ok(()));
+                }
+            }
             Some(why) => self.retry_or_bury(parcel, why),
         }
     }
@@ -450,6 +456,9 @@ impl Publisher {
 
     fn bury(&self, parcel: Parcel, why: String) {
         self.shared.counters.publish_failed.incr();
+        if let Some(receipt) = parcel.receipt {
+            let _ = receipt.send(Err(format!("not stored: {why} (dead-lettered)")));
+        }
         let message = DeadMessage::from(parcel.out);
         self.shared.dead_letters.push(DeadLetter {
             id: parcel.id,

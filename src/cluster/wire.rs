@@ -139,6 +139,18 @@ struct VersionOnly {
     v: u32,
 }
 
+/// Whether `out` can cross a process (what [`encode`] takes).
+pub(crate) fn crosses(out: &Outgoing) -> bool {
+    match out {
+        Outgoing::Envelope(_) => true,
+        Outgoing::Message(AgentMessage::Cast { payload, .. }) => {
+            payload.downcast_ref::<serde_json::Value>().is_some()
+        }
+        Outgoing::Message(AgentMessage::Info { .. }) => true,
+        Outgoing::Message(_) => false,
+    }
+}
+
 /// The frame of `out` for `to` (`Err`: it cannot cross a process, or does not
 /// serialise), and the message back either way.
 pub(crate) fn encode(

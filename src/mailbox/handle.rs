@@ -64,7 +64,7 @@ impl AgentMailbox {
     /// every operation returns that `Configuration` error; use
     /// [`AgentMailbox::try_new`] to get the error up front.
     pub fn new(agent_id: AgentPid, config: MailboxConfig) -> Self {
-        let settings = Settings::new(config, None, Arc::new(DeadLetters::default()));
+        let settings = Settings::new(config, None, Arc::new(DeadLetters::default()), false);
         Self::from_shared(Arc::new(Shared::new(agent_id, Arc::new(settings), true)))
     }
 

@@ -55,7 +55,7 @@ use crate::message::AgentPid;
 /// |---|---|
 /// | `max_messages` | 0 = unbounded (Erlang-style); otherwise an exact bound |
 /// | `preserve_order` | `true`: strict priority order; `false`: a starved lower priority is served after 64 higher messages |
-/// | `enable_persistence` | must be `false`: persistence does not exist yet, and `true` is refused with a `Configuration` error |
+/// | `enable_persistence` | `true` only on a cluster node (cargo feature `nats`, `MessageSystemBuilder::cluster`), at least once: its agents' messages are stored in JetStream before a send returns `Ok` (see the README's "Cluster"); elsewhere refused with a `Configuration` error that says so |
 /// | `stats_interval` | the time constant of the `average_processing_time` moving average; must be non-zero |
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailboxConfig {
@@ -63,7 +63,7 @@ pub struct MailboxConfig {
     pub max_messages: usize,
     /// Strict priority order (`true`) or starvation-free order (`false`).
     pub preserve_order: bool,
-    /// Refused while persistence does not exist.
+    /// Store the agents' messages on file (a cluster node only; refused elsewhere).
     pub enable_persistence: bool,
     /// Averaging window for processing-time statistics.
     pub stats_interval: Duration,
@@ -83,8 +83,20 @@ impl Default for MailboxConfig {
 impl MailboxConfig {
     /// Checks the configuration; the error text says what to change.
     pub fn validate(&self) -> Result<(), String> {
-        if self.enable_persistence {
-            return Err("enable_persistence: true is not supported (mailboxes are in-memory only); set it to false".into());
+        self.validate_on(false)
+    }
+
+    /// [`validate`](Self::validate), where `cluster_node` says whether the mailboxes
+    /// belong to a cluster node (the one place persistence exists).
+    pub(crate) fn validate_on(&self, cluster_node: bool) -> Result<(), String> {
+        if self.enable_persistence && !cluster_node {
+            return Err(
+                "enable_persistence: true needs a cluster node: mailboxes of a \
+                        single process are in memory; build with the cargo feature `nats` \
+                        and MessageSystemBuilder::cluster(ClusterConfig::new(url, node)) to \
+                        store them in NATS JetStream, or set it to false"
+                    .into(),
+            );
         }
         if self.stats_interval.is_zero() {
             return Err("stats_interval must be greater than zero".into());

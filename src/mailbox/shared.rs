@@ -82,12 +82,15 @@ impl std::fmt::Debug for CrashHook {
 }
 
 impl Settings {
+    /// `cluster_node`: the mailboxes belong to a cluster node, where
+    /// `enable_persistence` is allowed (the node stores their messages).
     pub(crate) fn new(
         config: MailboxConfig,
         budget: Option<u32>,
         dead_letters: Arc<DeadLetters>,
+        cluster_node: bool,
     ) -> Self {
-        let config_error = config.validate().err();
+        let config_error = config.validate_on(cluster_node).err();
         // `preserve_order: false` lets the anti-starvation budget reorder priorities.
         let budget = budget.unwrap_or(if config.preserve_order {
             0

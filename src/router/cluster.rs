@@ -6,6 +6,9 @@
 //! it to the node that owns it. The router layer knows nothing of NATS: the transport
 //! is one more [`Destination`].
 //!
+//! A destination that [`claims`](Destination::claims) a message (a durable node, for
+//! its own agents) takes it first; the local table then gets it from the transport.
+//!
 //! | the local push answered | outcome |
 //! |---|---|
 //! | anything but `NotFound` | that answer (local pids never leave the process) |
@@ -22,14 +25,22 @@ pub(crate) struct ClusterRoutes {
     pub(crate) local: std::sync::Arc<LocalRoutes>,
     /// Where a pid unknown here goes.
     remote: std::sync::Arc<dyn Destination>,
+    /// Whether the remote destination may claim messages (a durable node): one branch
+    /// on the local fast path otherwise.
+    durable: bool,
 }
 
 impl ClusterRoutes {
     pub(crate) fn new(
         local: std::sync::Arc<LocalRoutes>,
         remote: std::sync::Arc<dyn Destination>,
+        durable: bool,
     ) -> Self {
-        ClusterRoutes { local, remote }
+        ClusterRoutes {
+            local,
+            remote,
+            durable,
+        }
     }
 }
 
@@ -41,6 +52,9 @@ impl Destination for ClusterRoutes {
         out: crate::message::Outgoing,
         priority: MessagePriority,
     ) -> Push {
+        if self.durable && self.remote.claims(to, &out) {
+            return self.remote.push(to, out, priority);
+        }
         match self.local.push(to, out, priority) {
             Push::NotFound(out) => self.remote.push(to, out, priority),
             pushed => pushed,

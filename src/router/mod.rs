@@ -183,6 +183,13 @@ impl Push {
 pub(crate) trait Destination: Send + Sync {
     /// Pushes `out` to `to` at `priority`.
     fn push(&self, to: &AgentPid, out: Outgoing, priority: MessagePriority) -> Push;
+
+    /// Whether this destination takes `out` for `to` ahead of the local table (a
+    /// durable cluster node stores its own agents' messages before they reach a
+    /// mailbox). No by default.
+    fn claims(&self, _to: &AgentPid, _out: &Outgoing) -> bool {
+        false
+    }
 }
 
 /// The destinations of one system: its own table, or a custom router (or, on a

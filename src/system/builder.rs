@@ -150,6 +150,7 @@ impl MessageSystemBuilder {
             MessagingError::Configuration("no cluster configuration was given".into())
         })?;
         self.precheck()?;
+        let config = self.node_config(config)?;
         if self.router.is_some() {
             return Err(MessagingError::Configuration(
                 "a cluster node routes through its own table: cluster(..) with a custom \
@@ -178,12 +179,32 @@ impl MessageSystemBuilder {
         }
     }
 
+    /// The node's configuration as this system's settings complete it: durable when
+    /// its mailboxes are persistent (refused at most once: nothing would be stored).
+    #[cfg(feature = "nats")]
+    pub(crate) fn node_config(
+        &self,
+        mut config: crate::cluster::ClusterConfig,
+    ) -> MessagingResult<crate::cluster::ClusterConfig> {
+        config.durable = self.mailbox_config.enable_persistence;
+        let at_most_once =
+            self.config.delivery_config.guarantee == crate::delivery::DeliveryGuarantee::AtMostOnce;
+        if config.durable && at_most_once {
+            return Err(MessagingError::Configuration(
+                "enable_persistence: true with DeliveryGuarantee::AtMostOnce: at-most-once \
+                 messages are never stored; choose AtLeastOnce or ExactlyOnce"
+                    .into(),
+            ));
+        }
+        Ok(config)
+    }
+
     /// The checks `build_unchecked` makes, up front (a cluster node checks before it
     /// connects).
     #[cfg(feature = "nats")]
     pub(crate) fn precheck(&self) -> MessagingResult<()> {
         validate_router_config(&self.config)
-            .and_then(|()| self.mailbox_config.validate())
+            .and_then(|()| self.mailbox_config.validate_on(true))
             .and_then(|()| RetryPolicy::from_config(&self.config.delivery_config).map(|_| ()))
             .and_then(|()| match &self.breaker {
                 Some(b) => BreakerSettings::new(b).map(|_| ()),
@@ -209,14 +230,19 @@ impl MessageSystemBuilder {
             crate::cluster::ClientRuntime,
         )>,
     ) -> MessageSystem {
+        #[cfg(feature = "nats")]
+        let cluster_node = node.is_some();
+        #[cfg(not(feature = "nats"))]
+        let cluster_node = false;
         let mut config_error = validate_router_config(&self.config)
-            .and_then(|()| self.mailbox_config.validate())
+            .and_then(|()| self.mailbox_config.validate_on(cluster_node))
             .err();
         let dead_letters = Arc::new(DeadLetters::new(self.dead_letter_capacity));
         let settings = Arc::new(Settings::new(
             self.mailbox_config,
             self.starvation_budget,
             dead_letters.clone(),
+            cluster_node,
         ));
         let table = Arc::new(AgentTable::new());
         let mailboxes = MailboxManager::with_parts(table.clone(), settings.clone());
@@ -258,9 +284,11 @@ impl MessageSystemBuilder {
                     dead_letters.clone(),
                     policy,
                     engine_config.delivery_config.guarantee,
+                    engine_config.delivery_config.acknowledgment_timeout,
                 ));
+                let durable = node.is_durable();
                 let remote: std::sync::Arc<dyn crate::router::Destination> = node.clone();
-                let routes = crate::router::cluster::ClusterRoutes::new(local, remote);
+                let routes = crate::router::cluster::ClusterRoutes::new(local, remote, durable);
                 (Routes::Cluster(routes), Some(node))
             }
             None => (

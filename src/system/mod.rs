@@ -254,6 +254,13 @@ impl MessageSystem {
     /// id, sender, type and payload.
     pub fn send_message(&self, envelope: MessageEnvelope) -> MessagingResult<()> {
         self.check()?;
+        #[cfg(feature = "nats")]
+        if let Some(node) = self.storing_node(&envelope.to) {
+            let id = envelope.id.clone();
+            let waiting =
+                self.dispatch_stored(node, &id, || self.inner.engine.dispatch_envelope(envelope))?;
+            return waiting.map_or(Ok(()), |w| node.wait_stored_blocking(w));
+        }
         self.inner.engine.dispatch_envelope(envelope)
     }
 
@@ -270,6 +277,14 @@ impl MessageSystem {
         priority: MessagePriority,
     ) -> MessagingResult<()> {
         self.check()?;
+        #[cfg(feature = "nats")]
+        if let Some(node) = self.storing_node(to) {
+            let id = message.id().clone();
+            let waiting = self.dispatch_stored(node, &id, || {
+                self.inner.engine.dispatch_message(to, message, priority)
+            })?;
+            return waiting.map_or(Ok(()), |w| node.wait_stored_blocking(w));
+        }
         self.inner.engine.dispatch_message(to, message, priority)
     }
 
@@ -526,7 +541,19 @@ impl MessageSystem {
     /// `UnknownMessage` if it is not awaiting an ack (already acknowledged, given up
     /// on, or never asked for one).
     pub fn acknowledge(&self, id: &MessageId) -> MessagingResult<()> {
-        self.inner.engine.acknowledge(id)
+        let acked = self.inner.engine.acknowledge(id);
+        // A message from another node waits in the stream for this acknowledgement.
+        #[cfg(feature = "nats")]
+        if acked.is_err()
+            && self
+                .inner
+                .cluster
+                .as_ref()
+                .is_some_and(|n| n.acknowledge(id))
+        {
+            return Ok(());
+        }
+        acked
     }
 
     /// Fires every retry and timeout due by the system's clock, and returns when the
@@ -691,6 +718,52 @@ impl MessageSystem {
     #[cfg(feature = "nats")]
     pub fn cluster_stats(&self) -> Option<crate::cluster::ClusterStats> {
         self.inner.cluster.as_ref().map(|node| node.stats())
+    }
+
+    /// Checks the configuration and hands `envelope` to the engine (no waiting for a
+    /// store: the tokio flavour awaits that itself).
+    #[cfg(all(feature = "nats", feature = "tokio"))]
+    pub(crate) fn dispatch_envelope(&self, envelope: MessageEnvelope) -> MessagingResult<()> {
+        self.check()?;
+        self.inner.engine.dispatch_envelope(envelope)
+    }
+
+    /// As [`dispatch_envelope`](Self::dispatch_envelope), for a built message.
+    #[cfg(all(feature = "nats", feature = "tokio"))]
+    pub(crate) fn dispatch_message(
+        &self,
+        to: &AgentPid,
+        message: AgentMessage,
+        priority: MessagePriority,
+    ) -> MessagingResult<()> {
+        self.check()?;
+        self.inner.engine.dispatch_message(to, message, priority)
+    }
+
+    /// The cluster node, if sends to `to` wait until the stream stored them (a pid of
+    /// a durable node, at least once).
+    #[cfg(feature = "nats")]
+    pub(crate) fn storing_node(
+        &self,
+        to: &AgentPid,
+    ) -> Option<&std::sync::Arc<crate::cluster::Node>> {
+        self.inner.cluster.as_ref().filter(|node| node.stores(to))
+    }
+
+    /// Dispatches through `dispatch` with a receipt asked for: what to wait on, if the
+    /// push queued the message for the stream (`None`: delivered otherwise, e.g. a
+    /// payload that cannot cross, or refused for now and left to the engine's retries).
+    #[cfg(feature = "nats")]
+    pub(crate) fn dispatch_stored(
+        &self,
+        node: &crate::cluster::Node,
+        id: &crate::message::MessageId,
+        dispatch: impl FnOnce() -> MessagingResult<()>,
+    ) -> MessagingResult<Option<crate::cluster::Waiting>> {
+        node.expect_receipt(id);
+        let sent = dispatch();
+        let waiting = node.take_receipt(id);
+        sent.map(|()| waiting)
     }
 
     /// The cluster node, if this system is one (the tokio flavour awaits it).

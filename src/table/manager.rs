@@ -39,7 +39,12 @@ pub struct MailboxManager {
 impl MailboxManager {
     /// A manager whose mailboxes use `default_config`.
     pub fn new(default_config: MailboxConfig) -> Self {
-        let settings = Settings::new(default_config, None, Arc::new(DeadLetters::default()));
+        let settings = Settings::new(
+            default_config,
+            None,
+            Arc::new(DeadLetters::default()),
+            false,
+        );
         Self::with_parts(Arc::new(AgentTable::new()), Arc::new(settings))
     }
 

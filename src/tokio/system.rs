@@ -176,6 +176,7 @@ impl MessageSystemBuilder {
             ));
         }
         self.core.precheck()?;
+        let config = self.core.node_config(config)?;
         let link = crate::cluster::connect(config.clone()).await?;
         let node = Some((
             link,
@@ -385,6 +386,16 @@ impl MessageSystem {
     /// on the timer task). With a custom router it is as cancel safe as the router's
     /// `route_message`.
     pub async fn send_message(&self, envelope: MessageEnvelope) -> MessagingResult<()> {
+        #[cfg(feature = "nats")]
+        if let Some(node) = self.shared.core.storing_node(&envelope.to) {
+            let core = &self.shared.core;
+            let id = envelope.id.clone();
+            let waiting = core.dispatch_stored(node, &id, || core.dispatch_envelope(envelope))?;
+            return match waiting {
+                Some(waiting) => crate::cluster::stored(waiting).await,
+                None => Ok(()),
+            };
+        }
         self.shared.core.send_message(envelope)
     }
 
@@ -409,6 +420,17 @@ impl MessageSystem {
         message: AgentMessage,
         priority: MessagePriority,
     ) -> MessagingResult<()> {
+        #[cfg(feature = "nats")]
+        if let Some(node) = self.shared.core.storing_node(to) {
+            let core = &self.shared.core;
+            let id = message.id().clone();
+            let waiting =
+                core.dispatch_stored(node, &id, || core.dispatch_message(to, message, priority))?;
+            return match waiting {
+                Some(waiting) => crate::cluster::stored(waiting).await,
+                None => Ok(()),
+            };
+        }
         self.shared.core.send_with_priority(to, message, priority)
     }
 
