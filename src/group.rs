@@ -14,8 +14,12 @@
 //! fails with `ChannelClosed`.
 //!
 //! Picks read the member list under a read lock and hand the caller a reference to the
-//! chosen [`MailboxSender`] (no clone, no refcount traffic); `join`/`leave` take the
-//! write lock.
+//! chosen [`Member`] (no clone, no refcount traffic); `join`/`leave` take the write
+//! lock.
+//!
+//! A member is a local mailbox or, on a cluster node, a pid that lives on another node
+//! ([`Member::Remote`]): its queue is not visible here, so it counts as available, and
+//! `LeastLoaded` picks it only when no local member can take the message.
 
 use std::fmt;
 use std::sync::atomic::Ordering::Relaxed;
@@ -58,11 +62,30 @@ pub(crate) struct Group {
     /// How members are picked.
     strategy: LoadBalance,
     /// Members in join order; no two share an agent pid.
-    members: RwLock<Vec<MailboxSender>>,
+    members: RwLock<Vec<Member>>,
     /// Round-robin position (also the tie-break start of `LeastLoaded`). Wraps.
     cursor: AtomicUsize,
     /// Weyl-sequence state of the `Random` generator.
     rng: AtomicU64,
+}
+
+/// One member of a group.
+pub(crate) enum Member {
+    /// An agent of this system: pushed into directly.
+    Local(MailboxSender),
+    /// An agent on another cluster node: routed by pid.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    Remote(AgentPid),
+}
+
+impl Member {
+    /// The member's pid.
+    pub(crate) fn pid(&self) -> &AgentPid {
+        match self {
+            Member::Local(sender) => sender.agent_id(),
+            Member::Remote(pid) => pid,
+        }
+    }
 }
 
 /// The Weyl increment (2^64 / φ, odd): successive states never repeat within 2^64 steps.
@@ -96,10 +119,10 @@ impl Group {
     /// # Errors
     ///
     /// `DuplicateAgent(member pid)` if an agent with that pid is already a member.
-    pub(crate) fn join(&self, member: MailboxSender) -> MessagingResult<()> {
+    pub(crate) fn join(&self, member: Member) -> MessagingResult<()> {
         let mut members = write(&self.members);
-        if members.iter().any(|m| m.agent_id() == member.agent_id()) {
-            return Err(MessagingError::DuplicateAgent(member.agent_id().clone()));
+        if members.iter().any(|m| m.pid() == member.pid()) {
+            return Err(MessagingError::DuplicateAgent(member.pid().clone()));
         }
         members.push(member);
         Ok(())
@@ -112,7 +135,7 @@ impl Group {
     /// `AgentNotFound(member)` if it is not a member.
     pub(crate) fn leave(&self, member: &AgentPid) -> MessagingResult<()> {
         let mut members = write(&self.members);
-        match members.iter().position(|m| m.agent_id() == member) {
+        match members.iter().position(|m| m.pid() == member) {
             Some(index) => {
                 members.remove(index);
                 Ok(())
@@ -124,14 +147,14 @@ impl Group {
     /// Whether `member` is a member.
     #[cfg(test)]
     pub(crate) fn contains(&self, member: &AgentPid) -> bool {
-        read(&self.members).iter().any(|m| m.agent_id() == member)
+        read(&self.members).iter().any(|m| m.pid() == member)
     }
 
     /// The members' pids, in join order.
     pub(crate) fn members(&self) -> Vec<AgentPid> {
         read(&self.members)
             .iter()
-            .map(|m| m.agent_id().clone())
+            .map(|m| m.pid().clone())
             .collect()
     }
 
@@ -148,7 +171,7 @@ impl Group {
     /// # Errors
     ///
     /// `EmptyGroup(group pid)` when the group has no members.
-    pub(crate) fn with_member<R>(&self, f: impl FnOnce(&MailboxSender) -> R) -> MessagingResult<R> {
+    pub(crate) fn with_member<R>(&self, f: impl FnOnce(&Member) -> R) -> MessagingResult<R> {
         let members = read(&self.members);
         let n = members.len();
         if n == 0 {
@@ -184,13 +207,17 @@ impl Group {
 }
 
 /// Whether `member` can take a message now: open, not full, and its circuit breaker
-/// closed. A member that cannot is passed over while another can.
-fn available(member: &MailboxSender) -> bool {
-    member.shared().accepts_now()
+/// closed (a remote member: as far as this node can tell). A member that cannot is
+/// passed over while another can.
+fn available(member: &Member) -> bool {
+    match member {
+        Member::Local(sender) => sender.shared().accepts_now(),
+        Member::Remote(_) => true,
+    }
 }
 
 /// `start`, or the first available member after it (wrapping), or `start` if none is.
-fn skip_closed(members: &[MailboxSender], start: usize) -> usize {
+fn skip_closed(members: &[Member], start: usize) -> usize {
     let n = members.len();
     (0..n)
         .map(|k| (start + k) % n)
@@ -200,7 +227,7 @@ fn skip_closed(members: &[MailboxSender], start: usize) -> usize {
 
 /// The available member with the shortest queue, scanning from `start` (first wins
 /// ties); `start` if none is available.
-fn least_loaded(members: &[MailboxSender], start: usize) -> usize {
+fn least_loaded(members: &[Member], start: usize) -> usize {
     let n = members.len();
     let mut best: Option<(usize, usize)> = None; // (queue size, index)
     for k in 0..n {
@@ -209,7 +236,11 @@ fn least_loaded(members: &[MailboxSender], start: usize) -> usize {
         if !available(member) {
             continue;
         }
-        let load = member.queue_size();
+        let load = match member {
+            Member::Local(sender) => sender.queue_size(),
+            // Unknown: after every local member that can take it.
+            Member::Remote(_) => usize::MAX,
+        };
         if best.is_none_or(|(least, _)| load < least) {
             best = Some((load, i));
             if load == 0 {
@@ -242,10 +273,17 @@ mod tests {
             .collect()
     }
 
+    fn local(member: &Member) -> &MailboxSender {
+        match member {
+            Member::Local(sender) => sender,
+            Member::Remote(pid) => panic!("{pid} is remote"),
+        }
+    }
+
     fn group_of(strategy: LoadBalance, boxes: &[AgentMailbox]) -> Group {
         let group = Group::new(AgentPid::new(), strategy);
         for mailbox in boxes {
-            group.join(mailbox.sender()).unwrap();
+            group.join(Member::Local(mailbox.sender())).unwrap();
         }
         group
     }
@@ -254,7 +292,7 @@ mod tests {
     fn spread(group: &Group, boxes: &[AgentMailbox], picks: usize) -> Vec<usize> {
         for _ in 0..picks {
             group
-                .with_member(|m| m.send(AgentMessage::cast(AgentPid::nil(), ())))
+                .with_member(|m| local(m).send(AgentMessage::cast(AgentPid::nil(), ())))
                 .unwrap()
                 .unwrap();
         }
@@ -271,9 +309,9 @@ mod tests {
             Err(MessagingError::EmptyGroup(pid)) => assert_eq!(&pid, group.pid()),
             other => panic!("{other:?}"),
         }
-        group.join(boxes[0].sender()).unwrap();
-        group.join(boxes[1].sender()).unwrap();
-        match group.join(boxes[0].sender()) {
+        group.join(Member::Local(boxes[0].sender())).unwrap();
+        group.join(Member::Local(boxes[1].sender())).unwrap();
+        match group.join(Member::Local(boxes[0].sender())) {
             Err(MessagingError::DuplicateAgent(pid)) => assert_eq!(&pid, boxes[0].agent_id()),
             other => panic!("{other:?}"),
         }
@@ -302,7 +340,7 @@ mod tests {
         let group = group_of(LoadBalance::RoundRobin, &boxes);
         assert_eq!(spread(&group, &boxes, 30), vec![10, 10, 10]);
         let order: Vec<AgentPid> = (0..6)
-            .map(|_| group.with_member(|m| m.agent_id().clone()).unwrap())
+            .map(|_| group.with_member(|m| m.pid().clone()).unwrap())
             .collect();
         assert_eq!(order[..3], order[3..], "a fixed cycle");
         assert_eq!(
@@ -320,7 +358,7 @@ mod tests {
                 s.spawn(|| {
                     for _ in 0..300 {
                         group
-                            .with_member(|m| m.send(AgentMessage::cast(AgentPid::nil(), ())))
+                            .with_member(|m| local(m).send(AgentMessage::cast(AgentPid::nil(), ())))
                             .unwrap()
                             .unwrap();
                     }
@@ -346,7 +384,7 @@ mod tests {
         }
         let idle = group_of(LoadBalance::LeastLoaded, &mailboxes(3));
         let ties: Vec<AgentPid> = (0..6)
-            .map(|_| idle.with_member(|m| m.agent_id().clone()).unwrap())
+            .map(|_| idle.with_member(|m| m.pid().clone()).unwrap())
             .collect();
         assert_eq!(ties[..3], ties[3..], "equal loads rotate");
         assert_eq!(
@@ -361,7 +399,7 @@ mod tests {
         for _ in 0..3 {
             boxes[1].try_receive().unwrap().unwrap();
         }
-        let picked = group.with_member(|m| m.agent_id().clone()).unwrap();
+        let picked = group.with_member(|m| m.pid().clone()).unwrap();
         assert_eq!(&picked, boxes[1].agent_id());
     }
 
@@ -376,7 +414,7 @@ mod tests {
         let one = group_of(LoadBalance::Random, &boxes[..1]);
         for _ in 0..10 {
             assert_eq!(
-                &one.with_member(|m| m.agent_id().clone()).unwrap(),
+                &one.with_member(|m| m.pid().clone()).unwrap(),
                 boxes[0].agent_id()
             );
         }
@@ -394,14 +432,14 @@ mod tests {
             boxes[0].close();
             boxes[2].close();
             for _ in 0..20 {
-                let picked = group.with_member(|m| m.agent_id().clone()).unwrap();
+                let picked = group.with_member(|m| m.pid().clone()).unwrap();
                 assert_eq!(&picked, boxes[1].agent_id(), "{strategy:?}");
             }
             boxes[1].close();
             // All closed: still a pick, whose send fails.
             let sent = group
                 .with_member(|m| {
-                    m.try_send(
+                    local(m).try_send(
                         AgentMessage::cast(AgentPid::nil(), ()),
                         MessagePriority::Normal,
                     )

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use terraphim_agent_messaging::{
     AgentMailbox, AgentMessage, AgentPid, ClusterConfig, DeadLetterReason, DeliveryConfig,
-    DeliveryGuarantee, DeliveryOptions, ErrorCategory, MailboxConfig, MessageEnvelope, MessageId,
-    MessageSystem, MessagingError, RouterConfig, SystemInfo,
+    DeliveryGuarantee, DeliveryOptions, ErrorCategory, LoadBalance, MailboxConfig, MessageEnvelope,
+    MessageId, MessageSystem, MessagingError, RouterConfig, SystemInfo,
 };
 
 use cluster_support::{free_port, NatsServer};
@@ -1314,5 +1314,65 @@ fn the_survivors_remove_a_dead_nodes_entries_from_the_registry() {
         assert!(matches!(err, MessagingError::AgentNotFound(_)), "{err}");
         a.shutdown().unwrap();
         c.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn a_group_spans_nodes() {
+    within(60, || {
+        let server = NatsServer::start();
+        let a = node(&server, "groups", "a", DeliveryGuarantee::AtLeastOnce);
+        let b = node(&server, "groups", "b", DeliveryGuarantee::AtLeastOnce);
+        let (local, local_box) = registered(&a);
+        let (remote1, remote1_box) = registered(&b);
+        let (remote2, remote2_box) = registered(&b);
+        sees(&a, &remote1, "b");
+        sees(&a, &remote2, "b");
+        let boxes = [&local_box, &remote1_box, &remote2_box];
+        let from = AgentPid::new();
+
+        // Round robin: each member, wherever it lives, gets a third.
+        let group = a.create_group(LoadBalance::RoundRobin).unwrap();
+        for member in [&local, &remote1, &remote2] {
+            a.join_group(&group, member).unwrap();
+        }
+        assert_eq!(
+            a.group_members(&group).unwrap(),
+            vec![local.clone(), remote1.clone(), remote2.clone()]
+        );
+        for n in 0..30 {
+            a.send_message(job(&group, &from, n)).unwrap();
+        }
+        let got: Vec<usize> = boxes.iter().map(|b| numbers(b, 10).len()).collect();
+        assert_eq!(got, vec![10, 10, 10]);
+
+        // Broadcast: every member gets its own copy.
+        let all = a.create_group(LoadBalance::Broadcast).unwrap();
+        for member in [&local, &remote1, &remote2] {
+            a.join_group(&all, member).unwrap();
+        }
+        a.send_message(job(&all, &from, 77)).unwrap();
+        for mailbox in boxes {
+            assert_eq!(numbers(mailbox, 1), vec![77]);
+        }
+
+        // Least loaded prefers a local member that can take it.
+        let near = a.create_group(LoadBalance::LeastLoaded).unwrap();
+        a.join_group(&near, &remote1).unwrap();
+        a.join_group(&near, &local).unwrap();
+        for n in 0..5 {
+            a.send_message(job(&near, &from, n)).unwrap();
+        }
+        assert_eq!(numbers(&local_box, 5), vec![0, 1, 2, 3, 4]);
+
+        // A pid no node owns cannot join.
+        let err = a.join_group(&group, &AgentPid::new()).unwrap_err();
+        assert!(matches!(err, MessagingError::AgentNotFound(_)), "{err}");
+        for mailbox in boxes {
+            assert!(mailbox.receive_timeout(Duration::from_millis(200)).is_err());
+        }
+        assert!(a.dead_letters().is_empty());
+        a.shutdown().unwrap();
+        b.shutdown().unwrap();
     });
 }

@@ -321,6 +321,13 @@ fn push(
             }
             Verdict::GaveUp
         }
+        // Group pids are not in the registry, so nothing from another node should
+        // reach a group here; if it does, it is not sent on a second hop.
+        Push::Forward(out, member) => {
+            let why = format!("a group here picked member {member} on another node for a message that came from another node");
+            bury(shared, to, out, delivered, DeadLetterReason::Transport(why));
+            Verdict::GaveUp
+        }
         // A broadcast group's copies are made by the sending system's engine; one that
         // arrives from another node is not fanned out here (yet): buried, with why.
         Push::Fanout(out, _) => {

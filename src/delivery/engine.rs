@@ -258,7 +258,9 @@ impl Engine {
         refused(to, &failed, 1);
         match failed {
             Push::Done => unreachable!("handled by dispatch"),
-            Push::NotFound(out) => {
+            // A remote group member is the cluster routes' to route; from any other
+            // routes it is unreachable.
+            Push::NotFound(out) | Push::Forward(out, _) => {
                 self.give_up(to, out, 1, DeadLetterReason::AgentNotFound);
                 Err(MessagingError::AgentNotFound(to.clone()))
             }
@@ -352,7 +354,7 @@ impl Engine {
                 let err = MessagingError::ChannelClosed(to);
                 AckedPush::Gone(tracked, DeadLetterReason::MailboxClosed, err)
             }
-            Push::NotFound(_) => {
+            Push::NotFound(_) | Push::Forward(..) => {
                 let err = MessagingError::AgentNotFound(to);
                 AckedPush::Gone(tracked, DeadLetterReason::AgentNotFound, err)
             }

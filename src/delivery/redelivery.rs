@@ -180,7 +180,7 @@ impl Engine {
             Push::Closed(payload) => {
                 self.give_up(&to, payload, attempts, DeadLetterReason::MailboxClosed)
             }
-            Push::NotFound(payload) => {
+            Push::NotFound(payload) | Push::Forward(payload, _) => {
                 self.give_up(&to, payload, attempts, DeadLetterReason::AgentNotFound)
             }
             Push::Failed(payload, error) => self.router_failed(&to, payload, attempts, &error),

@@ -11,7 +11,8 @@
 //!
 //! | the local push answered | outcome |
 //! |---|---|
-//! | anything but `NotFound` | that answer (local pids never leave the process) |
+//! | anything but `NotFound` and `Forward` | that answer (local pids never leave the process) |
+//! | `Forward(member)` (a local group picked a member on another node) | the remote destination's answer for `member` |
 //! | `NotFound` | the remote destination's answer: `Done` once handed to the transport, `NotFound` when no node owns the pid, `Failed` when the message cannot cross a process |
 
 use super::default::LocalRoutes;
@@ -57,6 +58,8 @@ impl Destination for ClusterRoutes {
         }
         match self.local.push(to, out, priority) {
             Push::NotFound(out) => self.remote.push(to, out, priority),
+            // A local group picked a member on another node.
+            Push::Forward(out, member) => self.remote.push(&member, out, priority),
             pushed => pushed,
         }
     }

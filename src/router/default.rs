@@ -12,12 +12,13 @@
 //! | breaker open, or half-open with its probe out | `Refused(CircuitOpen, retry_at)` |
 //! | group with no member | `Refused(EmptyGroup)` |
 //! | broadcast group | `Fanout(members)`: the engine sends a copy to each |
+//! | group that picked a member on another node | `Forward(member)`: the cluster routes send it there |
 //! | mailbox closed meanwhile | `Closed` |
 //! | no such pid | `NotFound` |
 
 use super::{Destination, Push, Refusal};
 use crate::breaker::BreakerSettings;
-use crate::group::LoadBalance;
+use crate::group::{LoadBalance, Member};
 use crate::mailbox::shared::{Shared, Wake};
 use crate::message::{AgentMessage, AgentPid, MessageEnvelope, MessagePriority, Outgoing};
 use crate::observe::events;
@@ -154,8 +155,14 @@ impl LocalRoutes {
                 let mut message = Some(message);
                 let pushed = group.with_member(|member| {
                     let message = message.take().expect("pushed once");
-                    events::group_pick(to, &member.shared().pid, &message);
-                    self.push_into(member.shared(), message, priority)
+                    events::group_pick(to, member.pid(), &message);
+                    match member {
+                        Member::Local(sender) => self.push_into(sender.shared(), message, priority),
+                        Member::Remote(pid) => (
+                            Push::Forward(Outgoing::Message(message), pid.clone()),
+                            Wake::NONE,
+                        ),
+                    }
                 });
                 pushed.unwrap_or_else(|_| {
                     let message = message.take().expect("not yet pushed");

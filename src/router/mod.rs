@@ -140,6 +140,9 @@ pub(crate) enum Push {
     Failed(Option<Outgoing>, MessagingError),
     /// A broadcast group: the engine sends a copy to each of these members.
     Fanout(Outgoing, Vec<AgentPid>),
+    /// A group picked a member on another cluster node: route it there by pid (the
+    /// cluster routes do; nothing else has remote members).
+    Forward(Outgoing, AgentPid),
 }
 
 impl Push {
@@ -148,7 +151,7 @@ impl Push {
         match self {
             Push::Done | Push::Failed(None, _) => None,
             Push::Refused(out, ..) | Push::Closed(out) | Push::NotFound(out) => Some(out),
-            Push::Failed(Some(out), _) | Push::Fanout(out, _) => Some(out),
+            Push::Failed(Some(out), _) | Push::Fanout(out, _) | Push::Forward(out, _) => Some(out),
         }
     }
 
@@ -162,6 +165,7 @@ impl Push {
             Push::NotFound(_) => "agent not found",
             Push::Failed(..) => "router error",
             Push::Fanout(..) => "",
+            Push::Forward(..) => "member on another node",
         }
     }
 
@@ -175,6 +179,7 @@ impl Push {
             Push::NotFound(out) => Push::NotFound(f(out)),
             Push::Failed(out, e) => Push::Failed(out.map(f), e),
             Push::Fanout(out, members) => Push::Fanout(f(out), members),
+            Push::Forward(out, member) => Push::Forward(f(out), member),
         }
     }
 }
@@ -187,6 +192,7 @@ pub(crate) trait Destination: Send + Sync {
     /// Whether this destination takes `out` for `to` ahead of the local table (a
     /// durable cluster node stores its own agents' messages before they reach a
     /// mailbox). No by default.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     fn claims(&self, _to: &AgentPid, _out: &Outgoing) -> bool {
         false
     }

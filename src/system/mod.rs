@@ -209,16 +209,32 @@ impl MessageSystem {
         }
     }
 
-    /// Adds the registered agent `member` to `group`.
+    /// Adds the registered agent `member` to `group`. On a cluster node `member` may
+    /// live on another node: the group's picks (and a broadcast's copies) for it are
+    /// sent there by pid; the group itself is addressed on this node.
     pub fn join_group(&self, group: &AgentPid, member: &AgentPid) -> MessagingResult<()> {
         self.check()?;
-        let sender = self
-            .sender(member)
-            .ok_or_else(|| MessagingError::AgentNotFound(member.clone()))?;
-        self.group(group)?.join(sender)?;
+        let joining = match self.sender(member) {
+            Some(sender) => crate::group::Member::Local(sender),
+            None => self.remote_member(member)?,
+        };
+        self.group(group)?.join(joining)?;
         events::group_joined(group, member);
         self.group_changed(group, member, "group_member_joined");
         Ok(())
+    }
+
+    /// A member that is not registered here: on a cluster node, a pid another node
+    /// owns (it stays a member if that node goes away; sends to it then fail as to any
+    /// remote pid).
+    fn remote_member(&self, member: &AgentPid) -> MessagingResult<crate::group::Member> {
+        #[cfg(feature = "nats")]
+        if let Some(node) = &self.inner.cluster {
+            if node.node_of(member).is_some_and(|n| n != node.name()) {
+                return Ok(crate::group::Member::Remote(member.clone()));
+            }
+        }
+        Err(MessagingError::AgentNotFound(member.clone()))
     }
 
     /// Removes `member` from `group`.
