@@ -1282,6 +1282,13 @@ fn require_ack_across_nodes_redelivers_until_acknowledged_then_dead_letters() {
         );
         assert!(mailbox.receive_timeout(Duration::from_millis(500)).is_err());
         assert_eq!(a.cluster_stats().unwrap().awaiting_ack, 0);
+        // The sender waits for no ack of its own: it published each message once,
+        // keeps nothing pending and gives up on nothing.
+        let sender = b.cluster_stats().unwrap();
+        assert_eq!((sender.published, sender.publish_retries), (2, 0), "{sender:?}");
+        let ledger = b.delivery_stats();
+        assert_eq!((ledger.pending, ledger.in_transit), (0, 0), "{ledger:?}");
+        assert!(b.dead_letters().is_empty(), "{:?}", b.dead_letters());
         a.shutdown().unwrap();
         b.shutdown().unwrap();
     });
