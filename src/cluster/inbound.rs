@@ -277,7 +277,7 @@ fn push(
 ) -> Verdict {
     let counters = &shared.counters;
     match shared.local.push(&to, out, priority) {
-        Push::Done => {
+        Push::Done | Push::Transported => {
             counters.delivered.incr();
             Verdict::Delivered
         }

@@ -12,7 +12,7 @@
 //! | a frame over the server's `max_payload` | `Failed`, `InvalidMessage` naming both sizes |
 //! | the publisher's queue full | `Refused` (as a full mailbox: retried, or `Err` at most once) |
 //! | the node leaving | `Failed`, `System` |
-//! | queued | `Done` |
+//! | queued | `Transported` (done for the sender; an ack is settled on the receiving node) |
 //!
 //! The publisher (one task per node) writes at-most-once frames with a core publish
 //! and at-least-once frames with a JetStream publish whose `Nats-Msg-Id` is the
@@ -193,7 +193,7 @@ impl Destination for Node {
         match self.outbox.tx.try_send(parcel) {
             Ok(()) => {
                 self.shared.counters.handed.incr();
-                Push::Done
+                Push::Transported
             }
             Err(mpsc::error::TrySendError::Full(parcel)) => {
                 // Retried by the engine later: this sender does not wait for that.

@@ -230,7 +230,7 @@ impl Engine {
         }
         events::routing(to, &out, 1);
         match self.routes.push(to, out, options.priority) {
-            Push::Done => {
+            Push::Done | Push::Transported => {
                 if let Some(id) = &reserved {
                     self.tracker.commit(id);
                 }
@@ -257,7 +257,7 @@ impl Engine {
     ) -> MessagingResult<()> {
         refused(to, &failed, 1);
         match failed {
-            Push::Done => unreachable!("handled by dispatch"),
+            Push::Done | Push::Transported => unreachable!("handled by dispatch"),
             // A remote group member is the cluster routes' to route; from any other
             // routes it is unreachable.
             Push::NotFound(out) | Push::Forward(out, _) => {
@@ -335,6 +335,17 @@ impl Engine {
         events::routing(&to, &copy, attempt);
         let failed = match self.routes.push(&to, copy, priority) {
             Push::Done => return AckedPush::Delivered,
+            // Another node settles the ack (its agent acknowledges there): this engine
+            // has nothing to wait for, and its ledger counts the message delivered.
+            Push::Transported => {
+                return match self.tracker.untrack(key) {
+                    Some(_) => {
+                        self.count(&self.tracker.counters.delivered_later);
+                        AckedPush::Delivered
+                    }
+                    None => AckedPush::Acknowledged,
+                };
+            }
             failed => failed,
         };
         refused(&to, &failed, attempt);
@@ -344,7 +355,7 @@ impl Engine {
             return AckedPush::Acknowledged;
         };
         match failed {
-            Push::Done => unreachable!("handled above"),
+            Push::Done | Push::Transported => unreachable!("handled above"),
             Push::Refused(_, refusal, retry_at) => {
                 tracked.stage = Stage::Retry;
                 tracked.last_refusal = Some(refusal);

@@ -166,12 +166,12 @@ impl Engine {
         refused(&to, &pushed, attempts);
         if let Some(id) = &reserved {
             match pushed {
-                Push::Done => self.tracker.commit(id),
+                Push::Done | Push::Transported => self.tracker.commit(id),
                 _ => self.tracker.rollback(id),
             }
         }
         match pushed {
-            Push::Done => self.count(&counters.delivered_later),
+            Push::Done | Push::Transported => self.count(&counters.delivered_later),
             Push::Refused(payload, refusal, retry_at) => {
                 tracked.payload = payload;
                 tracked.last_refusal = Some(refusal);

@@ -130,6 +130,10 @@ impl Refusal {
 pub(crate) enum Push {
     /// Accepted by a mailbox (or by a custom router).
     Done,
+    /// Taken by a cluster transport, which carries it to another node and settles its
+    /// acknowledgement there: for the sending engine, done, with no ack to wait for.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    Transported,
     /// Refused for now; the breaker's earliest retry tick, or 0.
     Refused(Outgoing, Refusal, u64),
     /// The destination's mailbox is closed.
@@ -149,7 +153,7 @@ impl Push {
     /// The message handed back, if any.
     pub(crate) fn message(&self) -> Option<&Outgoing> {
         match self {
-            Push::Done | Push::Failed(None, _) => None,
+            Push::Done | Push::Transported | Push::Failed(None, _) => None,
             Push::Refused(out, ..) | Push::Closed(out) | Push::NotFound(out) => Some(out),
             Push::Failed(Some(out), _) | Push::Fanout(out, _) | Push::Forward(out, _) => Some(out),
         }
@@ -159,7 +163,7 @@ impl Push {
     /// and `Fanout`).
     pub(crate) fn reason(&self) -> &'static str {
         match self {
-            Push::Done => "",
+            Push::Done | Push::Transported => "",
             Push::Refused(_, refusal, _) => refusal.as_str(),
             Push::Closed(_) => "mailbox closed",
             Push::NotFound(_) => "agent not found",
@@ -174,6 +178,7 @@ impl Push {
     pub(crate) fn map_back(self, f: impl FnOnce(Outgoing) -> Outgoing) -> Push {
         match self {
             Push::Done => Push::Done,
+            Push::Transported => Push::Transported,
             Push::Refused(out, refusal, retry_at) => Push::Refused(f(out), refusal, retry_at),
             Push::Closed(out) => Push::Closed(f(out)),
             Push::NotFound(out) => Push::NotFound(f(out)),
