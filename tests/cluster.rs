@@ -1016,6 +1016,118 @@ mod tokio_flavour {
         .await;
     }
 
+    /// The transport's events and metrics, captured on the test thread: a
+    /// current-thread runtime runs the nodes' tasks here, under a scoped subscriber
+    /// and a local recorder. A message sent with `require_ack` is never acknowledged:
+    /// one redelivery, then a dead letter on the receiving node.
+    #[cfg(all(feature = "tracing", feature = "metrics"))]
+    #[tokio::test]
+    async fn the_transport_is_traced_and_metered() {
+        use common::capture::{Capture, SINK};
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let subscriber = tracing_subscriber::Registry::default().with(Capture);
+        let _traced = tracing::subscriber::set_default(subscriber);
+        tracing::callsite::rebuild_interest_cache();
+        SINK.with(|sink| *sink.borrow_mut() = Some(Vec::new()));
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let _metered = metrics::set_default_local_recorder(&recorder);
+
+        let server = NatsServer::start();
+        let mut rc = router_config(DeliveryGuarantee::AtLeastOnce);
+        rc.delivery_config.acknowledgment_timeout = Duration::from_millis(200);
+        rc.delivery_config.retry_delay = Duration::from_millis(10);
+        rc.delivery_config.max_retries = 1;
+        let connect = |name: &'static str| {
+            tam::MessageSystem::builder(rc.clone())
+                .cluster(config(&server, "obs", name))
+                .connect()
+        };
+        let a = connect("traced-a").await.unwrap();
+        let b = connect("traced-b").await.unwrap();
+        let worker = AgentPid::new();
+        a.register_agent(worker.clone()).await.unwrap();
+        let mailbox = a.get_mailbox(&worker).await.unwrap();
+        while b.cluster_node_of(&worker).is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut envelope = job(&worker, &AgentPid::new(), 1);
+        envelope.delivery_options.require_ack = true;
+        let id = envelope.id.clone();
+        b.send_message(envelope).await.unwrap();
+        for _ in 0..2 {
+            let got = tokio::time::timeout(Duration::from_secs(5), mailbox.receive()).await;
+            assert_eq!(got.unwrap().unwrap().id(), &id);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while a.cluster_stats().unwrap().dead_lettered == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no dead letter");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+
+        let events = SINK.with(|sink| sink.borrow_mut().take()).unwrap();
+        let cluster: Vec<_> = events
+            .iter()
+            .filter(|e| e.target == "terraphim_agent_messaging::cluster")
+            .collect();
+        let named = |message: &str| cluster.iter().filter(|e| e.message == message).count();
+        assert_eq!(named("cluster node joined"), 2, "{cluster:#?}");
+        assert_eq!(named("cluster node left"), 2, "{cluster:#?}");
+        let id_text = id.to_string();
+        let redelivery = cluster
+            .iter()
+            .find(|e| e.message == "redelivery requested")
+            .expect("a redelivery event");
+        assert_eq!(redelivery.field("message_id"), Some(id_text.as_str()));
+        assert_eq!(redelivery.field("reason"), Some("no acknowledgement"));
+        assert_eq!(redelivery.field("delivery"), Some("1"));
+        let dead = events
+            .iter()
+            .find(|e| e.message == "dead letter")
+            .expect("a dead-letter event");
+        assert_eq!(dead.field("message_id"), Some(id_text.as_str()));
+        assert!(
+            dead.field("reason").unwrap().contains("no acknowledgement"),
+            "{dead:?}"
+        );
+
+        let text = handle.render();
+        let sample = |series: &str| -> f64 {
+            text.lines()
+                .find(|line| line.starts_with(series))
+                .and_then(|line| line.rsplit(' ').next())
+                .and_then(|value| value.parse().ok())
+                .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        };
+        let counter = |name: &str, node: &str| sample(&format!("{name}{{node=\"{node}\"}}"));
+        assert_eq!(
+            counter("agent_messaging_cluster_published_total", "traced-b"),
+            1.0
+        );
+        assert_eq!(
+            counter("agent_messaging_cluster_received_total", "traced-a"),
+            2.0
+        );
+        assert_eq!(
+            counter(
+                "agent_messaging_cluster_redelivery_requests_total",
+                "traced-a"
+            ),
+            1.0
+        );
+        assert_eq!(
+            counter("agent_messaging_cluster_dead_letters_total", "traced-a"),
+            1.0
+        );
+        assert_eq!(
+            sample("agent_messaging_cluster_awaiting_ack{node=\"traced-a\"}"),
+            0.0
+        );
+    }
+
     #[tokio::test]
     async fn build_refuses_a_cluster_and_names_connect() {
         let err = tam::MessageSystem::builder(RouterConfig::default())
@@ -1285,7 +1397,11 @@ fn require_ack_across_nodes_redelivers_until_acknowledged_then_dead_letters() {
         // The sender waits for no ack of its own: it published each message once,
         // keeps nothing pending and gives up on nothing.
         let sender = b.cluster_stats().unwrap();
-        assert_eq!((sender.published, sender.publish_retries), (2, 0), "{sender:?}");
+        assert_eq!(
+            (sender.published, sender.publish_retries),
+            (2, 0),
+            "{sender:?}"
+        );
         let ledger = b.delivery_stats();
         assert_eq!((ledger.pending, ledger.in_transit), (0, 0), "{ledger:?}");
         assert!(b.dead_letters().is_empty(), "{:?}", b.dead_letters());

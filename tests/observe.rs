@@ -17,103 +17,19 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 
 #[cfg(feature = "tracing")]
 mod events {
-    use std::collections::BTreeMap;
-    use std::fmt;
     use std::sync::OnceLock;
     use std::time::Duration;
 
     use serde_json::json;
     use terraphim_agent_messaging::*;
-    use tracing::field::{Field, Visit};
-    use tracing::{span, Event, Level, Subscriber};
-    use tracing_subscriber::layer::{Context, SubscriberExt};
-    use tracing_subscriber::registry::LookupSpan;
-    use tracing_subscriber::{Layer, Registry};
+    use tracing::Level;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Registry;
 
+    use super::common::capture::{Capture, Captured, SINK};
     use super::common::sync::{manual_builder, manual_system, registered};
 
     const CRATE: &str = "terraphim_agent_messaging";
-
-    /// One event as the subscriber saw it.
-    #[derive(Debug, Clone)]
-    struct Captured {
-        level: Level,
-        target: String,
-        message: String,
-        fields: BTreeMap<String, String>,
-        /// The spans it happened in, innermost first: name and fields.
-        spans: Vec<(String, BTreeMap<String, String>)>,
-    }
-
-    impl Captured {
-        fn field(&self, name: &str) -> Option<&str> {
-            self.fields.get(name).map(String::as_str)
-        }
-    }
-
-    /// Reads fields as strings (`&str` fields without quotes).
-    struct Fields<'a>(&'a mut BTreeMap<String, String>);
-
-    impl Visit for Fields<'_> {
-        fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-            self.0.insert(field.name().into(), format!("{value:?}"));
-        }
-
-        fn record_str(&mut self, field: &Field, value: &str) {
-            self.0.insert(field.name().into(), value.into());
-        }
-    }
-
-    /// A span's fields, kept in its extensions.
-    struct SpanFields(BTreeMap<String, String>);
-
-    thread_local! {
-        /// This thread's captured events, while `capture` runs on it.
-        static SINK: std::cell::RefCell<Option<Vec<Captured>>> =
-            const { std::cell::RefCell::new(None) };
-    }
-
-    /// A layer that records every event with the spans around it, into the capturing
-    /// thread's sink.
-    struct Capture;
-
-    impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
-        fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
-            let mut fields = BTreeMap::new();
-            attrs.record(&mut Fields(&mut fields));
-            let span = ctx.span(id).expect("a new span is registered");
-            span.extensions_mut().insert(SpanFields(fields));
-        }
-
-        fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-            let mut fields = BTreeMap::new();
-            event.record(&mut Fields(&mut fields));
-            let message = fields.remove("message").unwrap_or_default();
-            let spans = ctx
-                .event_scope(event)
-                .map(|scope| {
-                    scope
-                        .map(|span| {
-                            let fields = span.extensions().get::<SpanFields>().map(|f| f.0.clone());
-                            (span.name().to_string(), fields.unwrap_or_default())
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let captured = Captured {
-                level: *event.metadata().level(),
-                target: event.metadata().target().to_string(),
-                message,
-                fields,
-                spans,
-            };
-            SINK.with(|sink| {
-                if let Some(events) = sink.borrow_mut().as_mut() {
-                    events.push(captured);
-                }
-            });
-        }
-    }
 
     /// Runs `f` under a subscriber that captures every event of this thread, at every
     /// level; returns what `f` returned and the crate's events.

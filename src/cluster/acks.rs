@@ -33,6 +33,7 @@ use super::{inbound, Shared};
 use crate::dead_letter::DeadLetterReason;
 use crate::delivery::RetryPolicy;
 use crate::message::MessageId;
+use crate::observe::events;
 
 /// The messages waiting for their agent's acknowledgement, by id.
 #[derive(Default)]
@@ -136,7 +137,13 @@ pub(crate) fn await_ack(shared: &Arc<Shared>, awaited: Awaited, message: Message
         }
         let kind = if delivered <= policy.max_retries() {
             shared.counters.redelivery_requests.incr();
-            AckKind::Nak(Some(policy.delay(delivered - 1)))
+            let delay = policy.delay(delivered - 1);
+            if let Ok(frame) = super::wire::decode(&message.payload) {
+                let to = frame.to.clone();
+                let out = frame.into_outgoing();
+                events::redelivery_requested(&to, &out, delivered, delay, "no acknowledgement");
+            }
+            AckKind::Nak(Some(delay))
         } else {
             let reason = DeadLetterReason::RetriesExhausted(format!(
                 "no acknowledgement within {timeout:?}, after {delivered} deliveries through \

@@ -29,6 +29,9 @@ pub(crate) struct Link {
     pub(super) consumer: consumer::PullConsumer,
     pub(super) messages: consumer::pull::Stream,
     pub(super) max_payload: usize,
+    /// The name was taken over from a holder whose lease had not lapsed but that no
+    /// longer answered (a crashed predecessor).
+    pub(super) took_over: bool,
 }
 
 /// Connects to the server and sets up what the node needs, all within the connect
@@ -136,8 +139,10 @@ async fn set_up(config: ClusterConfig, step: Step) -> MessagingResult<Link> {
     // A live node with the same name would share this node's consumer and lease; one
     // that crashed (its lease not lapsed yet) no longer answers on its alive subject.
     step.set("checking that this node's name is free");
+    let mut took_over = false;
     if let Ok(Some(entry)) = kv.entry(lease_key(&config.node)).await {
         if let Some(age) = live_lease_age(&entry) {
+            took_over = true;
             if holder_answers(&client, &config).await {
                 return Err(MessagingError::Configuration(format!(
                     "cluster: node name {:?} is in use by a live node (its lease was renewed \
@@ -216,6 +221,7 @@ async fn set_up(config: ClusterConfig, step: Step) -> MessagingResult<Link> {
         consumer,
         messages,
         max_payload,
+        took_over,
     })
 }
 

@@ -30,6 +30,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadMessage};
 use crate::delivery::dedup::Reservation;
 use crate::delivery::RetryPolicy;
 use crate::message::{AgentMessage, AgentPid, DeliveryOptions, MessageId, Outgoing, Payload};
+use crate::observe::events;
 use crate::router::{Destination, Push, Refusal};
 
 /// What to do with a frame after the local push.
@@ -201,7 +202,7 @@ fn deliver(
 ) -> Verdict {
     let counters = &shared.counters;
     counters.received.incr();
-    let frame = match wire::decode(payload) {
+    let mut frame = match wire::decode(payload) {
         Ok(frame) => frame,
         Err(why) => {
             undecodable(shared, subject, payload, delivered, &why);
@@ -209,6 +210,7 @@ fn deliver(
         }
     };
     let (to, priority) = (frame.to.clone(), frame.priority);
+    let from_node = std::mem::take(&mut frame.from_node);
     // Exactly once: reserve the id in the engine's window before the push, commit it
     // once a mailbox took it (never before: NATS #6415), roll it back otherwise.
     let engine = match frame.exactly_once {
@@ -216,11 +218,13 @@ fn deliver(
         false => None,
     };
     let out = frame.into_outgoing();
+    events::frame_received(&to, &out, &from_node, delivered);
     let id = out.id().clone();
     let arrival = arrival_key(&id);
     if let Some(engine) = &engine {
         if engine.tracker.reserve(&arrival) == Reservation::Duplicate {
             counters.duplicates.incr();
+            events::duplicate_arrival(&to, &id);
             return Verdict::Delivered;
         }
     }
@@ -283,8 +287,7 @@ fn push(
         }
         Push::Refused(out, refusal, _) => {
             if redeliver && delivered <= policy.max_retries() {
-                counters.redelivery_requests.incr();
-                return Verdict::Later(policy.delay(delivered - 1));
+                return later(shared, &to, &out, policy, delivered, refusal.as_str());
             }
             bury(
                 shared,
@@ -301,13 +304,13 @@ fn push(
         }
         // A pid the registry still gives to this node, not registered here (yet): a
         // restarted node whose agents register again. Its messages wait for it.
-        Push::NotFound(_)
+        Push::NotFound(out)
             if redeliver
                 && delivered <= policy.max_retries()
                 && shared.registry.owner(&to) == Some(Owner::Me) =>
         {
-            counters.redelivery_requests.incr();
-            Verdict::Later(policy.delay(delivered - 1))
+            let why = "its agent is not registered here (yet)";
+            later(shared, &to, &out, policy, delivered, why)
         }
         Push::NotFound(out) => {
             bury(shared, to, out, delivered, DeadLetterReason::AgentNotFound);
@@ -354,6 +357,21 @@ fn undecodable(shared: &Shared, subject: &str, payload: &[u8], attempts: u32, wh
         attempts,
         DeadLetterReason::Transport(format!("{why}, on subject {subject}")),
     );
+}
+
+/// Puts an arrived message back for a redelivery after the back-off.
+fn later(
+    shared: &Shared,
+    to: &AgentPid,
+    out: &Outgoing,
+    policy: &RetryPolicy,
+    delivered: u32,
+    why: &str,
+) -> Verdict {
+    shared.counters.redelivery_requests.incr();
+    let delay = policy.delay(delivered - 1);
+    events::redelivery_requested(to, out, delivered, delay, why);
+    Verdict::Later(delay)
 }
 
 /// Dead-letters the message a frame carries (or the frame, if it does not decode).

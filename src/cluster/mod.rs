@@ -13,7 +13,8 @@
 //!    stream messages waiting for their agent's `acknowledge` (`require_ack`).
 //! 7. `connect`: connecting and setting up, within the connect timeout.
 //! 8. `node`: [`Node`], a running node: its loops, registration, leaving.
-//! 9. here: what the node's tasks share, and its counters.
+//! 9. `meters` (cargo feature `metrics`): the counters below as metrics, per node.
+//! 10. here: what the node's tasks share, and its counters.
 //!
 //! A message to a pid that this node's table does not know goes to the node that owns
 //! it (`router::cluster` asks the table first):
@@ -45,6 +46,8 @@ mod acks;
 mod config;
 mod connect;
 mod inbound;
+#[cfg(feature = "metrics")]
+mod meters;
 mod node;
 mod outbound;
 mod receipts;
@@ -151,4 +154,34 @@ pub(crate) struct Shared {
     pub(crate) acks: self::acks::AwaitingAcks,
     /// How long they wait (the system's `acknowledgment_timeout`).
     pub(crate) ack_timeout: std::time::Duration,
+    /// The stats at the last metrics publish (`meters`).
+    #[cfg(feature = "metrics")]
+    pub(crate) metered: std::sync::Mutex<Option<ClusterStats>>,
+}
+
+impl Shared {
+    /// The counters as [`ClusterStats`].
+    pub(crate) fn stats(&self) -> ClusterStats {
+        let c = &self.counters;
+        let handed = c.handed.get();
+        let settled = c.published.get() + c.publish_failed.get();
+        ClusterStats {
+            node: self.config.node.clone(),
+            published: c.published.get(),
+            publish_retries: c.publish_retries.get(),
+            publish_failed: c.publish_failed.get(),
+            queued: handed.saturating_sub(settled),
+            received: c.received.get(),
+            delivered: c.delivered.get(),
+            redelivery_requests: c.redelivery_requests.get(),
+            dead_lettered: c.dead_lettered.get(),
+            undecodable: c.undecodable.get(),
+            duplicates: c.duplicates.get(),
+            calls_sent: c.calls_sent.get(),
+            calls_failed: c.calls_failed.get(),
+            calls_served: c.calls_served.get(),
+            lapsed_nodes_removed: c.nodes_cleaned.get(),
+            awaiting_ack: self.acks.len() as u64,
+        }
+    }
 }

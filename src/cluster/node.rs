@@ -18,6 +18,7 @@ use crate::delivery::engine::Engine;
 use crate::delivery::{DeliveryGuarantee, RetryPolicy};
 use crate::error::{MessagingError, MessagingResult};
 use crate::message::AgentPid;
+use crate::observe::events;
 use crate::router::default::LocalRoutes;
 
 /// A running cluster node: the system's route to other nodes, and what it registers.
@@ -63,7 +64,9 @@ impl Node {
             consumer,
             messages,
             max_payload,
+            took_over,
         } = link;
+        events::node_joined(&config.node, &config.url, config.durable, took_over);
         let lease = config.lease;
         let shared = Arc::new(Shared {
             config,
@@ -75,6 +78,8 @@ impl Node {
             engine: OnceLock::new(),
             acks: Default::default(),
             ack_timeout,
+            #[cfg(feature = "metrics")]
+            metered: Default::default(),
         });
         let handle = runtime.handle().clone();
         let (outbox, inbox) = Outbox::new();
@@ -97,6 +102,10 @@ impl Node {
                 .abort_handle(),
             handle
                 .spawn(answer_alive(alive, client.clone()))
+                .abort_handle(),
+            #[cfg(feature = "metrics")]
+            handle
+                .spawn(super::meters::publish_every_second(shared.clone()))
                 .abort_handle(),
         ];
         Node {
@@ -197,27 +206,7 @@ impl Node {
 
     /// The counters.
     pub(crate) fn stats(&self) -> ClusterStats {
-        let c = &self.shared.counters;
-        let handed = c.handed.get();
-        let settled = c.published.get() + c.publish_failed.get();
-        ClusterStats {
-            node: self.name().to_string(),
-            published: c.published.get(),
-            publish_retries: c.publish_retries.get(),
-            publish_failed: c.publish_failed.get(),
-            queued: handed.saturating_sub(settled),
-            received: c.received.get(),
-            delivered: c.delivered.get(),
-            redelivery_requests: c.redelivery_requests.get(),
-            dead_lettered: c.dead_lettered.get(),
-            undecodable: c.undecodable.get(),
-            duplicates: c.duplicates.get(),
-            calls_sent: c.calls_sent.get(),
-            calls_failed: c.calls_failed.get(),
-            calls_served: c.calls_served.get(),
-            lapsed_nodes_removed: c.nodes_cleaned.get(),
-            awaiting_ack: self.shared.acks.len() as u64,
-        }
+        self.shared.stats()
     }
 
     // ===== registration =====
@@ -311,6 +300,7 @@ impl Node {
                 return;
             }
             let bound = shared.config.connect_timeout;
+            events::node_left(&shared.config.node, shared.config.durable);
             // The heartbeat stops first, so the lease is not written back.
             for task in &tasks {
                 task.abort();
@@ -332,6 +322,8 @@ impl Node {
                 let _ = publisher.await;
             }
             let _ = ::tokio::time::timeout(bound, client.flush()).await;
+            #[cfg(feature = "metrics")]
+            super::meters::publish(&shared);
         }
     }
 
@@ -411,15 +403,22 @@ async fn heartbeat(shared: Arc<Shared>, kv: kv::Store, lease: Duration) {
                 .await;
         }
         for gone in shared.registry.lapsed() {
+            let pids = gone.pids.len();
             for (pid, revision) in gone.pids {
                 let _ = kv
                     .delete_expect_revision(pid_key(&pid), Some(revision))
                     .await;
             }
-            let _ = kv
-                .delete_expect_revision(lease_key(&gone.node), Some(gone.lease_revision))
-                .await;
-            shared.counters.nodes_cleaned.incr();
+            // Another survivor may have been first: then this delete fails.
+            let lease = lease_key(&gone.node);
+            if kv
+                .delete_expect_revision(lease, Some(gone.lease_revision))
+                .await
+                .is_ok()
+            {
+                shared.counters.nodes_cleaned.incr();
+                events::lapsed_node_removed(&gone.node, pids);
+            }
         }
     }
 }

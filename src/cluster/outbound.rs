@@ -52,6 +52,7 @@ use crate::error::MessagingError;
 use crate::message::{
     AgentMessage, AgentPid, DeliveryOptions, MessageId, MessagePriority, Outgoing, Payload,
 };
+use crate::observe::events;
 use crate::router::{Destination, Push, Refusal};
 
 /// Messages the publisher holds before pushes are refused (back-pressure).
@@ -447,6 +448,7 @@ impl Publisher {
         let delay = parcel.policy.delay(parcel.attempts - 1);
         parcel.attempts += 1;
         self.shared.counters.publish_retries.incr();
+        events::publish_retry(&parcel.to, &parcel.out, parcel.attempts, delay, &why);
         let key = self.hold(parcel);
         self.retries.push(Box::pin(async move {
             tokio::time::sleep(delay).await;

@@ -22,6 +22,12 @@
 //! | `breaker` | WARN | `circuit breaker opened` | `to`, `trips` (consecutive openings) |
 //! | `breaker` | INFO | `circuit breaker half-open` / `circuit breaker closed` | `to` |
 //! | `dead_letter` | WARN | `dead letter` | `message_id`, `message_type`, `to`, `reason`, `attempts` (expiry is `reason = "expired"`) |
+//! | `cluster` | INFO | `cluster node joined` / `cluster node left` | `node`, `url`, `durable`, `took_over` (the name, from a holder that no longer answered) / `node`, `durable` |
+//! | `cluster` | INFO | `lapsed node removed` | `node`, `pids` (its registry entries deleted) |
+//! | `cluster` | TRACE | `frame received` | `message_id`, `message_type`, `to`, `from_node`, `delivery` (the stream's count) |
+//! | `cluster` | DEBUG | `publish retry scheduled` | `message_id`, `message_type`, `to`, `attempt` (the one to come), `delay`, `error` |
+//! | `cluster` | DEBUG | `redelivery requested` | `message_id`, `message_type`, `to`, `delivery`, `delay`, `reason` (the mailbox refused it, its agent not registered yet, no acknowledgement) |
+//! | `cluster` | DEBUG | `duplicate arrival` | `message_id`, `to` (exactly once: acked, not delivered again) |
 //!
 //! Without the feature every function here is empty and [`CallSpan`] is zero-sized.
 
@@ -42,6 +48,8 @@ mod targets {
     pub(super) const ROUTER: &str = "terraphim_agent_messaging::router";
     pub(super) const BREAKER: &str = "terraphim_agent_messaging::breaker";
     pub(super) const DEAD_LETTER: &str = "terraphim_agent_messaging::dead_letter";
+    #[cfg(feature = "nats")]
+    pub(super) const CLUSTER: &str = "terraphim_agent_messaging::cluster";
 }
 #[cfg(feature = "tracing")]
 use self::targets::*;
@@ -379,5 +387,103 @@ pub(crate) fn dead_letter(
         reason = %reason,
         attempts,
         "dead letter"
+    ));
+}
+
+// ===== cluster (cargo feature `nats`) =====
+
+/// This system joined the cluster as `node`.
+#[cfg(feature = "nats")]
+#[inline(always)]
+pub(crate) fn node_joined(node: &str, url: &str, durable: bool, took_over: bool) {
+    traced!(node, url, durable, took_over => tracing::info!(
+        target: CLUSTER, node, url, durable, took_over, "cluster node joined"
+    ));
+}
+
+/// This system left the cluster.
+#[cfg(feature = "nats")]
+#[inline(always)]
+pub(crate) fn node_left(node: &str, durable: bool) {
+    traced!(node, durable => tracing::info!(target: CLUSTER, node, durable, "cluster node left"));
+}
+
+/// A node without persistence whose lease lapsed had its `pids` entries deleted.
+#[cfg(feature = "nats")]
+#[inline(always)]
+pub(crate) fn lapsed_node_removed(node: &str, pids: usize) {
+    traced!(node, pids => tracing::info!(target: CLUSTER, node, pids, "lapsed node removed"));
+}
+
+/// A frame arrived from `from_node` (its `delivery`-th delivery by the stream).
+#[cfg(feature = "nats")]
+#[inline(always)]
+pub(crate) fn frame_received(
+    to: &impl Display,
+    message: &impl Traced,
+    from_node: &str,
+    delivery: u32,
+) {
+    hot!(to, message, from_node, delivery => tracing::trace!(
+        target: CLUSTER,
+        message_id = %IdText(message.message_id()),
+        message_type = message.message_type(),
+        to = %to,
+        from_node,
+        delivery,
+        "frame received"
+    ));
+}
+
+/// The stream did not acknowledge a publish: attempt `attempt` follows after `delay`.
+#[cfg(feature = "nats")]
+#[inline(always)]
+pub(crate) fn publish_retry(
+    to: &impl Display,
+    message: &impl Traced,
+    attempt: u32,
+    delay: Duration,
+    error: &str,
+) {
+    traced!(to, message, attempt, delay, error => tracing::debug!(
+        target: CLUSTER,
+        message_id = %IdText(message.message_id()),
+        message_type = message.message_type(),
+        to = %to,
+        attempt,
+        delay = ?delay,
+        error,
+        "publish retry scheduled"
+    ));
+}
+
+/// An arrived message goes back to the stream for a redelivery after `delay`.
+#[cfg(feature = "nats")]
+#[inline(always)]
+pub(crate) fn redelivery_requested(
+    to: &impl Display,
+    message: &impl Traced,
+    delivery: u32,
+    delay: Duration,
+    reason: &str,
+) {
+    traced!(to, message, delivery, delay, reason => tracing::debug!(
+        target: CLUSTER,
+        message_id = %IdText(message.message_id()),
+        message_type = message.message_type(),
+        to = %to,
+        delivery,
+        delay = ?delay,
+        reason,
+        "redelivery requested"
+    ));
+}
+
+/// An exactly-once message arrived again within the window (not delivered again).
+#[cfg(feature = "nats")]
+#[inline(always)]
+pub(crate) fn duplicate_arrival(to: &impl Display, id: &impl Display) {
+    traced!(to, id => tracing::debug!(
+        target: CLUSTER, message_id = %id, to = %to, "duplicate arrival"
     ));
 }

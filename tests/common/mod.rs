@@ -4,7 +4,8 @@
 //! system on a `ManualClock` with manual timers, in the sync flavour (`common::sync`,
 //! the crate root's types) and the tokio one (`common::tokio`, the types of
 //! `terraphim_agent_messaging::tokio`), and a per-thread counting allocator for tests
-//! that measure allocations and memory (`common::alloc`, which a binary installs itself).
+//! that measure allocations and memory (`common::alloc`, which a binary installs itself),
+//! and a layer capturing `tracing` events (`common::capture`).
 //!
 //! `init_tracing` prints the crate's events when `RUST_LOG` is set (cargo feature
 //! `tracing`), through libtest's capture: `RUST_LOG=debug cargo test` shows them for
@@ -16,6 +17,8 @@
 #![allow(dead_code)]
 
 pub mod alloc;
+#[cfg(feature = "tracing")]
+pub mod capture;
 
 use std::thread;
 use std::time::{Duration, Instant};
