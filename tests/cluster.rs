@@ -1017,8 +1017,8 @@ mod tokio_flavour {
     }
 
     /// The transport's events and metrics, captured on the test thread: a
-    /// current-thread runtime runs the nodes' tasks here, under a scoped subscriber
-    /// and a local recorder. A message sent with `require_ack` is never acknowledged:
+    /// current-thread runtime runs the nodes' tasks here, where the capture layer's
+    /// sink and a local recorder are. A message sent with `require_ack` is never acknowledged:
     /// one redelivery, then a dead letter on the receiving node.
     #[cfg(all(feature = "tracing", feature = "metrics"))]
     #[tokio::test]
@@ -1026,9 +1026,20 @@ mod tokio_flavour {
         use common::capture::{Capture, SINK};
         use tracing_subscriber::layer::SubscriberExt;
 
-        let subscriber = tracing_subscriber::Registry::default().with(Capture);
-        let _traced = tracing::subscriber::set_default(subscriber);
-        tracing::callsite::rebuild_interest_cache();
+        // The capturing subscriber is the process's global default (events of other
+        // threads find no sink and are dropped): a scoped one shares tracing's interest
+        // cache with the other tests' threads, which may cache a callsite as
+        // uninteresting. Under RUST_LOG, init_tracing may hold the global slot: then
+        // scoped, with the cache rebuilt.
+        let subscriber = || tracing_subscriber::Registry::default().with(Capture);
+        let _scoped = match tracing::subscriber::set_global_default(subscriber()) {
+            Ok(()) => None,
+            Err(_) => {
+                let guard = tracing::subscriber::set_default(subscriber());
+                tracing::callsite::rebuild_interest_cache();
+                Some(guard)
+            }
+        };
         SINK.with(|sink| *sink.borrow_mut() = Some(Vec::new()));
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
