@@ -857,6 +857,50 @@ fn a_node_authenticates_with_a_password_or_a_token_and_bad_credentials_are_clear
 }
 
 #[test]
+fn a_node_talks_tls_to_a_server_that_requires_it() {
+    within(30, || {
+        let server = NatsServer::start_with_config(&cluster_support::tls_config());
+        let build = |config: ClusterConfig| {
+            MessageSystem::builder(RouterConfig::default())
+                .cluster(config.connect_timeout(Duration::from_secs(3)))
+                .build()
+        };
+        // Trusting the test authority: connected, and messages cross.
+        let trusted =
+            |name| config(&server, "tls", name).ca_file(cluster_support::tls_file("ca.pem"));
+        let a = build(trusted("a").require_tls(true))
+            .unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
+        let b = build(trusted("b")).unwrap();
+        let (pb, mb) = registered(&b);
+        sees(&a, &pb, "b");
+        a.send_message(job(&pb, &AgentPid::new(), 5)).unwrap();
+        assert_eq!(numbers(&mb, 1), vec![5]);
+        a.shutdown().unwrap();
+        b.shutdown().unwrap();
+
+        // Without the authority the server's certificate is not trusted: a clear error
+        // naming the server, within the connect timeout.
+        let started = Instant::now();
+        let err = build(config(&server, "tls", "c")).unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(err.to_string().contains(&server.url()), "{err}");
+        // A CA file that cannot be read: an error that names it.
+        let err = build(config(&server, "tls", "d").ca_file("/nonexistent/ca.pem")).unwrap_err();
+        assert_eq!(err.category(), ErrorCategory::Configuration, "{err}");
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+
+        // require_tls against a server without TLS: refused, not sent in the clear.
+        let plain = NatsServer::start();
+        let err = build(config(&plain, "tls", "e").require_tls(true)).unwrap_err();
+        assert!(err.to_string().contains(&plain.url()), "{err}");
+    });
+}
+
+#[test]
 fn a_bad_cluster_configuration_is_refused_before_connecting() {
     let build = |config: ClusterConfig| {
         MessageSystem::builder(RouterConfig::default())

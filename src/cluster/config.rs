@@ -9,7 +9,7 @@
 //! | prefix | empty, longer than 32, or a character outside `A-Z a-z 0-9 _ -` (it names a stream and a bucket) |
 //! | `connect_timeout` | zero, or more than an hour |
 //! | `lease` | under 100 ms (heartbeats every third of it), or more than a day |
-//! | `credentials_file`, `ca_file` | a file that cannot be read (reported when connecting) |
+//! | `credentials_file`, `ca_file` | a file that cannot be read (reported when connecting, naming the file) |
 
 use std::fmt;
 use std::path::PathBuf;

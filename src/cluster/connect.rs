@@ -81,6 +81,13 @@ async fn set_up(config: ClusterConfig, step: Step) -> MessagingResult<Link> {
         .connection_timeout(config.connect_timeout)
         .require_tls(config.require_tls || config.ca_file.is_some());
     if let Some(ca) = &config.ca_file {
+        // Named here: the TLS layer reports only the OS error, when it connects.
+        std::fs::File::open(ca).map_err(|e| {
+            MessagingError::Configuration(format!(
+                "cluster: cannot read the CA file {}: {e}",
+                ca.display()
+            ))
+        })?;
         options = options.add_root_certificates(ca.clone());
     }
     options = match &config.auth {

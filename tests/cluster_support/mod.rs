@@ -225,3 +225,22 @@ fn is_executable(path: &Path) -> bool {
     path.metadata()
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
+
+/// The test certificates (`tests/cluster_support/tls`): `ca.pem`, a certificate
+/// authority made for these tests only, and `server-cert.pem`/`server-key.pem`, which
+/// it signed for `127.0.0.1` and `localhost` (valid for a century; no secret of any
+/// real system).
+pub fn tls_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/cluster_support/tls")
+        .join(name)
+}
+
+/// Server configuration lines that require TLS with the test certificate.
+pub fn tls_config() -> String {
+    format!(
+        "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n}}\n",
+        tls_file("server-cert.pem"),
+        tls_file("server-key.pem")
+    )
+}
