@@ -1554,3 +1554,84 @@ fn a_group_spans_nodes() {
         b.shutdown().unwrap();
     });
 }
+
+#[test]
+fn a_node_cut_off_from_the_server_is_forgotten_then_comes_back() {
+    within(60, || {
+        let server = NatsServer::start();
+        let proxy = cluster_support::Proxy::start(&server);
+        let lease = Duration::from_millis(600);
+        let a = MessageSystem::builder(RouterConfig::default())
+            .cluster(config(&server, "cut", "a").lease(lease))
+            .build()
+            .unwrap();
+        let b = MessageSystem::builder(RouterConfig::default())
+            .cluster(
+                ClusterConfig::new(proxy.url(), "b")
+                    .prefix("cut")
+                    .lease(lease)
+                    .connect_timeout(Duration::from_secs(5)),
+            )
+            .build()
+            .unwrap();
+        let (pb, mb) = registered(&b);
+        sees(&a, &pb, "b");
+
+        // Partitioned: b's lease lapses on a, which forgets b and deletes its entries.
+        proxy.cut();
+        wait_until("a removing b's entries", || {
+            a.cluster_stats().unwrap().lapsed_nodes_removed >= 1
+        });
+        assert_eq!(a.cluster_node_of(&pb), None);
+        let err = a.send_message(job(&pb, &AgentPid::new(), 0)).unwrap_err();
+        assert!(matches!(err, MessagingError::AgentNotFound(_)), "{err}");
+
+        // Healed: b reconnects, renews its lease, writes its registration back.
+        proxy.heal();
+        let back = Instant::now() + Duration::from_secs(30);
+        while a.cluster_node_of(&pb).as_deref() != Some("b") {
+            assert!(Instant::now() < back, "b never came back\n{}", server.log());
+            thread::sleep(Duration::from_millis(20));
+        }
+        a.send_message(job(&pb, &AgentPid::new(), 1)).unwrap();
+        assert_eq!(numbers(&mb, 1), vec![1]);
+        a.shutdown().unwrap();
+        b.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn a_pid_lives_on_one_node_at_a_time() {
+    within(30, || {
+        let server = NatsServer::start();
+        let lease = Duration::from_millis(600);
+        let a = node(&server, "twice", "a", DeliveryGuarantee::AtLeastOnce);
+        let b = MessageSystem::builder(RouterConfig::default())
+            .cluster(config(&server, "twice", "b").lease(lease))
+            .build()
+            .unwrap();
+        let (pid, mailbox) = registered(&b);
+        sees(&a, &pid, "b");
+        // Held by a live node: refused, and nothing changes on either node.
+        let err = a.register_agent(pid.clone()).unwrap_err();
+        assert!(
+            matches!(err, MessagingError::DuplicateAgent(ref p) if *p == pid),
+            "{err}"
+        );
+        assert!(a.get_mailbox(&pid).is_none(), "not registered on a");
+        assert_eq!(a.cluster_node_of(&pid).as_deref(), Some("b"));
+        // Once b is gone (killed, lease lapsed), a may take it.
+        drop(mailbox);
+        drop(b);
+        wait_until("b's lease lapsing on a", || {
+            a.cluster_node_of(&pid).is_none()
+        });
+        a.register_agent(pid.clone()).unwrap();
+        assert_eq!(a.cluster_node_of(&pid).as_deref(), Some("a"));
+        // And a node registering its own pid again (a restart) is not refused.
+        let c = node(&server, "twice", "c", DeliveryGuarantee::AtLeastOnce);
+        sees(&c, &pid, "a");
+        a.shutdown().unwrap();
+        c.shutdown().unwrap();
+    });
+}

@@ -211,23 +211,54 @@ impl Node {
 
     // ===== registration =====
 
-    /// Makes `pid` resolve to this node on every node (a put in the registry).
+    /// Makes `pid` resolve to this node on every node: created in the registry, or
+    /// taken over from a node that no longer holds pids (lapsed, not durable); one
+    /// that another live or durable node holds is refused with `DuplicateAgent`, as a
+    /// second registration in one system is, so that a pid never lives on two nodes.
     pub(crate) fn announce(
         &self,
         pid: &AgentPid,
     ) -> impl std::future::Future<Output = MessagingResult<()>> + Send + 'static {
-        self.shared.registry.insert_own(pid);
+        let previous = self.shared.registry.insert_own(pid);
         let (kv, key, node) = (self.kv.clone(), pid_key(pid), self.name().to_string());
-        let url = self.shared.config.url.clone();
+        let (shared, pid) = (self.shared.clone(), pid.clone());
         async move {
-            kv.put(key, node.into_bytes().into())
-                .await
-                .map(|_| ())
-                .map_err(|e| {
-                    MessagingError::System(format!(
-                        "cluster: cannot register the pid in the registry at {url}: {e}"
-                    ))
-                })
+            let url = &shared.config.url;
+            let failed = |e: &dyn std::fmt::Display| {
+                MessagingError::System(format!(
+                    "cluster: cannot register the pid in the registry at {url}: {e}"
+                ))
+            };
+            let value: bytes::Bytes = node.clone().into_bytes().into();
+            let taken = match kv.create(&key, value.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    kv.entry(&key).await.map_err(|e| failed(&e))?
+                }
+                Err(e) => return Err(failed(&e)),
+            };
+            let Some(entry) = taken else {
+                // Deleted between the two reads: once more.
+                return kv
+                    .create(&key, value)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| failed(&e));
+            };
+            let holder = String::from_utf8_lossy(&entry.value).into_owned();
+            let live_elsewhere = holder != node && shared.registry.holds_pids(&holder);
+            let written = match live_elsewhere {
+                true => None,
+                // Ours already (an earlier run of this node), or a gone node's.
+                false => kv.update(&key, value, entry.revision).await.ok(),
+            };
+            if written.is_some() {
+                return Ok(());
+            }
+            // Held by a live or durable node (or taken meanwhile): as for a pid
+            // registered twice in one system.
+            shared.registry.undo_own(&pid, previous);
+            Err(MessagingError::DuplicateAgent(pid))
         }
     }
 
@@ -391,13 +422,23 @@ async fn watch_registry(shared: Arc<Shared>, kv: kv::Store, mut watch: kv::Watch
 async fn heartbeat(shared: Arc<Shared>, kv: kv::Store, lease: Duration) {
     let mut every = ::tokio::time::interval(lease / 3);
     every.set_missed_tick_behavior(::tokio::time::MissedTickBehavior::Delay);
+    let mut renewed = true;
     loop {
         every.tick().await;
         if put_lease(&kv, &shared.config, false).await.is_err() {
+            renewed = false;
             continue;
         }
+        // Back after a failed renewal (cut off, perhaps past its lease): every
+        // registration is written again unless the bucket has one for it (`create`
+        // never takes a pid another node registered meanwhile); otherwise only those
+        // the mirror saw deleted.
+        let rewrite = match std::mem::replace(&mut renewed, true) {
+            true => shared.registry.missing_own(),
+            false => shared.registry.own_registered(),
+        };
         let me = shared.config.node.clone();
-        for pid in shared.registry.missing_own() {
+        for pid in rewrite {
             let _ = kv
                 .create(pid_key(&pid), me.clone().into_bytes().into())
                 .await;

@@ -199,14 +199,37 @@ impl Registry {
             .collect()
     }
 
-    /// Notes a local registration at once (the watch confirms it later).
-    pub(crate) fn insert_own(&self, pid: &AgentPid) {
+    /// Notes a local registration at once (the watch confirms it later); returns the
+    /// entry it replaced in the mirror, for [`undo_own`](Self::undo_own).
+    pub(crate) fn insert_own(&self, pid: &AgentPid) -> Option<(Arc<str>, u64)> {
         lock(&self.own).insert(pid.clone());
         let entry = PidEntry {
             node: self.me.clone(),
             revision: 0,
         };
-        write(&self.pids).insert(pid.clone(), entry);
+        let previous = write(&self.pids).insert(pid.clone(), entry);
+        previous.map(|e| (e.node, e.revision))
+    }
+
+    /// Takes back a registration the bucket refused, restoring the mirror's entry.
+    pub(crate) fn undo_own(&self, pid: &AgentPid, previous: Option<(Arc<str>, u64)>) {
+        lock(&self.own).remove(pid);
+        let mut pids = write(&self.pids);
+        match previous {
+            Some((node, revision)) => {
+                pids.insert(pid.clone(), PidEntry { node, revision });
+            }
+            None => {
+                pids.remove(pid);
+            }
+        }
+    }
+
+    /// Whether `node` still takes messages: its lease fresh, or it is durable.
+    pub(crate) fn holds_pids(&self, node: &str) -> bool {
+        read(&self.leases)
+            .get(node)
+            .is_some_and(|l| !l.lapsed() || l.value.durable)
     }
 
     /// Forgets a local registration at once.
@@ -216,6 +239,11 @@ impl Registry {
         if pids.get(pid).is_some_and(|e| e.node == self.me) {
             pids.remove(pid);
         }
+    }
+
+    /// This node's registrations.
+    pub(crate) fn own_registered(&self) -> Vec<AgentPid> {
+        lock(&self.own).iter().cloned().collect()
     }
 
     /// This node's registrations that the bucket no longer has (deleted by the others

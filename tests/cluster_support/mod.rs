@@ -244,3 +244,101 @@ pub fn tls_config() -> String {
         tls_file("server-key.pem")
     )
 }
+
+/// A TCP proxy on a free loopback port in front of a server, whose links can be cut
+/// (every connection closed and new ones refused) and healed: a network partition
+/// between one node and the server. Its threads stop when it is dropped.
+pub struct Proxy {
+    port: u16,
+    state: std::sync::Arc<ProxyState>,
+    accepting: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    cut: std::sync::atomic::AtomicBool,
+    stop: std::sync::atomic::AtomicBool,
+    links: std::sync::Mutex<Vec<TcpStream>>,
+}
+
+impl Proxy {
+    /// A proxy to `server`.
+    pub fn start(server: &NatsServer) -> Proxy {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = server.port;
+        let state = std::sync::Arc::new(ProxyState::default());
+        let shared = state.clone();
+        let accepting = std::thread::spawn(move || {
+            while !shared.stop.load(Ordering::Acquire) {
+                match listener.accept() {
+                    Ok((client, _)) if shared.cut.load(Ordering::Acquire) => drop(client),
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        if let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) {
+                            shared.link(client, server);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            shared.close_all();
+        });
+        Proxy {
+            port,
+            state,
+            accepting: Some(accepting),
+        }
+    }
+
+    /// The URL a node connects to instead of the server's.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Closes every link and refuses new ones until [`heal`](Self::heal).
+    pub fn cut(&self) {
+        self.state.cut.store(true, Ordering::Release);
+        self.state.close_all();
+    }
+
+    /// Takes connections again.
+    pub fn heal(&self) {
+        self.state.cut.store(false, Ordering::Release);
+    }
+}
+
+impl ProxyState {
+    /// Copies both ways between `client` and `server` until either side closes.
+    fn link(&self, client: TcpStream, server: TcpStream) {
+        let mut links = self.links.lock().unwrap();
+        links.push(client.try_clone().unwrap());
+        links.push(server.try_clone().unwrap());
+        for (mut from, mut to) in [
+            (client.try_clone().unwrap(), server.try_clone().unwrap()),
+            (server, client),
+        ] {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from, &mut to);
+                let _ = to.shutdown(std::net::Shutdown::Both);
+                let _ = from.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    }
+
+    fn close_all(&self) {
+        for link in self.links.lock().unwrap().drain(..) {
+            let _ = link.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::Release);
+        if let Some(accepting) = self.accepting.take() {
+            let _ = accepting.join();
+        }
+    }
+}
