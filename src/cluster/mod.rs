@@ -78,6 +78,8 @@ use crate::stats::Counter;
 pub struct ClusterStats {
     /// This node's name.
     pub node: String,
+    /// Whether its connection to the server is up now (it reconnects by itself).
+    pub connected: bool,
     /// Messages the server took: at-most-once written to the connection, at-least-once
     /// acknowledged by the stream.
     pub published: u64,
@@ -154,6 +156,8 @@ pub(crate) struct Shared {
     pub(crate) acks: self::acks::AwaitingAcks,
     /// How long they wait (the system's `acknowledgment_timeout`).
     pub(crate) ack_timeout: std::time::Duration,
+    /// The connection (for its state).
+    pub(crate) client: async_nats::Client,
     /// The stats at the last metrics publish (`meters`).
     #[cfg(feature = "metrics")]
     pub(crate) metered: std::sync::Mutex<Option<ClusterStats>>,
@@ -167,6 +171,7 @@ impl Shared {
         let settled = c.published.get() + c.publish_failed.get();
         ClusterStats {
             node: self.config.node.clone(),
+            connected: self.client.connection_state() == async_nats::connection::State::Connected,
             published: c.published.get(),
             publish_retries: c.publish_retries.get(),
             publish_failed: c.publish_failed.get(),

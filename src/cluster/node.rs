@@ -78,6 +78,7 @@ impl Node {
             engine: OnceLock::new(),
             acks: Default::default(),
             ack_timeout,
+            client: client.clone(),
             #[cfg(feature = "metrics")]
             metered: Default::default(),
         });

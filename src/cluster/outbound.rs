@@ -386,8 +386,13 @@ pub(crate) async fn publish(
 impl Publisher {
     async fn send(&mut self, parcel: Parcel) {
         if !parcel.stream {
-            // At most once: the server takes it or the connection reports an error;
-            // nothing is retried.
+            // At most once: written to a live connection, or reported. The client would
+            // buffer it through an outage and send it after reconnecting, possibly
+            // before the receiving node has resubscribed: silently lost. Nothing is
+            // retried.
+            if self.client.connection_state() != async_nats::connection::State::Connected {
+                return self.bury(parcel, "at most once: not connected to the server".into());
+            }
             let sent = self
                 .client
                 .publish(parcel.subject.clone(), parcel.bytes.clone())
