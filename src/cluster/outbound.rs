@@ -190,9 +190,16 @@ impl Destination for Node {
         if stream {
             parcel.receipt = self.receipts.make(&parcel.id);
         }
+        // Its acknowledgement is taken where its agent lives (`acks`), never here.
+        let hand_over = stream
+            && matches!(&parcel.out, Outgoing::Envelope(e) if e.delivery_options.require_ack);
+        let id = hand_over.then(|| parcel.id.clone());
         match self.outbox.tx.try_send(parcel) {
             Ok(()) => {
                 self.shared.counters.handed.incr();
+                if let Some(id) = id {
+                    self.hand_over(&id);
+                }
                 Push::Done
             }
             Err(mpsc::error::TrySendError::Full(parcel)) => {
@@ -215,6 +222,17 @@ impl Destination for Node {
             && self.guarantee != DeliveryGuarantee::AtMostOnce
             && wire::crosses(out)
             && self.shared.registry.owner(to) == Some(Owner::Me)
+    }
+}
+
+impl Node {
+    /// A `require_ack` message is queued for the stream: the sender's engine stops
+    /// waiting for its acknowledgement, which the receiving node takes (its agent's
+    /// `acknowledge` there settles the stream message; see `acks`).
+    fn hand_over(&self, id: &MessageId) {
+        if let Some(engine) = self.shared.engine.get().and_then(std::sync::Weak::upgrade) {
+            engine.hand_over(id);
+        }
     }
 }
 

@@ -614,6 +614,15 @@ impl Engine {
         }
     }
 
+    /// Ends tracking of a `require_ack` message that a transport took over (a cluster
+    /// node queued it for another node, whose agent acknowledges it there): delivered,
+    /// as far as this engine goes.
+    pub(crate) fn hand_over(&self, id: &MessageId) {
+        if self.tracker.acknowledge(id) {
+            self.count(&self.tracker.counters.delivered_later);
+        }
+    }
+
     /// The delivery ledger (see `DeliveryStats`).
     pub(crate) fn delivery_stats(&self) -> DeliveryStats {
         let c = &self.tracker.counters;
