@@ -1394,6 +1394,31 @@ fn the_survivors_remove_a_dead_nodes_entries_from_the_registry() {
     });
 }
 
+/// A send to a group whose pick lives on a durable node returns `Ok` once the stream
+/// has the message on file, as a send to that member's pid does.
+#[test]
+fn a_send_to_a_group_waits_until_a_durable_members_node_stored_it() {
+    within(30, || {
+        let server = NatsServer::start();
+        let rc = router_config(DeliveryGuarantee::AtLeastOnce);
+        let b = durable_node(&server, "gstore", "b", rc);
+        let (member, mailbox) = registered(&b);
+        let a = node(&server, "gstore", "a", DeliveryGuarantee::AtLeastOnce);
+        sees(&a, &member, "b");
+        let group = a.create_group(LoadBalance::RoundRobin).unwrap();
+        a.join_group(&group, &member).unwrap();
+        let from = AgentPid::new();
+        for n in 0..20 {
+            a.send_message(job(&group, &from, n)).unwrap();
+            let stats = a.cluster_stats().unwrap();
+            assert_eq!(stats.published, n as u64 + 1, "stored before Ok: {stats:?}");
+        }
+        assert_eq!(numbers(&mailbox, 20), (0..20).collect::<Vec<u64>>());
+        a.shutdown().unwrap();
+        b.shutdown().unwrap();
+    });
+}
+
 #[test]
 fn a_group_spans_nodes() {
     within(60, || {
