@@ -27,9 +27,9 @@
 //! | `require_ack` (at least once) | as its guarantee; once queued, its engine no longer waits for the ack (taken where the agent lives) | acked to JetStream only once the agent calls `acknowledge` here (`acks`); redelivered after the acknowledgement timeout |
 //!
 //! A *durable* node (`enable_persistence`) also takes its own agents' stream-carried
-//! messages through the stream (`claims`), and a send to any durable node's pid waits
-//! for the publish ack (`receipts`); its pids resolve while it is down, for the stream
-//! only (`registry`).
+//! messages through the stream (`claims`), and a send to any durable node's pid (or
+//! to a group here that picks one) waits for the publish ack (`receipts`); its pids
+//! resolve while it is down, for the stream only (`registry`).
 //!
 //! # Invariants
 //!
