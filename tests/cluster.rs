@@ -1497,6 +1497,83 @@ fn require_ack_across_nodes_redelivers_until_acknowledged_then_dead_letters() {
     });
 }
 
+/// A `require_ack` message that crossed to another node is acknowledged there; the
+/// sender's engine must not wait for that ack itself (it never comes back to it):
+/// otherwise the sender redelivers it after its own acknowledgement timeout and then
+/// dead-letters a message that was delivered and acknowledged (or does so at shutdown).
+#[test]
+fn a_require_ack_message_handed_to_another_node_is_not_awaited_by_the_sender() {
+    within(30, || {
+        let server = NatsServer::start();
+        let mut rc = router_config(DeliveryGuarantee::AtLeastOnce);
+        rc.delivery_config.acknowledgment_timeout = Duration::from_millis(200);
+        rc.delivery_config.retry_delay = Duration::from_millis(20);
+        rc.delivery_config.max_retries = 1;
+        let a = MessageSystem::builder(rc)
+            .cluster(config(&server, "handover", "a"))
+            .build()
+            .unwrap();
+        let b = node(&server, "handover", "b", DeliveryGuarantee::AtLeastOnce);
+        let (pb, mb) = registered(&b);
+        sees(&a, &pb, "b");
+        let mut envelope = job(&pb, &AgentPid::new(), 1);
+        envelope.delivery_options.require_ack = true;
+        let id = envelope.id.clone();
+        a.send_message(envelope).unwrap();
+        let stats = a.delivery_stats();
+        assert_eq!(
+            (stats.pending, stats.in_transit),
+            (0, 0),
+            "handed to the transport, settled for the sender: {stats:?}"
+        );
+        let got = mb.receive_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(got.id(), &id);
+        b.acknowledge(&id).unwrap();
+        // Past a's own timeout and retry: nothing more arrives, nothing is given up.
+        assert!(mb.receive_timeout(Duration::from_millis(800)).is_err());
+        let letters = a.dead_letters();
+        assert!(letters.is_empty(), "{letters:?}");
+        a.shutdown().unwrap();
+        let letters: Vec<_> = a
+            .dead_letters()
+            .into_iter()
+            .chain(b.dead_letters())
+            .collect();
+        assert!(letters.is_empty(), "{letters:?}");
+        b.shutdown().unwrap();
+    });
+}
+
+/// A durable node's own `require_ack` message goes through the stream: its agent's
+/// `acknowledge` must settle it there, or the stream redelivers a message that was
+/// acknowledged.
+#[test]
+fn a_durable_nodes_own_require_ack_message_is_settled_by_its_agents_acknowledge() {
+    within(30, || {
+        let server = NatsServer::start();
+        let mut rc = router_config(DeliveryGuarantee::AtLeastOnce);
+        rc.delivery_config.acknowledgment_timeout = Duration::from_millis(200);
+        rc.delivery_config.retry_delay = Duration::from_millis(20);
+        let a = durable_node(&server, "ownack", "a", rc);
+        let (worker, mailbox) = registered(&a);
+        let mut envelope = job(&worker, &AgentPid::new(), 1);
+        envelope.delivery_options.require_ack = true;
+        let id = envelope.id.clone();
+        a.send_message(envelope).unwrap();
+        let got = mailbox.receive_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(got.id(), &id);
+        a.acknowledge(&id).unwrap();
+        assert!(
+            mailbox.receive_timeout(Duration::from_millis(800)).is_err(),
+            "acknowledged: not redelivered"
+        );
+        assert_eq!(a.cluster_stats().unwrap().awaiting_ack, 0);
+        a.shutdown().unwrap();
+        let letters = a.dead_letters();
+        assert!(letters.is_empty(), "{letters:?}");
+    });
+}
+
 #[test]
 fn the_survivors_remove_a_dead_nodes_entries_from_the_registry() {
     within(30, || {
@@ -1524,6 +1601,31 @@ fn the_survivors_remove_a_dead_nodes_entries_from_the_registry() {
         assert!(matches!(err, MessagingError::AgentNotFound(_)), "{err}");
         a.shutdown().unwrap();
         c.shutdown().unwrap();
+    });
+}
+
+/// A send to a group whose pick lives on a durable node returns `Ok` once the stream
+/// has the message on file, as a send to that member's pid does.
+#[test]
+fn a_send_to_a_group_waits_until_a_durable_members_node_stored_it() {
+    within(30, || {
+        let server = NatsServer::start();
+        let rc = router_config(DeliveryGuarantee::AtLeastOnce);
+        let b = durable_node(&server, "gstore", "b", rc);
+        let (member, mailbox) = registered(&b);
+        let a = node(&server, "gstore", "a", DeliveryGuarantee::AtLeastOnce);
+        sees(&a, &member, "b");
+        let group = a.create_group(LoadBalance::RoundRobin).unwrap();
+        a.join_group(&group, &member).unwrap();
+        let from = AgentPid::new();
+        for n in 0..20 {
+            a.send_message(job(&group, &from, n)).unwrap();
+            let stats = a.cluster_stats().unwrap();
+            assert_eq!(stats.published, n as u64 + 1, "stored before Ok: {stats:?}");
+        }
+        assert_eq!(numbers(&mailbox, 20), (0..20).collect::<Vec<u64>>());
+        a.shutdown().unwrap();
+        b.shutdown().unwrap();
     });
 }
 

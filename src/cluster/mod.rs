@@ -25,12 +25,12 @@
 //! | `AtLeastOnce` | JetStream stream `{prefix}_msgs` on `{prefix}.node.{node}`, `Nats-Msg-Id` = the message id; acks awaited pipelined; a publish not acknowledged is retried with the message's back-off, then dead-lettered on the sender | a durable pull consumer per node; acked once the mailbox accepted it; refused: NAK with the back-off delay, and after `max_retries` redeliveries a dead letter there |
 //! | a call (any guarantee) | a core request to `{prefix}.call.{node}` with the call's timeout; the JSON reply comes back to the caller | pushes the call into the mailbox and answers with the callee's reply (a `serde_json::Value`); refused, unknown, or a reply that cannot cross: an error answer, a dead letter there, and the caller fails at once (`DeliveryFailed`) |
 //! | `ExactlyOnce` | as `AtLeastOnce`: the stream drops a republished id within its duplicate window (2 min) | as `AtLeastOnce`, and the id is reserved in the node's own exactly-once window (the engine's, under the id's arrival key) before the push and committed once a mailbox took it: a redelivered copy (its ack lost) is acked and counted, not delivered again |
-//! | `require_ack` (at least once) | as its guarantee | acked to JetStream only once the agent calls `acknowledge` here (`acks`); redelivered after the acknowledgement timeout |
+//! | `require_ack` (at least once) | as its guarantee; once queued, its engine no longer waits for the ack (taken where the agent lives) | acked to JetStream only once the agent calls `acknowledge` here (`acks`); redelivered after the acknowledgement timeout |
 //!
 //! A *durable* node (`enable_persistence`) also takes its own agents' stream-carried
-//! messages through the stream (`claims`), and a send to any durable node's pid waits
-//! for the publish ack (`receipts`); its pids resolve while it is down, for the stream
-//! only (`registry`).
+//! messages through the stream (`claims`), and a send to any durable node's pid (or
+//! to a group here that picks one) waits for the publish ack (`receipts`); its pids
+//! resolve while it is down, for the stream only (`registry`).
 //!
 //! # Invariants
 //!

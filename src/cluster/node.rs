@@ -154,17 +154,26 @@ impl Node {
     // ===== durable sends =====
 
     /// Whether a send to `to` waits until the stream stored it: at least once, to a
-    /// pid of a durable node (this one, when it is durable).
+    /// pid of a durable node (this one, when it is durable), or to a group here (its
+    /// pick may be such a pid: the push makes a receipt only if it is).
     pub(crate) fn stores(&self, to: &AgentPid) -> bool {
         let registry = &self.shared.registry;
         if self.guarantee == DeliveryGuarantee::AtMostOnce || !registry.durable_seen() {
             return false;
         }
         match registry.owner(to) {
-            Some(Owner::Me) => self.shared.config.durable,
-            Some(Owner::Live(node)) => registry.is_durable(&node),
-            Some(Owner::Durable(_)) => true,
-            None => false,
+            Some(owner) => self.stores_at(&owner),
+            // Not in the registry, known here: a group.
+            None => self.shared.local.knows(to),
+        }
+    }
+
+    /// Whether the stream keeps what is sent to `owner`'s node on file for it.
+    pub(super) fn stores_at(&self, owner: &Owner) -> bool {
+        match owner {
+            Owner::Me => self.shared.config.durable,
+            Owner::Live(node) => self.shared.registry.is_durable(node),
+            Owner::Durable(_) => true,
         }
     }
 

@@ -138,15 +138,16 @@ impl Destination for Node {
         let registry = &self.shared.registry;
         let stream = self.guarantee != DeliveryGuarantee::AtMostOnce;
         let is_call = matches!(&out, Outgoing::Message(AgentMessage::Call { .. }));
-        let node = match registry.owner(to) {
+        let owner = match registry.owner(to) {
             None => return Push::NotFound(out),
             // Only a durable node's own messages go through the stream (`claims`);
             // otherwise the mirror still has a pid this node just unregistered.
             Some(Owner::Me) if !self.claims(to, &out) => return Push::NotFound(out),
             // A durable node that is down keeps what the stream carries, nothing else.
             Some(Owner::Durable(_)) if !stream || is_call => return Push::NotFound(out),
-            Some(owner) => owner.node(registry.me()).clone(),
+            Some(owner) => owner,
         };
+        let node = owner.node(registry.me()).clone();
         if is_call {
             return self.call(to, &node, out);
         }
@@ -187,8 +188,9 @@ impl Destination for Node {
             receipt: None,
         };
         // A sender waiting for the store (`Receipts::expect`) gets its receipt here:
-        // from now on every outcome of the parcel is reported on it.
-        if stream {
+        // from now on every outcome of the parcel is reported on it. Only a durable
+        // node's stream keeps it on file (a group's sender asks whatever the pick).
+        if stream && self.stores_at(&owner) {
             parcel.receipt = self.receipts.make(&parcel.id);
         }
         match self.outbox.tx.try_send(parcel) {

@@ -339,7 +339,9 @@ impl Engine {
             // has nothing to wait for, and its ledger counts the message delivered.
             Push::Transported => {
                 return match self.tracker.untrack(key) {
-                    Some(_) => {
+                    Some(tracked) => {
+                        // Not coming back: an ack given meanwhile is not for us.
+                        self.tracker.finish_firing(tracked.payload.id());
                         self.count(&self.tracker.counters.delivered_later);
                         AckedPush::Delivered
                     }
