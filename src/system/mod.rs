@@ -269,15 +269,13 @@ impl MessageSystem {
     /// Routes `envelope` to its destination; it arrives as a `Cast` with the envelope's
     /// id, sender, type and payload.
     pub fn send_message(&self, envelope: MessageEnvelope) -> MessagingResult<()> {
-        self.check()?;
         #[cfg(feature = "nats")]
         if let Some(node) = self.storing_node(&envelope.to) {
             let id = envelope.id.clone();
-            let waiting =
-                self.dispatch_stored(node, &id, || self.inner.engine.dispatch_envelope(envelope))?;
+            let waiting = self.dispatch_stored(node, &id, || self.dispatch_envelope(envelope))?;
             return waiting.map_or(Ok(()), |w| node.wait_stored_blocking(w));
         }
-        self.inner.engine.dispatch_envelope(envelope)
+        self.dispatch_envelope(envelope)
     }
 
     /// Sends a built message (`call`, `cast`, `info`, …) at `Normal` priority.
@@ -292,16 +290,14 @@ impl MessageSystem {
         message: AgentMessage,
         priority: MessagePriority,
     ) -> MessagingResult<()> {
-        self.check()?;
         #[cfg(feature = "nats")]
         if let Some(node) = self.storing_node(to) {
             let id = message.id().clone();
-            let waiting = self.dispatch_stored(node, &id, || {
-                self.inner.engine.dispatch_message(to, message, priority)
-            })?;
+            let waiting =
+                self.dispatch_stored(node, &id, || self.dispatch_message(to, message, priority))?;
             return waiting.map_or(Ok(()), |w| node.wait_stored_blocking(w));
         }
-        self.inner.engine.dispatch_message(to, message, priority)
+        self.dispatch_message(to, message, priority)
     }
 
     /// Calls `to` with `payload` and blocks for the reply (gen_server:call). A small
@@ -737,15 +733,13 @@ impl MessageSystem {
     }
 
     /// Checks the configuration and hands `envelope` to the engine (no waiting for a
-    /// store: the tokio flavour awaits that itself).
-    #[cfg(all(feature = "nats", feature = "tokio"))]
+    /// store: the callers wait for that, each flavour its own way).
     pub(crate) fn dispatch_envelope(&self, envelope: MessageEnvelope) -> MessagingResult<()> {
         self.check()?;
         self.inner.engine.dispatch_envelope(envelope)
     }
 
     /// As [`dispatch_envelope`](Self::dispatch_envelope), for a built message.
-    #[cfg(all(feature = "nats", feature = "tokio"))]
     pub(crate) fn dispatch_message(
         &self,
         to: &AgentPid,
